@@ -1,0 +1,126 @@
+"""Each upstream fix in uniclip_plugin.compat: the upstream failure, then the fix."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import uniclip_plugin  # noqa: F401  (registers, applies compat)
+from uniclip_plugin import compat
+from uniclip_plugin.errors import PluginError
+
+from .conftest import png_bytes, write_shard
+
+
+def _wds_args(pattern: str, n: int, batch: int = 1) -> argparse.Namespace:
+    return argparse.Namespace(train_data=pattern, train_num_samples=n, train_data_upsampling_factors=None,
+                              dataset_resampled=False, seed=0, batch_size=batch, workers=0, world_size=1)
+
+
+def _iterate_train_pipeline(pattern: str, n: int) -> list:
+    import open_clip
+    from open_clip_train.data import get_wds_dataset
+    _, _, preprocess = open_clip.create_model_and_transforms("CLIP-Tiny-32")
+    tok = open_clip.get_tokenizer("CLIP-Tiny-32")
+    info = get_wds_dataset(_wds_args(pattern, n), preprocess, is_train=True, epoch=0, tokenizer=tok)
+    return list(info.dataloader)
+
+
+def test_e1_e2_dependencies_import_and_missing_ones_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "import open_clip_train.main, clip_benchmark.cli"  # E1 (pandas) and E2 (requests) broke these imports
+    subprocess.run([sys.executable, "-c", code], check=True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pandas" else real(name, *a))
+    with pytest.raises(PluginError, match="pip install pandas"):
+        compat.check_training_dependencies()
+
+
+def test_e3_end_of_shard_marker(tiny_shard: Path) -> None:
+    import open_clip_train.data as octd
+    upstream = compat.UPSTREAM["tarfile_to_samples_nothrow"]
+    with pytest.raises(KeyError, match="fname"):
+        list(upstream([{"url": str(tiny_shard)}]))
+    samples = list(octd.tarfile_to_samples_nothrow([{"url": str(tiny_shard)}]))
+    assert [s["__key__"] for s in samples] == [f"s{i:03d}" for i in range(6)]
+    batches = _iterate_train_pipeline(str(tiny_shard), 6)  # the whole open_clip_train pipeline
+    assert len(batches) == 6
+
+
+def test_corrupt_image_and_empty_caption_are_skipped_and_counted(tmp_path: Path) -> None:
+    samples = [{"__key__": f"s{i:03d}", "png": png_bytes((i, 0, 0)), "txt": f"caption {i}"} for i in range(8)]
+    samples[2]["png"] = b"not a png at all"
+    samples[5]["txt"] = "   "
+    shard = write_shard(tmp_path / "shard-000000.tar", samples)
+    before = dict(compat.SKIPPED_SAMPLES)
+    batches = _iterate_train_pipeline(str(shard), 6)
+    assert len(batches) == 6  # 8 written - 1 corrupt - 1 empty caption
+    assert compat.SKIPPED_SAMPLES["corrupt"] == before["corrupt"] + 1
+    assert compat.SKIPPED_SAMPLES["empty_caption"] == before["empty_caption"] + 1
+    assert compat.UPSTREAM["filter_no_caption_or_no_image"]({"txt": b"   ", "png": b""})  # upstream keeps it
+
+
+def test_e4_numpy24_accuracy() -> None:
+    import clip_benchmark.metrics.zeroshot_classification as zc
+    import numpy as np
+    import open_clip_train.zero_shot as ozs
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    target = torch.tensor([1, 0, 0])
+    if tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 4):
+        with pytest.raises(TypeError):
+            compat.UPSTREAM["open_clip_train.zero_shot.accuracy"](logits, target)
+        with pytest.raises(TypeError):
+            compat.UPSTREAM["clip_benchmark.accuracy"](logits, target)
+    assert ozs.accuracy(logits, target, topk=(1, 2)) == [2.0, 3.0]
+    assert zc.accuracy(logits, target, topk=(1, 2)) == pytest.approx([2 / 3, 1.0])
+
+
+def test_e5_cpu_ddp_device_ids(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        module = torch.nn.Linear(2, 2)
+        with pytest.raises(ValueError, match="device_ids"):
+            compat.UPSTREAM["DistributedDataParallel"](module, device_ids=[torch.device("cpu")])
+        ddp = torch.nn.parallel.DistributedDataParallel(module, device_ids=[torch.device("cpu")])
+        assert isinstance(ddp, compat.UPSTREAM["DistributedDataParallel"])
+        ddp(torch.ones(1, 2)).sum().backward()
+        assert module.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_e6_torchrun_separator() -> None:
+    assert compat.strip_torchrun_separator(["--", "train", "--logs", "x"]) == ["train", "--logs", "x"]
+    assert compat.strip_torchrun_separator(["train"]) == ["train"]
+    from uniclip_plugin.cli import main
+    assert main(["--", "list"]) == 0
+
+
+def test_atomic_checkpoint_save_keeps_previous_file(tmp_path: Path) -> None:
+    import open_clip_train.main as ocm
+    target = tmp_path / "epoch_1.pt"
+    ocm.torch.save({"ok": 1}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        ocm.torch.save({"bad": Unpicklable()}, target)
+    assert torch.load(target) == {"ok": 1}
+    assert os.listdir(tmp_path) == ["epoch_1.pt"]  # no temp file left behind
+    assert ocm.torch.nn is torch.nn  # everything else is torch's own
+
+
+def test_apply_all_is_idempotent() -> None:
+    import open_clip_train.data as octd
+    fn = octd.tarfile_to_samples_nothrow
+    compat.apply_all()
+    assert octd.tarfile_to_samples_nothrow is fn
+    assert {"wds_eof_value", "numpy24_accuracy", "cpu_ddp_device_ids", "atomic_checkpoints"} <= compat.applied()
