@@ -136,6 +136,9 @@ def train(argv: list[str]) -> int:
 
         guard = NonFiniteGuard().install()
         ocm.create_loss = create_loss
+        if spec.wrap_tokenizer is not None:
+            get_tokenizer = ocm.get_tokenizer
+            ocm.get_tokenizer = lambda *a, **kw: spec.wrap_tokenizer(get_tokenizer(*a, **kw), ours)
         ocm.create_model_and_transforms = _whole_image_train_transform(ocm.create_model_and_transforms)
     try:
         rc = ocm.main(rest)

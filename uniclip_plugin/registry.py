@@ -21,6 +21,9 @@ class LossSpec:
     build: Callable[[argparse.Namespace], nn.Module]       # open_clip_train args (+ plugin options) -> loss module
     marker: Optional[str]                                  # model-config key the model must carry; None: plain CLIP
     description: str = ""
+    # Optional (tokenizer, args) -> tokenizer used by the data pipeline, for methods that need more than one token
+    # row per caption (DeCLIP's EDA caption): it must return [N, R, context] for R rows per caption.
+    wrap_tokenizer: Optional[Callable[[Callable, argparse.Namespace], Callable]] = None
 
 
 _LOSSES: dict[str, LossSpec] = {}

@@ -1,0 +1,157 @@
+"""End to end: `open_clip train --loss uniclip_mpnce` on generated webdataset shards (tiny config, CPU, fp32)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+import uniclip_plugin  # noqa: F401
+from uniclip_plugin.cli import main
+from uniclip_plugin.model.uniclip import UniCLIP
+
+NAME = "UniCLIP-Tiny-32"
+SAMPLES_PER_EPOCH = 2048
+BATCH = 32
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+
+
+def _train(logs: Path, name: str, data: str, *extra: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable, "-m", "uniclip_plugin.cli"]) + [
+        "train", "--loss", "uniclip_mpnce", "--model", NAME, "--train-data", data, "--dataset-type", "webdataset",
+        "--dataset-resampled", "--train-num-samples", str(SAMPLES_PER_EPOCH), "--batch-size", str(BATCH),
+        "--lr", "2e-3", "--wd", "0.1", "--warmup", "10", "--precision", "fp32", "--device", "cpu", "--workers", "1",
+        "--logs", str(logs), "--name", name, "--log-every-n-steps", "8", "--zeroshot-frequency", "0",
+        "--save-frequency", "1", "--seed", "0", *extra]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+
+
+def _losses(log: Path) -> list[float]:
+    return [float(m) for m in re.findall(r" Loss: ([0-9.]+)", log.read_text())]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from harness.synthetic import build_synthetic_pretrain
+    return build_synthetic_pretrain(tmp_path_factory.mktemp("shards"), n_samples=512, res=32, n_shards=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(shards: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    logs = tmp_path_factory.mktemp("logs")
+    proc = _train(logs, "uni", shards["pattern"], "--epochs", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return logs / "uni"
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss(trained: Path) -> None:
+    losses = _losses(trained / "out.log")
+    assert len(losses) >= 20
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_trained_model_beats_chance_retrieval_on_its_training_pairs(trained: Path, shards: dict) -> None:
+    import webdataset as wds
+    from PIL import Image
+    ckpt = trained / "checkpoints" / "epoch_4.pt"
+    model, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained=str(ckpt))  # stock open_clip
+    assert isinstance(model, UniCLIP)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(NAME)
+    import io
+    images, captions = [], []
+    for sample in wds.WebDataset(shards["shards"], shardshuffle=False, empty_check=False):
+        images.append(preprocess(Image.open(io.BytesIO(sample["png"])).convert("RGB")))
+        captions.append(sample["txt"].decode())
+    with torch.no_grad():
+        img = model.encode_image(torch.stack(images), normalize=True)
+        txt = model.encode_text(tokenizer(captions), normalize=True)
+    best = (img @ txt.T).argmax(dim=1)
+    recall_at_1 = sum(captions[j] == captions[i] for i, j in enumerate(best.tolist())) / len(captions)
+    chance = sum(captions.count(c) for c in captions) / len(captions) ** 2
+    assert recall_at_1 > 3 * chance, (recall_at_1, chance)
+
+
+@pytest.mark.slow
+def test_checkpoint_encodes_identically_to_the_trained_weights(trained: Path) -> None:
+    ckpt = trained / "checkpoints" / "epoch_4.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    live = open_clip.create_model(NAME)
+    live.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    loaded, _, _ = open_clip.create_model_and_transforms(NAME, pretrained=str(ckpt))
+    live.eval()
+    loaded.eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), live.encode_image(images))
+
+
+@pytest.mark.slow
+def test_resume_latest_continues(trained: Path, shards: dict) -> None:
+    proc = _train(trained.parent, "uni", shards["pattern"], "--epochs", "5", "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (trained / "checkpoints" / "epoch_5.pt").is_file()
+    assert "resuming checkpoint" in (trained / "out.log").read_text().lower() + proc.stdout.lower() + proc.stderr.lower()
+
+
+@pytest.mark.slow
+def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
+    proc = _train(tmp_path, "accum", shards["pattern"], "--epochs", "1", "--accum-freq", "2",
+                  "--train-num-samples", "256")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "accum" / "checkpoints" / "epoch_1.pt").is_file()
+
+
+@pytest.mark.multiproc
+def test_torchrun_two_cpu_processes(shards: dict, tmp_path: Path) -> None:
+    open_clip_script = shutil.which("open_clip", path=str(Path(sys.executable).parent))
+    assert open_clip_script, "the open_clip console script is not installed (pip install -e .)"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", open_clip_script, "--"]
+    proc = _train(tmp_path, "ddp", shards["pattern"], "--epochs", "1", "--train-num-samples", "256",
+                  "--local-loss", "--gather-with-grad", launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoints" / "epoch_1.pt").is_file()
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unknown_loss_lists_choices(capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(capsys, ["train", "--loss", "nope", "--model", NAME])
+    assert "choices" in err and "uniclip_mpnce" in err and "clip" in err
+
+
+def test_uniclip_loss_with_plain_clip_model(capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(capsys, ["train", "--loss", "uniclip_mpnce", "--model", "CLIP-Tiny-32"])
+    assert "uniclip_cfg" in err and NAME in err
+
+
+def test_missing_data_path(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    err = _one_line_error(capsys, ["train", "--loss", "uniclip_mpnce", "--model", NAME,
+                                   "--train-data", str(tmp_path / "nope-{000..003}.tar")])
+    assert "no such file" in err and "nope-000.tar" in err
+
+
+def test_unknown_subcommand(capsys: pytest.CaptureFixture) -> None:
+    assert "choices: train" in _one_line_error(capsys, ["trian"])
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
