@@ -124,3 +124,22 @@ def test_apply_all_is_idempotent() -> None:
     compat.apply_all()
     assert octd.tarfile_to_samples_nothrow is fn
     assert {"wds_eof_value", "numpy24_accuracy", "cpu_ddp_device_ids", "atomic_checkpoints"} <= compat.applied()
+
+
+def test_sample_shuffle_is_seeded(tmp_path: Path) -> None:
+    """Upstream's shuffle seeds from pid + time; with the fix two loader passes with one seed give one order."""
+    import open_clip_train.data as octd
+    import webdataset
+
+    samples = [{"__key__": f"s{i:03d}", "png": png_bytes((i, i, i)), "txt": f"caption {i}"} for i in range(40)]
+    shard = write_shard(tmp_path / "shard-000000.tar", samples)
+
+    def order(shuffle_module: object) -> list[str]:
+        stage = shuffle_module.shuffle(bufsize=30, initial=30)
+        torch.manual_seed(0)
+        return [s["__key__"] for s in stage(iter(octd.tarfile_to_samples_nothrow([{"url": str(shard)}])))]
+
+    assert order(octd.wds) == order(octd.wds)
+    assert sorted(order(octd.wds)) == [s["__key__"] for s in samples]
+    upstream = [order(webdataset) for _ in range(3)]
+    assert len({tuple(o) for o in upstream}) > 1  # unseeded: differs between passes

@@ -76,7 +76,8 @@ def test_starts_as_plain_clip_and_eval_uses_identity_view() -> None:
     """Aug-aware fusion is the identity at init, so the eval embedding equals CLIP's on the same tower weights."""
     model = _model()
     clip = open_clip.create_model("CLIP-Tiny-32")
-    clip.load_state_dict({k: v for k, v in model.state_dict().items() if k in clip.state_dict()}, strict=False)
+    towers = {k: v for k, v in model.state_dict().items() if k in clip.state_dict() and not k.startswith("logit_")}
+    assert clip.load_state_dict(towers, strict=False).missing_keys == ["logit_scale"]
     model.eval()
     clip.eval()
     images, texts = _batch(model)
@@ -140,6 +141,7 @@ def test_open_clip_train_checkpoint_loads_in_stock_open_clip(tmp_path: Path) -> 
     loaded, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained=str(ckpt))
     assert isinstance(loaded, UniCLIP)
     model.eval()
+    loaded.eval()
     images, texts = _batch(model)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))
@@ -157,5 +159,6 @@ def test_local_dir_bundle(tmp_path: Path) -> None:
     assert isinstance(loaded, UniCLIP) and loaded.uniclip_cfg.views == 1
     images, _ = _batch(model)
     model.eval()
+    loaded.eval()
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))

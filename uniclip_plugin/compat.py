@@ -189,6 +189,32 @@ class _TorchWithAtomicSave(types.ModuleType):
         return getattr(torch, name)
 
 
+class _WebdatasetWithSeededShuffle(types.ModuleType):
+    """Module proxy: every attribute is webdataset's, except ``shuffle``."""
+
+    def __getattr__(self, name: str) -> Any:
+        import webdataset
+        return getattr(webdataset, name)
+
+
+@_once("seeded_sample_shuffle")
+def fix_unseeded_sample_shuffle() -> None:
+    """open_clip #734/#776: the train pipeline's sample shuffle (``data.py:378``, ``wds.shuffle``) seeds itself from
+    pid and time, so ``--seed`` does not make runs repeatable. Seed it from the dataloader worker's seed, which
+    torch derives from ``--seed``, the rank (``random_seed(seed, rank)``), the epoch's iterator and the worker id."""
+    import open_clip_train.data as octd
+    import webdataset
+    from webdataset.filters import _shuffle
+
+    def seeded_shuffle(data: Any, bufsize: int = 1000, initial: int = 100, **_: Any) -> Any:
+        return _shuffle(data, bufsize, initial, seed=octd.pytorch_worker_seed())
+
+    proxy = _WebdatasetWithSeededShuffle("webdataset")
+    proxy.shuffle = webdataset.pipelinefilter(seeded_shuffle)  # type: ignore[attr-defined]
+    UPSTREAM["open_clip_train.data.wds"] = octd.wds
+    octd.wds = proxy
+
+
 def apply_all() -> None:
     """Apply every fix (idempotent)."""
     check_training_dependencies()
@@ -197,6 +223,7 @@ def apply_all() -> None:
     fix_numpy24_accuracy()
     fix_cpu_ddp_device_ids()
     fix_atomic_checkpoints()
+    fix_unseeded_sample_shuffle()
 
 
 def applied() -> frozenset[str]:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .errors import NonFiniteError
 
@@ -64,7 +65,7 @@ class NonFiniteGuard:
                              f"lower --lr, set --grad-clip-norm, or use --precision amp_bf16")
 
     def install(self) -> "NonFiniteGuard":
-        self._handle = torch.optim.optimizer.register_optimizer_step_pre_hook(self)
+        self._handle = register_optimizer_step_pre_hook(self)
         return self
 
     def remove(self) -> None:
