@@ -27,16 +27,17 @@ def universal_embeddings(image_features: torch.Tensor, text_features: torch.Tens
 
 def domain_logits(z_rows: torch.Tensor, dom_rows: torch.Tensor, z_cols: torch.Tensor, dom_cols: torch.Tensor,
                   scales: torch.Tensor, offsets: torch.Tensor, form: str = "shift_scale") -> torch.Tensor:
-    """Float32 ``[R, C]`` similarities ``s(u, v)`` with the scale and offset of each pair's domain pair.
+    """``[R, C]`` similarities (float32, or float64 for float64 inputs) ``s(u, v)`` with the scale and offset of each pair's domain pair.
 
     ``shift_scale``: ``s = scale_d · (cos − offset_d)`` (PAPER.md §1.3, inferred default);
     ``scale_shift``: ``s = scale_d · cos − offset_d``. Features are L2-normalised, so ``cos`` is a dot product.
     Computed in float32 with autocast off, whatever the input dtype (bf16 logits lose the ranking of close negatives).
     """
+    dtype = torch.promote_types(z_rows.dtype, torch.float32)                     # float64 stays float64 (tests)
     with torch.autocast(device_type=z_rows.device.type, enabled=False):
-        cos = z_rows.float() @ z_cols.float().T                                   # [R, C]
+        cos = z_rows.to(dtype) @ z_cols.to(dtype).T                               # [R, C]
         pair = dom_rows.unsqueeze(1) + dom_cols.unsqueeze(0)                      # [R, C] in {0, 1, 2}
-        scale, offset = scales.float()[pair], offsets.float()[pair]
+        scale, offset = scales.to(dtype)[pair], offsets.to(dtype)[pair]
         if form == "shift_scale":
             return scale * (cos - offset)
         if form == "scale_shift":

@@ -141,7 +141,7 @@ def universal_contrastive_loss(image_features: torch.Tensor, text_features: torc
         self_cols = torch.arange(z_cols.shape[0], device=z_cols.device)
     rows = z_rows.shape[0]
     step = rows if chunk_size <= 0 else chunk_size
-    total = z_rows.new_zeros((), dtype=torch.float32)
+    total = z_rows.new_zeros((), dtype=torch.promote_types(z_rows.dtype, torch.float32))
     for start in range(0, rows, step):
         block = slice(start, start + step)
         args: tuple[Any, ...] = (z_rows[block], dom_rows[block], sid_rows[block], self_cols[block], z_cols, dom_cols,
