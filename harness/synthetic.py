@@ -1,0 +1,156 @@
+"""Generated, learnable image–text data for tests and CI smoke runs (no downloads).
+
+    python harness/synthetic.py --out DIR [--n 512 --res 32]
+
+Pre-training shards: a coloured shape on a light background, captioned "a red circle" (a few phrasings); open_clip_train
+reads them with ``--train-data 'DIR/pretrain/shard-{000000..000003}.tar'``. Evaluation sets in clip_benchmark's
+``wds/`` layout: ``synth_shapes`` (zero-shot / linear-probe classification by shape) and ``synth_retrieval``.
+Every tar is written to a temp name and renamed, so an interrupted build never leaves a complete-looking shard.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),
+           "purple": (140, 40, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "cyan": (20, 200, 210)}
+SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
+PHRASINGS = ("a {c} {s}", "a {s} in {c}", "one {c} {s}", "a picture of a {c} {s}")
+
+
+def draw_shape(shape: str, colour: str, res: int, rng: random.Random) -> Image.Image:
+    """A ``res``×``res`` RGB image of one shape with position/size jitter on a light random background."""
+    bg = tuple(rng.randint(200, 255) for _ in range(3))
+    img = Image.new("RGB", (res, res), bg)
+    d = ImageDraw.Draw(img)
+    size = rng.uniform(0.45, 0.75) * res
+    cx, cy = rng.uniform(size / 2, res - size / 2), rng.uniform(size / 2, res - size / 2)
+    box = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+    fill, width = COLOURS[colour], max(1, int(size / 5))
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        d.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+    elif shape == "cross":
+        d.rectangle((cx - width / 2, box[1], cx + width / 2, box[3]), fill=fill)
+        d.rectangle((box[0], cy - width / 2, box[2], cy + width / 2), fill=fill)
+    elif shape == "ring":
+        d.ellipse(box, outline=fill, width=width)
+    else:  # bar
+        d.rectangle((box[0], cy - width, box[2], cy + width), fill=fill)
+    return img
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tar_atomic(path: Path, samples: Iterable[dict[str, Any]]) -> int:
+    """Write samples to ``path`` via a temp file + rename; returns the count."""
+    import webdataset as wds
+    tmp = path.with_name(f".tmp-{path.name}")
+    count = 0
+    with wds.TarWriter(str(tmp)) as sink:
+        for sample in samples:
+            sink.write(sample)
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def _concept(rng: random.Random) -> tuple[str, str]:
+    return rng.choice(SHAPES), rng.choice(list(COLOURS))
+
+
+def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int = 32, n_shards: int = 4,
+                             seed: int = 0, corrupt_images: int = 0, empty_captions: int = 0) -> dict:
+    """Pre-training shards ``out_dir/shard-{000000..}.tar`` + ``sizes.json`` (counts every written sample).
+
+    ``corrupt_images`` samples carry undecodable ``.png`` bytes and ``empty_captions`` samples an empty ``.txt``, to
+    exercise the pipeline's skip-and-count path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    samples = []
+    for i in range(n_samples):
+        shape, colour = _concept(rng)
+        caption = rng.choice(PHRASINGS).format(c=colour, s=shape)
+        sample = {"__key__": f"{i:06d}", "png": _png(draw_shape(shape, colour, res, rng)), "txt": caption,
+                  "json": json.dumps({"shape": shape, "colour": colour, "keywords": [colour, shape]})}
+        if i < corrupt_images:
+            sample["png"] = b"\x89PNG this is not an image"
+        elif i < corrupt_images + empty_captions:
+            sample["txt"] = ""
+        samples.append(sample)
+    shards, sizes = [], {}
+    per_shard = -(-n_samples // n_shards)
+    for k in range(n_shards):
+        path = out / f"shard-{k:06d}.tar"
+        sizes[path.name] = write_tar_atomic(path, samples[k * per_shard:(k + 1) * per_shard])
+        shards.append(str(path))
+    tmp = out / ".tmp-sizes.json"
+    tmp.write_text(json.dumps(sizes))
+    os.replace(tmp, out / "sizes.json")
+    return {"pattern": str(out / f"shard-{{000000..{n_shards - 1:06d}}}.tar"), "shards": shards,
+            "n_samples": n_samples}
+
+
+def _write_split(root: Path, split: str, samples: list[dict]) -> None:
+    (root / split).mkdir(parents=True, exist_ok=True)
+    write_tar_atomic(root / split / "0.tar", samples)
+    (root / split / "nshards.txt").write_text("1\n")
+
+
+def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_per_class: int = 20) -> dict:
+    """clip_benchmark ``wds/`` sets under ``out_root``: ``synth_shapes`` (train/test) and ``synth_retrieval`` (test)."""
+    root = Path(out_root)
+    rng = random.Random(seed)
+    shapes_dir, retrieval_dir = root / "synth_shapes", root / "synth_retrieval"
+    for split in ("train", "test"):
+        samples = []
+        for label, shape in enumerate(SHAPES):
+            for i in range(n_per_class):
+                colour = rng.choice(list(COLOURS))
+                samples.append({"__key__": f"{shape}{i:04d}", "png": _png(draw_shape(shape, colour, res, rng)),
+                                "cls": label})
+        rng.shuffle(samples)
+        _write_split(shapes_dir, split, samples)
+    (shapes_dir / "classnames.txt").write_text("\n".join(SHAPES) + "\n")
+    (shapes_dir / "zeroshot_classification_templates.txt").write_text("a {c}\na picture of a {c}\n")
+    samples = []
+    for i, (shape, colour) in enumerate((s, c) for s in SHAPES for c in COLOURS):
+        samples.append({"__key__": f"r{i:04d}", "png": _png(draw_shape(shape, colour, res, rng)),
+                        "txt": f"a {colour} {shape}\na picture of a {colour} {shape}"})
+    _write_split(retrieval_dir, "test", samples)
+    (retrieval_dir / "dataset_type.txt").write_text("retrieval\n")
+    return {"synth_shapes": str(shapes_dir), "synth_retrieval": str(retrieval_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--res", type=int, default=32)
+    parser.add_argument("--shards", type=int, default=4)
+    args = parser.parse_args(argv)
+    info = build_synthetic_pretrain(Path(args.out) / "pretrain", args.n, args.res, args.shards)
+    sets = build_synthetic_eval(Path(args.out) / "wds", args.res)
+    print(json.dumps({"pretrain": info["pattern"], **sets}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
