@@ -1,6 +1,7 @@
 """End to end: `open_clip train --loss uniclip_mpnce` on generated webdataset shards (tiny config, CPU, fp32)."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -112,6 +113,16 @@ def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
                   "--train-num-samples", "256")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "accum" / "checkpoints" / "epoch_1.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["amp_bf16", "pure_bf16"])
+def test_bf16_precisions_train(shards: dict, tmp_path: Path, precision: str) -> None:
+    proc = _train(tmp_path, precision, shards["pattern"], "--epochs", "1", "--train-num-samples", "128",
+                  "--precision", precision)  # the last --precision wins in argparse
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = _losses(tmp_path / precision / "out.log")
+    assert losses and all(math.isfinite(v) for v in losses)
 
 
 @pytest.mark.multiproc
