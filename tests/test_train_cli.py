@@ -116,6 +116,18 @@ def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_corrupt_image_and_empty_caption_are_skipped_and_counted_in_training(tmp_path: Path) -> None:
+    from harness.synthetic import build_synthetic_pretrain
+    bad = build_synthetic_pretrain(tmp_path / "bad", n_samples=64, res=32, n_shards=1, corrupt_images=2,
+                                   empty_captions=1)  # one shard: a 64-sample epoch reads every sample
+    proc = _train(tmp_path, "bad", bad["pattern"], "--epochs", "1", "--train-num-samples", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr + (tmp_path / "bad" / "out.log").read_text()
+    assert "Skipping the sample" in text and "'corrupt': 2" in text   # logged with a running count
+    assert "with an empty caption" in text
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["amp_bf16", "pure_bf16"])
 def test_bf16_precisions_train(shards: dict, tmp_path: Path, precision: str) -> None:
     proc = _train(tmp_path, precision, shards["pattern"], "--epochs", "1", "--train-num-samples", "128",
