@@ -26,10 +26,11 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
 
 
-def _train(logs: Path, name: str, data: str, *extra: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def _train(logs: Path, name: str, data: str, *extra: str, launcher: list[str] | None = None,
+           resampled: bool = True) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable, "-m", "uniclip_plugin.cli"]) + [
         "train", "--loss", "uniclip_mpnce", "--model", NAME, "--train-data", data, "--dataset-type", "webdataset",
-        "--dataset-resampled", "--train-num-samples", str(SAMPLES_PER_EPOCH), "--batch-size", str(BATCH),
+        *(["--dataset-resampled"] if resampled else []), "--train-num-samples", str(SAMPLES_PER_EPOCH), "--batch-size", str(BATCH),
         "--lr", "2e-3", "--wd", "0.1", "--warmup", "10", "--precision", "fp32", "--device", "cpu", "--workers", "1",
         "--logs", str(logs), "--name", name, "--log-every-n-steps", "8", "--zeroshot-frequency", "0",
         "--save-frequency", "1", "--seed", "0", *extra]
@@ -119,12 +120,14 @@ def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
 def test_corrupt_image_and_empty_caption_are_skipped_and_counted_in_training(tmp_path: Path) -> None:
     from harness.synthetic import build_synthetic_pretrain
     bad = build_synthetic_pretrain(tmp_path / "bad", n_samples=64, res=32, n_shards=1, corrupt_images=2,
-                                   empty_captions=1)  # one shard: a 64-sample epoch reads every sample
-    proc = _train(tmp_path, "bad", bad["pattern"], "--epochs", "1", "--train-num-samples", "64")
+                                   empty_captions=1)
+    # Not resampled: one epoch streams every sample of the shard exactly once, so the counts are exact.
+    proc = _train(tmp_path, "bad", bad["pattern"], "--epochs", "1", "--train-num-samples", "64", "--batch-size", "8",
+                  resampled=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr + (tmp_path / "bad" / "out.log").read_text()
     assert "Skipping the sample" in text and "'corrupt': 2" in text   # logged with a running count
-    assert "with an empty caption" in text
+    assert "'empty_caption': 1" in text and "with an empty caption" in text
 
 
 @pytest.mark.slow
