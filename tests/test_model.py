@@ -162,3 +162,20 @@ def test_local_dir_bundle(tmp_path: Path) -> None:
     loaded.eval()
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+
+
+@pytest.mark.parametrize("cfg", [{"aug_embed": False}, {"domain_similarity": False}, {"aug_fusion": "add"},
+                                 {"views": 1, "aug_embed": False, "domain_similarity": False}])
+def test_ablated_checkpoint_loads_by_its_base_name(tmp_path: Path, cfg: dict) -> None:
+    """Options that change the weights are read off the checkpoint, so an ablation run loads like any other."""
+    model = _model(**cfg)
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    loaded, _, _ = open_clip.create_model_and_transforms(NAME, pretrained=str(ckpt))
+    assert (loaded.aug_embed is None) == (not cfg.get("aug_embed", True))
+    assert loaded.logit_scale.shape == model.logit_scale.shape
+    model.eval()
+    loaded.eval()
+    images, _ = _batch(model)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))

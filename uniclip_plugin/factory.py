@@ -9,12 +9,15 @@ factory global, so they all go through the wrapper.
 from __future__ import annotations
 
 import json
+import math
+import os
 import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import open_clip
 import open_clip.factory as ocf
+import torch
 
 from . import registry
 from .config import deep_merge
@@ -48,13 +51,43 @@ def plugin_model_config(model_name: str) -> Optional[dict]:
     return cfg
 
 
+def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of a local checkpoint without materialising it (mmap / safetensors header)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def architecture_from_checkpoint(marker: str, path: str) -> dict[str, Any]:
+    """UniCLIP options that change the weights, read off a checkpoint: a run trained with ``--no-aug-embed``,
+    ``--aug-fusion add`` or ``--no-domain-similarity`` then loads by its base config name."""
+    if marker != "uniclip_cfg" or not os.path.isfile(path):
+        return {}
+    shapes = _checkpoint_shapes(path)
+    if "logit_scale" not in shapes:
+        return {}
+    arch: dict[str, Any] = {"domain_similarity": (math.prod(shapes["logit_scale"]) == 3),
+                            "aug_embed": "aug_embed.encoder.0.weight" in shapes}
+    if arch["aug_embed"]:
+        arch["aug_hidden"] = shapes["aug_embed.encoder.0.weight"][0]
+        arch["aug_fusion"] = "concat" if "aug_embed.fuse.weight" in shapes else "add"
+    return arch
+
+
 def create_model(model_name: str, *args: Any, **kwargs: Any) -> Any:
     """Drop-in for ``open_clip.create_model`` that builds plugin classes from marked configs."""
     cfg = plugin_model_config(model_name)
     if cfg is None:
         return _ORIGINAL_CREATE_MODEL(model_name, *args, **kwargs)
     marker = registry.marker_of(cfg)
+    pretrained = kwargs.get("pretrained", args[0] if args else None)
     merged = deep_merge(cfg.get(marker, {}), _MODEL_OVERRIDES.get(marker, {}))
+    if isinstance(pretrained, str):
+        merged = deep_merge(merged, architecture_from_checkpoint(marker, pretrained))
     kwargs[marker] = deep_merge(merged, kwargs.get(marker, {}))  # open_clip's own update is shallow
     with _SWAP_LOCK:
         ocf.CLIP = registry.model_class_for(marker)
