@@ -41,7 +41,7 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile("Tiny-32", 1, 32, 1e-3, 2, samples=128),
-    "quick": Profile("Tiny-32", 4, 128, 1e-3, 50),
+    "quick": Profile("Tiny-32", 3, 128, 1e-3, 50),
     "full": Profile("Tiny-64", 15, 256, 1e-3, 200),
 }
 
