@@ -1,0 +1,120 @@
+"""CPU linear probe on frozen image features (CLIP's protocol).
+
+clip_benchmark's own probe asserts CUDA (``metrics/linear_probe.py:144``), so the harness uses scikit-learn's
+L-BFGS logistic regression, as the CLIP paper does (Radford et al. 2021, appendix A.3): the inverse regularisation
+strength ``C`` is chosen by accuracy on a validation split carved from the *training* split only (never the test
+split: CLIP_benchmark #125 was exactly such a leak), with a coarse-to-fine search in log space, and the model is then
+refit on the whole training split and scored once on the test split.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+# Coarse grid: one point per decade. Features are L2-normalised (norm 1), so useful C values sit well above 1;
+# the grid is wide enough that the optimum is interior on every set tried (fmnist, digits, emoji groups).
+COARSE_LOG10_C = tuple(range(-3, 7))
+# Refinement steps in decades around the current best (CLIP halves the interval down to 8 steps per decade).
+REFINE_STEPS = (0.5, 0.25, 0.125)
+VAL_FRACTION = 0.2
+
+
+def _split_train_val(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified (when every class has ≥ 2 samples) ``VAL_FRACTION`` validation split of train."""
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if counts.min() >= 2 and int(VAL_FRACTION * len(labels)) >= len(counts) else None
+    fit_idx, val_idx = train_test_split(idx, test_size=VAL_FRACTION, random_state=seed, stratify=stratify)
+    return np.sort(fit_idx), np.sort(val_idx)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    with warnings.catch_warnings():
+        # Large C on separable features never "converges" to tolerance; the predictions are stable long before.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(x, y)
+
+
+def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick ``C`` by validation accuracy on a split of the training data.
+
+    Args:
+        feats: training features ``[N, D]``.
+        labels: integer training labels ``[N]``.
+        seed: seed of the train/validation split.
+
+    Returns:
+        The chosen ``C`` and every tried ``C`` with its validation accuracy. Ties go to the smaller ``C``
+        (stronger regularisation). With fewer than two classes or too few samples to split, ``C = 1``.
+    """
+    if len(np.unique(labels)) < 2 or len(labels) < 10:
+        return 1.0, {}
+    fit_idx, val_idx = _split_train_val(labels, seed)
+    if len(np.unique(labels[fit_idx])) < 2:
+        return 1.0, {}
+    scores: dict[float, float] = {}
+
+    def score(log_c: float) -> float:
+        c = float(10.0 ** round(log_c, 4))
+        if c not in scores:
+            clf = _fit(feats[fit_idx], labels[fit_idx], c, seed)
+            scores[c] = float(clf.score(feats[val_idx], labels[val_idx]))
+        return scores[c]
+
+    def best() -> float:
+        return max(scores, key=lambda c: (scores[c], -c))
+
+    for log_c in COARSE_LOG10_C:
+        score(log_c)
+    for step in REFINE_STEPS:
+        centre = math.log10(best())
+        score(centre - step)
+        score(centre + step)
+    return best(), scores
+
+
+def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
+                 seed: int = 0, max_train: int = 10000) -> dict[str, float]:
+    """Logistic-regression probe: ``C`` chosen on a validation split of train, refit on train, scored on test.
+
+    Args:
+        train_feats: frozen (normally L2-normalised) image features of the training split, ``[N, D]``.
+        train_labels: integer class labels ``[N]``.
+        test_feats: features of the test split, ``[M, D]``.
+        test_labels: integer labels ``[M]``.
+        seed: seed of the subsample and the validation split.
+        max_train: at most this many training samples (a seeded random subset) keep the CPU probe to seconds on
+            Fashion-MNIST's 60k training images; the subset is drawn before the validation split.
+
+    Returns:
+        ``lp_acc1``, ``lp_acc5`` (nan with fewer than 5 classes), ``lp_mean_per_class_recall`` (balanced accuracy,
+        as clip_benchmark reports it), the chosen ``lp_C`` and the number of training samples ``lp_n_train``.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+    train_feats, test_feats = np.asarray(train_feats, dtype=np.float64), np.asarray(test_feats, dtype=np.float64)
+    train_labels, test_labels = np.asarray(train_labels).astype(int), np.asarray(test_labels).astype(int)
+    if len(train_feats) > max_train:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train_feats))[:max_train])
+        train_feats, train_labels = train_feats[keep], train_labels[keep]
+    if len(np.unique(train_labels)) < 2:
+        raise ValueError(f"the linear probe needs at least 2 classes in the training split, got "
+                         f"{len(np.unique(train_labels))}")
+    c, _ = choose_c(train_feats, train_labels, seed)
+    clf = _fit(train_feats, train_labels, c, seed)
+    pred = clf.predict(test_feats)
+    acc5 = float("nan")
+    if len(clf.classes_) >= 5:
+        top5 = clf.classes_[np.argsort(-clf.predict_proba(test_feats), axis=1)[:, :5]]
+        acc5 = float((top5 == test_labels[:, None]).any(axis=1).mean())
+    with warnings.catch_warnings():
+        # A test class absent from the predictions is fine; sklearn warns about it.
+        warnings.simplefilter("ignore", UserWarning)
+        mpcr = float(balanced_accuracy_score(test_labels, pred))
+    return {"lp_acc1": float((pred == test_labels).mean()), "lp_acc5": acc5, "lp_mean_per_class_recall": mpcr,
+            "lp_C": c, "lp_n_train": int(len(train_labels))}
