@@ -1,8 +1,22 @@
-"""2 processes (gloo) with --local-loss --gather-with-grad equal the single-process global-batch loss and gradient."""
+"""2 processes (gloo) with --local-loss --gather-with-grad equal the single-process global-batch loss and gradient.
+
+World-size factor. Rank r computes L_r, the mean over its own (anchor, positive) pairs (or anchors) against the
+gathered columns; every rank has the same count, so the global loss is L = (1/W) Σ_r L_r. Each rank calls backward on
+its L_r; torch.distributed.nn.all_gather's backward sums the column gradients of every rank into the owner, so rank r
+receives ∂(Σ_r' L_r')/∂x_r = W · ∂L/∂x_r for its features x_r. DDP then averages parameter gradients over ranks; the
+parameters upstream of x_r see W · ∂L/∂x_r / W = ∂L/∂x_r, the global gradient. Hence the checks:
+  * features: rank r's gradient / W == the single-process gradient of L w.r.t. rank r's samples;
+  * scales/offsets (replicated, not gathered): mean over ranks of ∂L_r/∂θ == ∂L/∂θ (what DDP's average gives).
+"""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -10,9 +24,24 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from uniclip_plugin.losses.mpnce import OBJECTIVES, universal_contrastive_loss
-
 WORLD, B_LOCAL, V, D = 2, 4, 2, 8
+OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")  # = losses.mpnce.OBJECTIVES (asserted below)
+CHUNKS = (0, 3)  # unchunked and chunked (3 does not divide the 12 local rows)
+
+
+def _loss_module() -> Any:
+    """``uniclip_plugin.losses.mpnce`` without running ``uniclip_plugin/__init__`` in a spawned child.
+
+    The package's import registers its models with open_clip, which costs ~10 s of imports per process on a small
+    CPU box; the loss needs none of it. The parent process (pytest) has imported the real package already.
+    """
+    if "uniclip_plugin" not in sys.modules:
+        spec = importlib.util.find_spec("uniclip_plugin")
+        assert spec is not None and spec.submodule_search_locations is not None
+        package = types.ModuleType("uniclip_plugin")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["uniclip_plugin"] = package
+    return importlib.import_module("uniclip_plugin.losses.mpnce")
 
 
 def _inputs() -> tuple[torch.Tensor, ...]:
@@ -24,43 +53,76 @@ def _inputs() -> tuple[torch.Tensor, ...]:
     return img, txt, scales, offsets
 
 
+def _run(loss_fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[torch.Tensor]:
+    """Loss and the gradients w.r.t. (image features, text features, scales, offsets)."""
+    leaves = [t.clone().requires_grad_() for t in features]
+    loss = loss_fn(*leaves, **kw)["contrastive_loss"]
+    loss.backward()
+    return [loss.detach()] + [t.grad for t in leaves]
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
+        mpnce = _loss_module()
         img, txt, scales, offsets = _inputs()
-        results = {}
+        part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+        local = (img[part], txt[part], scales, offsets)
+        results: dict[str, Any] = {"objectives": mpnce.OBJECTIVES}
         for objective in OBJECTIVES:
-            part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-            leaves = [img[part].clone().requires_grad_(), txt[part].clone().requires_grad_(),
-                      scales.clone().requires_grad_(), offsets.clone().requires_grad_()]
-            loss = universal_contrastive_loss(*leaves, objective=objective, local_loss=True, gather_with_grad=True,
-                                              rank=rank, world_size=WORLD)["contrastive_loss"]
-            loss.backward()
-            results[objective] = [loss.detach()] + [t.grad for t in leaves]
+            for chunk in CHUNKS:
+                results[f"{objective}/{chunk}"] = _run(
+                    mpnce.universal_contrastive_loss, local, objective=objective, chunk_size=chunk, local_loss=True,
+                    gather_with_grad=True, rank=rank, world_size=WORLD)
+        # Rows = every gathered element (open_clip without --local-loss): each rank computes the global loss.
+        results["global_rows"] = _run(mpnce.universal_contrastive_loss, local, local_loss=False, gather_with_grad=True,
+                                      rank=rank, world_size=WORLD)
+        # Gather without grad: same value; gradients reach the local features only through the live local slice.
+        results["no_grad_gather"] = _run(mpnce.universal_contrastive_loss, local, local_loss=True,
+                                         gather_with_grad=False, rank=rank, world_size=WORLD)
+        try:
+            mpnce.universal_contrastive_loss(*local, rank=1 - rank, world_size=WORLD)
+            results["wrong_rank"] = "no error"
+        except RuntimeError as err:
+            results["wrong_rank"] = str(err)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """‖got − want‖ / ‖want‖, floored at 1e-9 in the denominator: infonce's offset gradient is exactly 0 in exact
+    arithmetic (each of its softmaxes holds one domain pair, so the offset cancels) and only round-off remains."""
+    return ((got - want).norm() / want.norm().clamp(min=1e-9)).item()
+
+
 @pytest.mark.multiproc
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
+    from uniclip_plugin.losses.mpnce import OBJECTIVES as objectives
+    from uniclip_plugin.losses.mpnce import universal_contrastive_loss
+    assert objectives == OBJECTIVES
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    img, txt, scales, offsets = _inputs()
+    features = _inputs()
     for objective in OBJECTIVES:
-        leaves = [t.clone().requires_grad_() for t in (img, txt, scales, offsets)]
-        loss = universal_contrastive_loss(*leaves, objective=objective)["contrastive_loss"]
-        loss.backward()
-        # Global loss = mean of the ranks' local losses (equal pair counts per rank).
-        mean_loss = sum(r[objective][0] for r in ranks) / WORLD
-        assert torch.allclose(mean_loss, loss.detach(), rtol=1e-5, atol=0)
-        # all_gather's backward sums every rank's gradient into the owner; DDP then averages parameter gradients
-        # over ranks, so (1/W) × rank r's feature gradient is the global gradient of rank r's samples, and the
-        # rank-averaged gradient of the (replicated) scales/offsets is theirs.
-        for k, leaf in enumerate(leaves[:2]):
-            got = torch.cat([r[objective][1 + k] for r in ranks]) / WORLD
-            assert torch.allclose(got, leaf.grad, rtol=1e-5, atol=1e-12), objective
-        for k, leaf in enumerate(leaves[2:]):
-            got = sum(r[objective][3 + k] for r in ranks) / WORLD
-            assert torch.allclose(got, leaf.grad, rtol=1e-5, atol=1e-12), objective
+        want = _run(universal_contrastive_loss, features, objective=objective)  # one process, global batch
+        for chunk in CHUNKS:
+            got = [r[f"{objective}/{chunk}"] for r in ranks]
+            assert _rel_err(sum(g[0] for g in got) / WORLD, want[0]) <= 1e-5, (objective, chunk)
+            for k in (1, 2):  # image, text features: rank r's gradient / W is the global gradient of its samples
+                assert _rel_err(torch.cat([g[k] for g in got]) / WORLD, want[k]) <= 1e-5, (objective, chunk, k)
+            for k in (3, 4):  # scales, offsets: DDP's mean over ranks
+                assert _rel_err(sum(g[k] for g in got) / WORLD, want[k]) <= 1e-5, (objective, chunk, k)
+    want = _run(universal_contrastive_loss, features)
+    for r in ranks:
+        assert _rel_err(r["global_rows"][0], want[0]) <= 1e-5        # every rank: the global loss
+        for k in (3, 4):
+            assert _rel_err(r["global_rows"][k], want[k]) <= 1e-5    # replicated parameters: the global gradient
+    # Without --local-loss every rank backpropagates the whole global loss, and all_gather's backward sums the W
+    # copies: the features' gradient is W × the global one (still W × after DDP's mean; open_clip #616 / #894).
+    assert _rel_err(torch.cat([r["global_rows"][1] for r in ranks]), want[1] * WORLD) <= 1e-5
+    assert _rel_err(sum(r["no_grad_gather"][0] for r in ranks) / WORLD, want[0]) <= 1e-5
+    assert all(r["no_grad_gather"][1].abs().sum() > 0 and torch.isfinite(r["no_grad_gather"][1]).all() for r in ranks)
+    assert all("process group says rank" in r["wrong_rank"] for r in ranks)
