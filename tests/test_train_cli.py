@@ -109,6 +109,17 @@ def test_resume_latest_continues(trained: Path, shards: dict) -> None:
 
 
 @pytest.mark.slow
+def test_same_seed_gives_the_same_loss_curve(shards: dict, tmp_path: Path) -> None:
+    """open_clip_train's sample shuffle is unseeded upstream (open_clip #734); compat seeds it from --seed."""
+    curves = []
+    for name in ("a", "b"):
+        proc = _train(tmp_path, name, shards["pattern"], "--epochs", "1", "--train-num-samples", "512")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        curves.append(_losses(tmp_path / name / "out.log"))
+    assert len(curves[0]) >= 3 and curves[0] == curves[1]
+
+
+@pytest.mark.slow
 def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
     proc = _train(tmp_path, "accum", shards["pattern"], "--epochs", "1", "--accum-freq", "2",
                   "--train-num-samples", "256")
