@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python harness/bench.py` from anywhere
 
 from harness.bench_report import atomic_path, training_curve, write_report, write_text_atomic  # noqa: E402
+from harness.datasets.common import sha256_of  # noqa: E402
 from harness.linear_probe import linear_probe  # noqa: E402
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
@@ -313,15 +314,6 @@ def dataset_fingerprint(dataset_dir: Path, split: str) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(dataset_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file's content (the feature-cache key of a checkpoint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------- features

@@ -20,6 +20,9 @@ from typing import Any, Iterable
 
 from PIL import Image, ImageDraw
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.datasets.common import SHARD_MTIME, fresh_tmp_dir, publish_dir  # noqa: E402
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),
            "purple": (140, 40, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "cyan": (20, 200, 210)}
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
@@ -58,11 +61,20 @@ def _png(img: Image.Image) -> bytes:
 
 
 def write_tar_atomic(path: Path, samples: Iterable[dict[str, Any]]) -> int:
-    """Write samples to ``path`` via a temp file + rename; returns the count."""
+    """Write webdataset samples to ``path`` via a temp file + rename (readers never see a partial tar).
+
+    Args:
+        path: final tar path.
+        samples: dicts with ``__key__`` (no dots: webdataset splits the extension at the first dot) and members as
+            bytes/str (or values webdataset's TarWriter can encode, e.g. an int for ``cls``).
+
+    Returns:
+        The number of samples written.
+    """
     import webdataset as wds
     tmp = path.with_name(f".tmp-{path.name}")
     count = 0
-    with wds.TarWriter(str(tmp)) as sink:
+    with wds.TarWriter(str(tmp), mtime=SHARD_MTIME) as sink:
         for sample in samples:
             sink.write(sample)
             count += 1
@@ -76,10 +88,24 @@ def _concept(rng: random.Random) -> tuple[str, str]:
 
 def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int = 32, n_shards: int = 4,
                              seed: int = 0, corrupt_images: int = 0, empty_captions: int = 0) -> dict:
-    """Pre-training shards ``out_dir/shard-{000000..}.tar`` + ``sizes.json`` (counts every written sample).
+    """Pre-training shards ``out_dir/shard-{000000..}.tar`` + ``sizes.json``, readable by ``open_clip train``.
 
-    ``corrupt_images`` samples carry undecodable ``.png`` bytes and ``empty_captions`` samples an empty ``.txt``, to
-    exercise the pipeline's skip-and-count path.
+    Each sample has ``<key>.png`` (a coloured shape with position/size jitter on a light random background),
+    ``<key>.txt`` (e.g. "a red circle", four phrasings) and ``<key>.json`` (shape, colour, ``keywords``). 6 shapes ×
+    8 colours: a tiny CLIP learns the pairing in a few hundred steps.
+
+    Args:
+        out_dir: output folder (created).
+        n_samples: samples written in total (including the broken ones below).
+        res: image side in px.
+        n_shards: shard count (``--workers`` × ranks must not exceed it).
+        seed: generator seed.
+        corrupt_images: the first this many samples carry ``.png`` bytes that are not a decodable image.
+        empty_captions: the next this many samples carry an empty ``.txt``.
+
+    Returns:
+        ``{"pattern": brace pattern for --train-data, "n_samples": int, "shards": [paths]}``; ``sizes.json``
+        counts every written sample, broken ones included.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,10 +141,25 @@ def _write_split(root: Path, split: str, samples: list[dict]) -> None:
 
 
 def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_per_class: int = 20) -> dict:
-    """clip_benchmark ``wds/`` sets under ``out_root``: ``synth_shapes`` (train/test) and ``synth_retrieval`` (test)."""
+    """clip_benchmark ``wds/`` sets of generated shapes, each written to a temp folder and renamed when complete.
+
+    Args:
+        out_root: folder that receives ``synth_shapes/`` and ``synth_retrieval/`` (the ``wds/`` folder).
+        res: image side in px.
+        seed: generator seed (different from the pre-training default, so no evaluation image is a training image).
+        n_per_class: images per shape class in each of ``train`` and ``test``.
+
+    Returns:
+        ``{"synth_shapes": path, "synth_retrieval": path}``. ``synth_shapes`` is a classification set by shape
+        (``classnames.txt``, ``zeroshot_classification_templates.txt`` with ``{c}``, ``train/`` and ``test/`` with
+        ``<key>.png`` + ``<key>.cls``); ``synth_retrieval`` is a retrieval set (``dataset_type.txt``, ``test/`` with
+        one image per (shape, colour) and two captions per image, one per line).
+    """
     root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     shapes_dir, retrieval_dir = root / "synth_shapes", root / "synth_retrieval"
+    tmp = fresh_tmp_dir(shapes_dir)
     for split in ("train", "test"):
         samples = []
         for label, shape in enumerate(SHAPES):
@@ -127,15 +168,18 @@ def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_p
                 samples.append({"__key__": f"{shape}{i:04d}", "png": _png(draw_shape(shape, colour, res, rng)),
                                 "cls": label})
         rng.shuffle(samples)
-        _write_split(shapes_dir, split, samples)
-    (shapes_dir / "classnames.txt").write_text("\n".join(SHAPES) + "\n")
-    (shapes_dir / "zeroshot_classification_templates.txt").write_text("a {c}\na picture of a {c}\n")
+        _write_split(tmp, split, samples)
+    (tmp / "classnames.txt").write_text("\n".join(SHAPES) + "\n")
+    (tmp / "zeroshot_classification_templates.txt").write_text("a {c}\na picture of a {c}\n")
+    publish_dir(tmp, shapes_dir)
+    tmp = fresh_tmp_dir(retrieval_dir)
     samples = []
     for i, (shape, colour) in enumerate((s, c) for s in SHAPES for c in COLOURS):
         samples.append({"__key__": f"r{i:04d}", "png": _png(draw_shape(shape, colour, res, rng)),
                         "txt": f"a {colour} {shape}\na picture of a {colour} {shape}"})
-    _write_split(retrieval_dir, "test", samples)
-    (retrieval_dir / "dataset_type.txt").write_text("retrieval\n")
+    _write_split(tmp, "test", samples)
+    (tmp / "dataset_type.txt").write_text("retrieval\n")
+    publish_dir(tmp, retrieval_dir)
     return {"synth_shapes": str(shapes_dir), "synth_retrieval": str(retrieval_dir)}
 
 

@@ -383,3 +383,16 @@ def test_uniclip_benchmark_cli_matches_bench(workspace: dict[str, Path]) -> None
     cli_ret = json.loads(ret_json.read_text())["metrics"]
     ours_ret = json.loads((out / "json" / "uniclip-seed0__synth_retrieval__zeroshot_retrieval.json").read_text())
     assert cli_ret == pytest.approx(ours_ret["metrics"], abs=1e-6)
+
+
+def test_probe_warm_start_reaches_the_cold_start_optimum() -> None:
+    """The C-grid warm start changes the solver's path only: the convex optimum (hence predictions) is the same."""
+    from harness import linear_probe as lp
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8))
+    y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * rng.standard_normal(300) > 0).astype(int) + (x[:, 2] > 1)
+    cold = lp._fit(x, y, 3.0, 0)
+    warm = lp._fit(x, y, 3.0, 0, init=lp._fit(x, y, 0.01, 0))
+    # equal up to L-BFGS's stopping tolerance (tol 1e-4 on the gradient)
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=1e-2)
+    np.testing.assert_allclose(warm.predict_proba(x), cold.predict_proba(x), atol=5e-3)
