@@ -41,6 +41,15 @@ def _plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--similarity-form", default="shift_scale", choices=["shift_scale", "scale_shift"],
                    help="shift_scale: s = scale·(cos − offset); scale_shift: s = scale·cos − offset")
     g.add_argument("--loss-chunk-size", type=int, default=0, help="rows per chunk of the loss (0 = unchunked)")
+    g = p.add_argument_group("SLIP loss")
+    g.add_argument("--ssl-scale", type=float, default=1.0, help="weight of SLIP's SimCLR term (SLIP: 1.0)")
+    g.add_argument("--ssl-temp", type=float, default=0.1, help="temperature of SLIP's SimCLR NT-Xent (SLIP: 0.1)")
+    g = p.add_argument_group("DeCLIP loss (weight 0 switches a term, and its model part, off)")
+    g.add_argument("--declip-mvs-weight", type=float, default=0.4, help="multi-view InfoNCE (DeCLIP: 0.4)")
+    g.add_argument("--declip-simsiam-weight", type=float, default=0.2, help="image SimSiam (DeCLIP: 0.2)")
+    g.add_argument("--declip-mlm-weight", type=float, default=0.2, help="masked language modelling (DeCLIP: 0.2)")
+    g.add_argument("--declip-nns-weight", type=float, default=0.2, help="nearest-neighbour text (DeCLIP: 0.2)")
+    g.add_argument("--declip-no-eda", action="store_true", help="no EDA text view (MVS over (x1,t), (x2,t) only)")
     return p
 
 
@@ -70,7 +79,13 @@ def _check_train_data(pattern: Optional[str]) -> None:
 def _model_overrides(ours: argparse.Namespace) -> dict[str, dict[str, Any]]:
     keys = ("views", "view_preset", "aug_embed", "aug_fusion", "domain_similarity")
     uni = {k: getattr(ours, k) for k in keys if getattr(ours, k) is not None}
-    return {"uniclip_cfg": uni} if uni else {}
+    overrides = {"uniclip_cfg": uni} if uni else {}
+    if getattr(ours, "loss", None) == "declip":
+        from .losses.declip import declip_model_overrides
+        declip = declip_model_overrides(ours)
+        if declip:
+            overrides["declip_cfg"] = declip
+    return overrides
 
 
 def _check_model_for_loss(spec: Any, model_name: str) -> None:
@@ -137,6 +152,7 @@ def train(argv: list[str]) -> int:
         guard = NonFiniteGuard().install()
         ocm.create_loss = create_loss
         if spec.wrap_tokenizer is not None:
+            ours.seed = int(_option(rest, "--seed", "0") or 0)  # open_clip_train's --seed, for seeded data hooks
             get_tokenizer = ocm.get_tokenizer
             ocm.get_tokenizer = lambda *a, **kw: spec.wrap_tokenizer(get_tokenizer(*a, **kw), ours)
         ocm.create_model_and_transforms = _whole_image_train_transform(ocm.create_model_and_transforms)

@@ -1,6 +1,8 @@
 """The one module that talks to torch.distributed: rank/world helpers and the feature gather of the losses."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -65,3 +67,40 @@ def gather_universal(image_features: torch.Tensor, text_features: torch.Tensor, 
         gathered[rank] = packed  # the live local slice: gradients still reach this rank's features
     everything = torch.cat(gathered, dim=0)                                               # [W·B, V+1, D]
     return everything[:, :views], everything[:, views]
+
+
+def gather_rows_with_grad(tensors: Sequence[torch.Tensor], *, rank: int, world_size: int) -> list[torch.Tensor]:
+    """All-gather several ``[B, ...]`` tensors along the batch dimension, rank-major, WITH gradient, in one collective.
+
+    ``torch.distributed.nn.all_gather``'s backward sums every rank's gradient into the owner, so with local rows
+    (``--local-loss``) rank r receives ``world_size ×`` the global-batch gradient of its inputs, which DDP's mean turns
+    back into the global gradient (tests/test_distributed_loss.py). Every rank must hold the same ``B``.
+
+    Args:
+        tensors: this rank's tensors, all with the same first dimension ``B``; any float dtypes.
+        rank: this process's rank in the default group; world_size: its size.
+
+    Returns:
+        The gathered ``[W·B, ...]`` tensors in the input order and dtypes; the inputs themselves when
+        ``world_size == 1``.
+
+    Raises:
+        RuntimeError: ``world_size > 1`` without an initialised process group, or one of another size or rank.
+    """
+    if world_size <= 1:
+        return list(tensors)
+    if not is_initialized():
+        raise RuntimeError(f"world_size={world_size} but torch.distributed has no initialised process group "
+                           f"(call torch.distributed.init_process_group, or use world_size=1)")
+    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+        raise RuntimeError(f"loss configured for rank {rank} of {world_size}, but the process group says rank "
+                           f"{dist.get_rank()} of {dist.get_world_size()}")
+    from torch.distributed import nn as dist_nn  # see gather_universal
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    flat = [t.reshape(t.shape[0], -1) for t in tensors]
+    packed = torch.cat([f.to(dtype) for f in flat], dim=1).contiguous()                  # [B, ΣF]: one collective
+    everything = torch.cat(list(dist_nn.all_gather(packed)), dim=0)                      # [W·B, ΣF]
+    parts = everything.split([f.shape[1] for f in flat], dim=1)
+    return [p.reshape(-1, *t.shape[1:]).to(t.dtype) for p, t in zip(parts, tensors)]

@@ -65,6 +65,9 @@ def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
 def architecture_from_checkpoint(marker: str, path: str) -> dict[str, Any]:
     """UniCLIP options that change the weights, read off a checkpoint: a run trained with ``--no-aug-embed``,
     ``--aug-fusion add`` or ``--no-domain-similarity`` then loads by its base config name."""
+    hook = getattr(registry.model_class_for(marker), "architecture_from_shapes", None)
+    if hook is not None and os.path.isfile(path):  # plugin classes that read their own switches (DeCLIP)
+        return hook(_checkpoint_shapes(path))
     if marker != "uniclip_cfg" or not os.path.isfile(path):
         return {}
     shapes = _checkpoint_shapes(path)
