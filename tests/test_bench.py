@@ -159,6 +159,26 @@ def test_capped_probe_features_are_the_same_subset_linear_probe_draws(tmp_path: 
     assert a == b
 
 
+def test_second_model_reads_the_decoded_images_back_exactly(tmp_path: Path) -> None:
+    # The first model decodes and caches the preprocessed images; a second model (other cache key) reads them back
+    # instead of decoding, and gets exactly the features it would have computed from the shards.
+    build_synthetic_eval(tmp_path / "wds", res=16, seed=3, n_per_class=5)
+    cache = tmp_path / "cache"
+    for name, split, cap in (("synth_shapes", "train", 12), ("synth_shapes", "test", None),
+                             ("synth_retrieval", "test", None)):
+        folder = tmp_path / "wds" / name
+        direct = bench.extract_features(PixelModel(), to_tensor, folder, split, max_samples=cap, seed=4)
+        first = bench.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m1",
+                                       max_samples=cap, seed=4)
+        assert list(cache.glob(f"images-{name}-{split}-*.pt")), "decoded images were not cached"
+        second = bench.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m2",
+                                        max_samples=cap, seed=4)
+        for rec in (first, second):
+            assert torch.equal(rec["x"], direct["x"])
+            assert (torch.equal(rec["y"], direct["y"]) if direct["y"] is not None
+                    else rec["captions"] == direct["captions"])
+
+
 # ----------------------------------------------------------------------------------------------- runs and errors
 
 def _ckpt(path: Path, epoch: int) -> Path:

@@ -17,6 +17,15 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_initialized() else (0, 1)
 
 
+def _check_group(rank: int, world_size: int) -> None:
+    if not is_initialized():
+        raise RuntimeError(f"world_size={world_size} but torch.distributed has no initialised process group "
+                           f"(call torch.distributed.init_process_group, or use world_size=1)")
+    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+        raise RuntimeError(f"loss configured for rank {rank} of {world_size}, but the process group says rank "
+                           f"{dist.get_rank()} of {dist.get_world_size()}")
+
+
 def gather_universal(image_features: torch.Tensor, text_features: torch.Tensor, *, rank: int, world_size: int,
                      gather_with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather a rank's views and texts along the batch dimension, rank-major.
@@ -46,12 +55,7 @@ def gather_universal(image_features: torch.Tensor, text_features: torch.Tensor, 
     """
     if world_size <= 1:
         return image_features, text_features
-    if not is_initialized():
-        raise RuntimeError(f"world_size={world_size} but torch.distributed has no initialised process group "
-                           f"(call torch.distributed.init_process_group, or use world_size=1)")
-    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-        raise RuntimeError(f"loss configured for rank {rank} of {world_size}, but the process group says rank "
-                           f"{dist.get_rank()} of {dist.get_world_size()}")
+    _check_group(rank, world_size)
     views = image_features.shape[1]
     dtype = torch.promote_types(image_features.dtype, text_features.dtype)
     # One packed [B, V+1, D] tensor: one collective (and one backward all-to-all) per step instead of two.
@@ -89,12 +93,7 @@ def gather_rows_with_grad(tensors: Sequence[torch.Tensor], *, rank: int, world_s
     """
     if world_size <= 1:
         return list(tensors)
-    if not is_initialized():
-        raise RuntimeError(f"world_size={world_size} but torch.distributed has no initialised process group "
-                           f"(call torch.distributed.init_process_group, or use world_size=1)")
-    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-        raise RuntimeError(f"loss configured for rank {rank} of {world_size}, but the process group says rank "
-                           f"{dist.get_rank()} of {dist.get_world_size()}")
+    _check_group(rank, world_size)
     from torch.distributed import nn as dist_nn  # see gather_universal
     dtype = tensors[0].dtype
     for t in tensors[1:]:
