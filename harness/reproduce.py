@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -37,12 +39,13 @@ class Profile:
     lr: float
     warmup: int
     samples: Optional[int] = None  # --train-num-samples per epoch (None: the data's sizes.json)
+    epoch_fraction: float = 1.0    # an "epoch" is this fraction of the data (more validation points per pass)
 
 
 PROFILES = {
-    "smoke": Profile("Tiny-32", 1, 32, 1e-3, 2, samples=128),
-    "quick": Profile("Tiny-32", 3, 128, 1e-3, 50),
-    "full": Profile("Tiny-64", 15, 256, 1e-3, 200),
+    "smoke": Profile("Tiny-32", 2, 32, 1e-3, 2, samples=64),
+    "quick": Profile("Tiny-32", 6, 128, 1e-3, 50, epoch_fraction=0.5),   # 3 passes over the data, 6 val points
+    "full": Profile("Tiny-64", 30, 256, 1e-3, 200, epoch_fraction=0.5),  # 15 passes, 30 val points
 }
 
 
@@ -60,8 +63,8 @@ METHODS = [
     Method("clip-aug", "uniclip_mpnce", "UniCLIP-{size}",
            ("--views", "1", "--no-aug-embed", "--no-domain-similarity", "--mpnce-objective", "infonce"),
            "control: CLIP loss on one UniCLIP-strength view (= ClipLoss with UniCLIP's augmentations)"),
-    Method("slip", "slip", "SLIP-{size}", note="SLIP (issue 7)"),
-    Method("declip", "declip", "DeCLIP-{size}", note="DeCLIP (issue 7)"),
+    Method("slip", "slip", "SLIP-{size}", note="SLIP: CLIP loss on a weak view + SimCLR on two strong views"),
+    Method("declip", "declip", "DeCLIP-{size}", note="DeCLIP: 0.4 MVS + 0.2 SimSiam + 0.2 MLM + 0.2 NNS"),
     Method("uniclip", "uniclip_mpnce", "UniCLIP-{size}", note="UniCLIP: V=2, aug-aware embedding, MP-NCE, domain sim"),
 ]
 ABLATIONS = [
@@ -82,7 +85,8 @@ def available(method: Method, size: str) -> bool:
     return method.loss in registry.list_losses() and method.model.format(size=size) in open_clip.list_models()
 
 
-def train_command(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int) -> list[str]:
+def train_command(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int,
+                  val: dict) -> list[str]:
     return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", method.loss,
             "--model", method.model.format(size=prof.size), *method.flags,
             "--train-data", data, "--dataset-type", "webdataset", "--dataset-resampled",
@@ -90,18 +94,20 @@ def train_command(method: Method, prof: Profile, data: str, samples: int, runs: 
             "--lr", str(prof.lr), "--wd", "0.1", "--warmup", str(prof.warmup), "--precision", "fp32",
             "--device", "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs),
             "--name", f"{method.name}-seed{seed}", "--save-frequency", "1", "--zeroshot-frequency", "0",
-            "--log-every-n-steps", "10"]
+            "--log-every-n-steps", "10", "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]),
+            "--val-frequency", "1"]
 
 
-def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int) -> dict:
-    """Train one run unless its final checkpoint exists; returns {"seconds", "command", "skipped"}."""
+def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict) -> dict:
+    """Train one run unless its final checkpoint exists; returns {"seconds", "start", "command", "skipped"}."""
     run_dir = runs / f"{method.name}-seed{seed}"
     final = run_dir / "checkpoints" / f"epoch_{prof.epochs}.pt"
-    cmd = train_command(method, prof, data, samples, runs, seed)
+    cmd = train_command(method, prof, data, samples, runs, seed, val)
     timing = run_dir / "wallclock.json"
     if final.is_file():
-        seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
-        return {"seconds": seconds, "command": cmd, "skipped": True}
+        record = json.loads(timing.read_text()) if timing.is_file() else {}
+        return {"seconds": record.get("seconds", float("nan")), "start": record.get("start"), "command": cmd,
+                "skipped": True}
     resume = ["--resume", "latest"] if (run_dir / "checkpoints").is_dir() else []
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
@@ -110,8 +116,9 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"reproduce.py: error: training {method.name} seed {seed} failed: {tail}")
     seconds = time.time() - start
-    timing.write_text(json.dumps({"seconds": seconds}))
-    return {"seconds": seconds, "command": cmd, "skipped": False}
+    # a resumed run's epochs before the resume have no wall-clock on this timeline
+    timing.write_text(json.dumps({"seconds": seconds, "start": None if resume else start}))
+    return {"seconds": seconds, "start": None if resume else start, "command": cmd, "skipped": False}
 
 
 def learned_similarity(run_dir: Path, epochs: int) -> Optional[dict[str, list[float]]]:
@@ -124,30 +131,99 @@ def learned_similarity(run_dir: Path, epochs: int) -> Optional[dict[str, list[fl
     return {"temperature": (1 / scales).tolist(), "offset": sd["logit_bias"].tolist()}
 
 
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def analyse(methods: list[Method], prof: Profile, runs: Path, seeds: int, steps_per_epoch: int,
+            timings: dict[str, list[dict]]) -> dict:
+    """Validation curves, best epochs, equal-wall-clock values and data efficiency of every run (→ curves.json)."""
+    from harness import study
+    curves: dict[str, dict[str, list[dict]]] = {}
+    for m in methods:
+        for seed in range(seeds):
+            start = timings[m.name][seed]["start"] if seed < len(timings.get(m.name, [])) else None
+            curves.setdefault(m.name, {})[str(seed)] = study.val_curve(runs / f"{m.name}-seed{seed}",
+                                                                        steps_per_epoch, start)
+    totals = {m: [t["seconds"] for t in ts] for m, ts in timings.items()}
+    # Equal wall-clock budget: the time at which the cheapest method's last validation point was reached
+    lasts = [[c[-1]["seconds"] for c in per_seed.values() if c] for per_seed in curves.values()]
+    finite = [statistics.mean(v) for v in lasts if v and not any(math.isnan(x) for x in v)]
+    budget = min(finite) if finite else float("nan")
+    rows = []
+    for m in methods:
+        per_seed = curves.get(m.name, {})
+        finals = [c[-1]["val_r1"] for c in per_seed.values() if c]
+        bests = [study.best_epoch(c) for c in per_seed.values() if c]
+        best_vals = [max(p["val_r1"] for p in c if p["epoch"] >= 1) for c in per_seed.values() if c]
+        at_budget = [study.value_at(c, "seconds", budget) for c in per_seed.values() if c]
+        secs = totals.get(m.name, [])
+        rows.append({"method": m.name, "seconds_per_run": statistics.mean(secs) if secs else float("nan"),
+                     "seconds_per_step": (statistics.mean(secs) / (prof.epochs * steps_per_epoch)) if secs else
+                     float("nan"), "final_val_r1": finals, "best_epochs": bests, "best_val_r1": best_vals,
+                     "val_r1_at_budget": at_budget})
+    return {"curves": curves, "budget_seconds": budget, "rows": rows, "steps_per_epoch": steps_per_epoch,
+            "data_efficiency": study.data_efficiency(curves)}
+
+
 def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Method], skipped: list[Method],
-                  timings: dict[str, list[float]], commands: list[str], results: Path, runs: Path, seeds: int,
-                  data_note: str) -> None:
+                  analysis: dict, commands: list[str], results: Path, runs: Path, seeds: int, data_note: str,
+                  elapsed: float, val_samples: int) -> None:
     import open_clip
+
+    from harness import study
     table = (results / "table.md").read_text() if (results / "table.md").is_file() else "(no bench table)"
+    best_table = ((results / "best" / "table.md").read_text() if (results / "best" / "table.md").is_file()
+                  else "(every run's best validation epoch is its final epoch: the table above applies)")
+    seed_text = f"seeds 0..{seeds - 1}" if seeds > 1 else "seed 0"
     lines = [f"# Results ({prof_name} profile)", "",
              f"Made by `python harness/reproduce.py --profile {prof_name} --seeds {seeds}` on "
              f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-             f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}.", "",
+             f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}; the whole "
+             f"command took {elapsed / 60:.1f} min (data build, training, validation, benchmark). Every number below "
+             f"comes from `{_rel(results)}/json/*.json` (one clip_benchmark JSON per run, dataset and task), "
+             f"`{_rel(results)}/best/json/*.json` (best-epoch runs) and `{_rel(results)}/curves.json` "
+             f"(validation curves).", "",
              f"Data: {data_note}", "",
-             f"Every method: towers `{prof.size}`, {prof.epochs} epochs, batch {prof.batch}, AdamW lr {prof.lr} wd 0.1, "
-             f"cosine schedule with {prof.warmup} warm-up steps, fp32, seed(s) 0..{seeds - 1}. Numbers come from "
-             f"`{results}/json/*.json` (one clip_benchmark JSON per run, dataset and task).", "",
+             f"Every method: towers `{prof.size}`, {prof.epochs} epochs of "
+             f"{analysis['steps_per_epoch']} steps (an epoch = {prof.epoch_fraction:g} × the data, resampled), batch "
+             f"{prof.batch}, AdamW lr {prof.lr} wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
+             f"{seed_text}. No hyper-parameter was tuned for any method (the same zero tuning effort for all): "
+             f"these are open_clip-style defaults fixed before the first run; only the epoch is chosen, on the "
+             f"validation split, for the best-epoch rows.", "",
              "## Methods", ""]
     for m in methods:
-        secs = timings.get(m.name, [])
-        wall = f"{sum(secs) / len(secs):.0f} s per run" if secs else "n/a"
         lines.append(f"- **{m.name}** (`--loss {m.loss} --model {m.model.format(size=prof.size)} "
-                     f"{' '.join(m.flags)}`): {m.note or 'ablation'}; wall-clock {wall}")
+                     f"{' '.join(m.flags)}`): {m.note or 'ablation'}")
     for m in skipped:
         lines.append(f"- {m.name}: not run — `--loss {m.loss}` / `{m.model.format(size=prof.size)}` is not "
                      f"registered in this version ({m.note})")
-    plots = ", ".join(f"`{p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}`" for p in sorted(results.glob("*.png")))
-    lines += ["", "## Evaluation", "", table, "", f"Plots: {plots}", "",
+    lines += ["", "## Test sets, final epoch", "", table, "",
+              "`heldout_emoji_retrieval` holds all 1,852 held-out concepts (it shares 896 with the validation split); "
+              "`heldout_emoji_retrieval_test` holds only the 956 concepts never used for validation.", "",
+              "## Test sets, epoch chosen on validation (zero-shot tasks; disjoint from validation)", "", best_table,
+              "", "## Validation, cost and equal wall-clock", "",
+              f"Validation R@1 = mean of image→text and text→image R@1 over the {val_samples} validation pairs "
+              f"(open_clip_train `--val-data`, after every epoch). Equal wall-clock: each method's validation R@1 "
+              f"interpolated at {analysis['budget_seconds']:.0f} s after its training process started, when the "
+              f"cheapest method had finished (n/a: that method's first validation came later). s / run includes "
+              f"process start-up and validation; s / step = s / run over the steps.", "",
+              "| method | s / run | s / step | × clip | final val R@1 | best val R@1 | best epoch | "
+              "val R@1 at equal wall-clock |", "|---|---|---|---|---|---|---|---|"]
+    clip_step = next((r["seconds_per_step"] for r in analysis["rows"] if r["method"] == "clip"), float("nan"))
+    for r in analysis["rows"]:
+        ratio = r["seconds_per_step"] / clip_step if clip_step == clip_step else float("nan")
+        lines.append(f"| {r['method']} | {r['seconds_per_run']:.0f} | {r['seconds_per_step']:.3f} | {ratio:.2f} | "
+                     f"{study.mean_std(r['final_val_r1'])} | {study.mean_std(r['best_val_r1'])} | "
+                     f"{', '.join(str(b) for b in r['best_epochs'])} | {study.mean_std(r['val_r1_at_budget'])} |")
+    eff = analysis["data_efficiency"]
+    if eff:
+        lines += ["", "Data efficiency (issue 9; the paper's claim): steps UniCLIP needs to reach CLIP's final "
+                  "validation R@1, as a fraction of CLIP's steps (goal ≤ 0.5): " + "; ".join(
+                      f"seed {e['seed']}: target {e['target_val_r1']:.1f} → "
+                      + ("not reached" if math.isnan(e["fraction"]) else f"{e['fraction']:.2f}") for e in eff) + "."]
+    plots = ", ".join(f"`{_rel(p)}`" for p in sorted(results.glob("*.png")))
+    lines += ["", f"Plots: {plots}", "",
               "## Learned per-domain-pair similarity (UniCLIP runs)", "",
               "| run | τ II | τ IT | τ TT | b II | b IT | b TT |", "|---|---|---|---|---|---|---|"]
     for m in methods:
@@ -159,7 +235,10 @@ def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Metho
     lines += ["", "## Commands", "", "```"] + [" ".join(c) for c in commands] + ["```", ""]
     tmp = path.with_name(".tmp-" + path.name)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("\n".join(lines))
+    keep = ""
+    if path.is_file() and "\n## Reading these numbers" in path.read_text():
+        keep = path.read_text()[path.read_text().index("\n## Reading these numbers"):]  # the hand-written analysis
+    tmp.write_text("\n".join(lines) + keep)
     os.replace(tmp, path)
 
 
@@ -172,6 +251,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="generated data instead of the real sets (CI smoke)")
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
     args = parser.parse_args(argv)
+    began = time.time()
     prof = PROFILES[args.profile]
     out = Path(args.out).resolve()
     runs, results = out / "runs" / args.profile, out / "results" / args.profile
@@ -181,34 +261,63 @@ def main(argv: Optional[list[str]] = None) -> int:
         info = build_synthetic_pretrain(data / "pretrain", n_samples=256, res=32, n_shards=4)
         build_synthetic_eval(data / "wds", res=32, n_per_class=8)
         pattern, samples, data_note = info["pattern"], info["n_samples"], "generated shapes (harness/synthetic.py)"
+        from harness.study import build_study_splits
+        val = build_study_splits(data, retrieval="synth_retrieval", classification="synth_shapes")
     else:
         from harness import data as data_builder
         manifest = data_builder.build(data, res=64)
         pattern = str(data / manifest["counts"]["pretrain"]["pattern"])
         samples = manifest["counts"]["pretrain"]["samples"]
-        data_note = (f"{samples} emoji image–caption pairs in 3 styles (harness/data.py, see data/DATA_CARD.md); "
-                     f"evaluation on the held-out OpenMoji style, Fashion-MNIST and digits")
-    samples = prof.samples or samples
+        from harness.study import build_study_splits
+        val = build_study_splits(data)
+        data_note = (f"{samples:,} emoji image–caption pairs in 3 styles (harness/data.py, see data/DATA_CARD.md); "
+                     f"validation: {val['val_samples']} held-out-style pairs; tests: the held-out OpenMoji style "
+                     f"(retrieval, 9-group and 97-subgroup zero-shot and probe), Fashion-MNIST and MNIST-5k digits")
+    samples = prof.samples or max(prof.batch, int(samples * prof.epoch_fraction))
+    steps_per_epoch = math.ceil(samples / prof.batch)  # open_clip_train, 1 worker, resampled shards
     wanted = METHODS + (ABLATIONS if args.ablations else [])
     methods = [m for m in wanted if available(m, prof.size)]
     skipped = [m for m in wanted if m not in methods]
-    timings: dict[str, list[float]] = {}
+    timings: dict[str, list[dict]] = {}
     commands = []
     for m in methods:
         for seed in range(args.seeds):
             print(f"reproduce.py: training {m.name} seed {seed} ...", flush=True)
-            r = train(m, prof, pattern, samples, runs, seed)
-            timings.setdefault(m.name, []).append(r["seconds"])
+            r = train(m, prof, pattern, samples, runs, seed, val)
+            timings.setdefault(m.name, []).append(r)
             commands.append(r["command"])
-    from harness import bench
+    analysis = analyse(methods, prof, runs, args.seeds, steps_per_epoch, timings)
+    results.mkdir(parents=True, exist_ok=True)
+    from harness.bench_report import write_text_atomic
+    write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
+    write_text_atomic(results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"},
+                                                             indent=1))
+    from harness import bench, study
+    study.curves_plot(analysis["curves"], results)
     model_list = ",".join(m.name for m in sorted(methods, key=lambda m: m.name != "uniclip"))
     bench_argv = ["--models", model_list, "--runs-dir", str(runs), "--data", str(data), "--out", str(results)]
     if bench.main(bench_argv) != 0:
         raise SystemExit("reproduce.py: error: the benchmark failed (see above)")
     commands.append([sys.executable, "harness/bench.py", *bench_argv])
+    # Best epoch on validation, evaluated on the zero-shot test tasks (the probe's cost is kept to the final epoch)
+    best_models = []
+    for m in sorted(methods, key=lambda m: m.name != "uniclip"):
+        for seed in range(args.seeds):
+            epoch = study.best_epoch(analysis["curves"][m.name][str(seed)])
+            if epoch is not None:
+                ckpt = runs / f"{m.name}-seed{seed}" / "checkpoints" / f"epoch_{epoch}.pt"
+                best_models.append(f"{m.name}@best-seed{seed}={ckpt}:{m.model.format(size=prof.size)}")
+    finals_only = all(f"epoch_{prof.epochs}.pt" in b for b in best_models)
+    if best_models and not finals_only:
+        best_argv = ["--models", ",".join(best_models), "--data", str(data), "--out", str(results / "best"),
+                     "--feature-cache", str(results / ".features"), "--tasks",
+                     "zeroshot_classification,zeroshot_retrieval"]
+        if bench.main(best_argv) != 0:
+            raise SystemExit("reproduce.py: error: the best-epoch benchmark failed (see above)")
+        commands.append([sys.executable, "harness/bench.py", *best_argv])
     report = (ROOT / "docs" / "RESULTS.md") if (args.out == "." and not args.synthetic) else out / "RESULTS.md"
-    write_results(report, args.profile, prof, methods, skipped, timings, commands, results, runs, args.seeds,
-                  data_note)
+    write_results(report, args.profile, prof, methods, skipped, analysis, commands, results, runs, args.seeds,
+                  data_note, time.time() - began, val["val_samples"])
     print(f"reproduce.py: wrote {report}")
     return 0
 

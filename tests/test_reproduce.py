@@ -1,6 +1,7 @@
 """CI smoke of the study driver on generated data: every stage runs and the report is written."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,11 +20,17 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (tmp_path / "RESULTS.md").read_text()
-    for method in ("uniclip", "clip", "clip-aug"):
+    methods = ("uniclip", "clip", "clip-aug", "slip", "declip")
+    for method in methods:
         assert f"**{method}**" in report
-    assert "| dataset | task | metric | uniclip (n=1) | clip (n=1) | clip-aug (n=1) |" in report
+        assert f"| {method} | " in report  # validation / cost / equal wall-clock row
+    assert "| dataset | task | metric | uniclip (n=1) | clip (n=1) | clip-aug (n=1) | slip (n=1) | declip (n=1) |" in report
     assert "| uniclip-seed0 |" in report  # learned per-domain-pair temperatures and offsets
-    assert len(list((tmp_path / "results" / "smoke" / "json").glob("*.json"))) == 3 * 3
+    assert "Data efficiency" in report and "validation_curves.png" in report
+    # 4 evaluations per run: shapes zero-shot + probe, the full retrieval set, the validation-disjoint retrieval set
+    assert len(list((tmp_path / "results" / "smoke" / "json").glob("*.json"))) == len(methods) * 4
+    curves = json.loads((tmp_path / "results" / "smoke" / "curves.json").read_text())
+    assert set(curves) == set(methods) and all(len(c["0"]) == 2 for c in curves.values())  # a point per epoch
     # a second call trains nothing again (resumable)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "Train Epoch" not in proc.stdout

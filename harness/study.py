@@ -1,0 +1,192 @@
+"""The study's validation split and its analyses: per-epoch validation curves, best epoch, equal wall-clock, data
+efficiency (used by ``harness/reproduce.py``; ``harness/perf.py`` reads the curves it writes).
+
+Validation split (study policy, never a test set): the held-out style's linear-probe *train* concepts (896 OpenMoji
+images with their captions; ``heldout_emoji_group/train``) become ``<data>/val/heldout-val-000000.tar``, which
+open_clip_train evaluates after every epoch (``--val-data``: image↔text R@1 over the whole set, written to
+``checkpoints/results.jsonl``). The retrieval test set shares those concepts, so a second retrieval set,
+``wds/heldout_emoji_retrieval_test``, holds only the other 956 concepts: numbers at the epoch chosen on validation
+are reported on it and on the classification test splits, which never contain a validation image.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.bench_report import write_text_atomic  # noqa: E402
+from harness.datasets.common import SHARD_MTIME, fresh_tmp_dir, publish_dir  # noqa: E402
+
+VAL_NAME = "heldout-val-000000.tar"
+TEST_SHARDS = 4  # clip_benchmark's CLI reads with 4 workers; each needs a shard
+
+
+def _samples(split_dir: Path) -> list[dict]:
+    import webdataset as wds
+    n = int((split_dir / "nshards.txt").read_text().strip())
+    urls = [str(split_dir / f"{i}.tar") for i in range(n)]
+    return [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+            for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+
+def _write_tar(path: Path, samples: list[dict]) -> None:
+    import webdataset as wds
+    with wds.TarWriter(str(path), mtime=SHARD_MTIME) as sink:
+        for s in samples:
+            sink.write(s)
+
+
+def build_study_splits(data: Path, retrieval: str = "heldout_emoji_retrieval",
+                       classification: str = "heldout_emoji_group", seed: int = 0) -> dict[str, Any]:
+    """Write the validation shard and the disjoint retrieval test set (idempotent: kept when newer than the sources).
+
+    Validation keys: the retrieval samples whose key is in ``<classification>/train``; when none are (generated
+    data), a seeded half of the retrieval set.
+
+    Returns:
+        ``{"val": path of the tar, "val_samples": n, "test": folder of the retrieval test set, "test_samples": m}``.
+    """
+    wds_dir = data / "wds"
+    src = wds_dir / retrieval / "test"
+    val_dir, test_dir = data / "val", wds_dir / f"{retrieval}_test"
+    record = data / "val" / "study_splits.json"
+    newest_source = max(p.stat().st_mtime for p in [*src.iterdir(), *(wds_dir / classification).rglob("*")])
+    if record.is_file() and record.stat().st_mtime >= newest_source and test_dir.is_dir():
+        return json.loads(record.read_text())
+    samples = _samples(src)
+    train_dir = wds_dir / classification / "train"
+    val_keys = {s["__key__"] for s in _samples(train_dir)} if train_dir.is_dir() else set()
+    val_keys &= {s["__key__"] for s in samples}
+    if not val_keys:
+        keys = sorted(s["__key__"] for s in samples)
+        val_keys = set(random.Random(seed).sample(keys, len(keys) // 2))
+    val = [s for s in samples if s["__key__"] in val_keys]
+    test = [s for s in samples if s["__key__"] not in val_keys]
+    tmp = fresh_tmp_dir(val_dir)
+    _write_tar(tmp / VAL_NAME, val)
+    publish_dir(tmp, val_dir)
+    tmp = fresh_tmp_dir(test_dir)
+    (tmp / "test").mkdir()
+    shards = min(TEST_SHARDS, len(test))
+    for i in range(shards):
+        _write_tar(tmp / "test" / f"{i}.tar", test[i * len(test) // shards:(i + 1) * len(test) // shards])
+    (tmp / "test" / "nshards.txt").write_text(f"{shards}\n")
+    for meta in (wds_dir / retrieval).glob("*.txt"):
+        (tmp / meta.name).write_bytes(meta.read_bytes())
+    publish_dir(tmp, test_dir)
+    info = {"val": str(val_dir / VAL_NAME), "val_samples": len(val), "test": str(test_dir), "test_samples": len(test)}
+    write_text_atomic(record, json.dumps(info, indent=2))
+    return info
+
+
+def val_curve(run_dir: Path, steps_per_epoch: int, start: Optional[float]) -> list[dict[str, float]]:
+    """Per-epoch validation points of one run from open_clip_train's ``checkpoints/results.jsonl``.
+
+    Returns:
+        ``[{"epoch", "step", "seconds", "val_r1", "val_i2t_r1", "val_t2i_r1", "val_loss"}]`` sorted by epoch; ``val_r1``
+        is the mean of image→text and text→image R@1 in %; ``seconds`` is the wall-clock from the start of training
+        to the epoch's checkpoint (nan without a recorded start, e.g. a resumed run).
+    """
+    path = run_dir / "checkpoints" / "results.jsonl"
+    points: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return []
+    for line in path.read_text().splitlines():
+        m = json.loads(line) if line.strip() else {}
+        if "image_to_text_R@1" not in m:
+            continue
+        epoch = int(m["epoch"])
+        ckpt = run_dir / "checkpoints" / f"epoch_{epoch}.pt"
+        seconds = (ckpt.stat().st_mtime - start) if (start is not None and ckpt.is_file()) else (
+            0.0 if epoch == 0 else float("nan"))
+        i2t, t2i = 100 * float(m["image_to_text_R@1"]), 100 * float(m["text_to_image_R@1"])
+        points[epoch] = {"epoch": epoch, "step": epoch * steps_per_epoch, "seconds": seconds,
+                         "val_r1": (i2t + t2i) / 2, "val_i2t_r1": i2t, "val_t2i_r1": t2i,
+                         "val_loss": float(m.get("clip_val_loss", float("nan")))}
+    return [points[e] for e in sorted(points)]
+
+
+def best_epoch(curve: list[dict[str, float]]) -> Optional[int]:
+    """Epoch (≥ 1) with the highest validation R@1; ties go to the earlier epoch."""
+    trained = [p for p in curve if p["epoch"] >= 1]
+    return max(trained, key=lambda p: (p["val_r1"], -p["epoch"]))["epoch"] if trained else None
+
+
+def value_at(curve: list[dict[str, float]], x_key: str, x: float) -> float:
+    """Validation R@1 at ``x`` (step or seconds) by linear interpolation; nan outside the curve."""
+    pts = [(p[x_key], p["val_r1"]) for p in curve if not math.isnan(p[x_key])]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return float("nan")
+
+
+def first_reach(curve: list[dict[str, float]], target: float, x_key: str = "step") -> float:
+    """Smallest ``x`` (step or seconds) at which the interpolated validation R@1 reaches ``target``; nan if never."""
+    pts = [(p[x_key], p["val_r1"]) for p in curve if not math.isnan(p[x_key])]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if y0 >= target:
+            return x0
+        if y1 >= target:
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+    return pts[-1][0] if pts and pts[-1][1] >= target else float("nan")
+
+
+def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uniclip",
+                    baseline: str = "clip") -> list[dict[str, float]]:
+    """Per seed: steps for ``method`` to reach ``baseline``'s final validation R@1, as a fraction of the baseline's
+    steps (the paper's data-efficiency claim; goal ≤ 0.5)."""
+    rows = []
+    for seed, base in sorted(curves.get(baseline, {}).items()):
+        mine = curves.get(method, {}).get(seed)
+        if not base or not mine:
+            continue
+        target, steps = base[-1]["val_r1"], base[-1]["step"]
+        reach = first_reach(mine, target)
+        rows.append({"seed": seed, "target_val_r1": target, "baseline_steps": steps, "steps_to_reach": reach,
+                     "fraction": reach / steps if steps else float("nan")})
+    return rows
+
+
+def mean_std(values: list[float]) -> str:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "n/a"
+    return f"{statistics.mean(finite):.1f}" + (f" ± {statistics.stdev(finite):.1f}" if len(finite) > 1 else "")
+
+
+def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path) -> Optional[Path]:
+    """Validation R@1 against training step and against wall-clock, one line per (method, seed)."""
+    if not any(c for per_seed in curves.values() for c in per_seed.values()):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, per_seed in curves.items():
+        for seed, curve in sorted(per_seed.items()):
+            label = method if seed == min(per_seed) else None
+            line = None
+            for ax, key in zip(axes, ("step", "seconds")):
+                pts = [(p[key], p["val_r1"]) for p in curve if not math.isnan(p[key])]
+                if pts:
+                    kw = {"color": line.get_color()} if line is not None else {}
+                    (line,) = ax.plot(*zip(*pts), marker="o", label=label, **kw)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("wall-clock (s, this machine)")
+    for ax in axes:
+        ax.set_ylabel("validation R@1 (%, mean of i→t and t→i)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "validation_curves.png"
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,50 @@
+"""The study's validation split and curve analyses (harness/study.py)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import webdataset as wds
+
+from harness import study
+from harness.synthetic import build_synthetic_eval
+
+
+def _curve(points: list[tuple[int, float, float]]) -> list[dict]:
+    return [{"epoch": i + 1, "step": s, "seconds": t, "val_r1": v} for i, (s, t, v) in enumerate(points)]
+
+
+def test_best_epoch_interpolation_and_first_reach() -> None:
+    c = _curve([(10, 5.0, 1.0), (20, 10.0, 4.0), (30, 15.0, 4.0), (40, 20.0, 3.0)])
+    assert study.best_epoch(c) == 2  # tie between epochs 2 and 3 goes to the earlier one
+    assert study.value_at(c, "step", 15) == 2.5 and study.value_at(c, "seconds", 12.5) == 4.0
+    assert math.isnan(study.value_at(c, "step", 5)) and math.isnan(study.value_at(c, "step", 45))
+    assert study.first_reach(c, 2.5) == 15 and study.first_reach(c, 1.0) == 10
+    assert math.isnan(study.first_reach(c, 4.5))
+
+
+def test_data_efficiency_is_the_fraction_of_the_baselines_steps() -> None:
+    curves = {"clip": {"0": _curve([(10, 1, 1.0), (20, 2, 2.0), (40, 4, 3.0)])},
+              "uniclip": {"0": _curve([(10, 1, 2.0), (20, 2, 4.0), (40, 4, 5.0)])}}
+    (row,) = study.data_efficiency(curves)
+    assert row["target_val_r1"] == 3.0 and row["steps_to_reach"] == 15 and row["fraction"] == 15 / 40
+    curves["uniclip"]["0"] = _curve([(10, 1, 0.5), (40, 4, 1.0)])
+    assert math.isnan(study.data_efficiency(curves)[0]["fraction"])  # never reached
+
+
+def test_validation_and_test_retrieval_sets_are_disjoint_and_complete(tmp_path: Path) -> None:
+    build_synthetic_eval(tmp_path / "wds", res=16, n_per_class=4)
+    info = study.build_study_splits(tmp_path, retrieval="synth_retrieval", classification="synth_shapes")
+    val = [s["__key__"] for s in wds.WebDataset(info["val"], shardshuffle=False, empty_check=False)]
+    test_dir = Path(info["test"]) / "test"
+    n = int((test_dir / "nshards.txt").read_text())
+    test = [s["__key__"] for i in range(n)
+            for s in wds.WebDataset(str(test_dir / f"{i}.tar"), shardshuffle=False, empty_check=False)]
+    full = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "wds" / "synth_retrieval" /
+                                                                           "test").glob("*.tar")),
+                                                 shardshuffle=False, empty_check=False)]
+    assert not set(val) & set(test) and sorted(val + test) == sorted(full)
+    assert (info["val_samples"], info["test_samples"]) == (len(val), len(test)) and val and test
+    again = study.build_study_splits(tmp_path, retrieval="synth_retrieval", classification="synth_shapes")
+    assert again == info == json.loads((tmp_path / "val" / "study_splits.json").read_text())  # idempotent
