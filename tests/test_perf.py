@@ -1,0 +1,101 @@
+"""Smoke test of harness/perf.py's measurements at tiny sizes: structure and positivity only, never timings (the
+targets are checked by running ``python harness/perf.py``, not by unit tests)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import uniclip_plugin  # noqa: F401  (registers the plugin models and losses)
+from harness import perf
+
+SIZE, BATCH = "Tiny-32", 4
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def costs() -> dict[str, float]:
+    return perf.tower_costs(f"CLIP-{SIZE}", BATCH, iters=1, warmup=0)
+
+
+def test_tower_costs_and_method_steps(costs: dict[str, float]) -> None:
+    assert set(costs) == {"image", "text"} and all(_positive(v) for v in costs.values())
+    rows, medians = perf.method_steps(SIZE, BATCH, iters=1, costs=costs, warmup=0)
+    assert medians == costs and list(rows) == list(perf.METHODS)
+    for row in rows.values():
+        for key in ("step_s", "samples_per_s", "bound", "ratio_to_clip", "ratio_over_bound"):
+            assert _positive(float(row[key])), (key, row)
+    passes = {name: (r["image_passes"], r["text_rows"]) for name, r in rows.items()}
+    assert passes == {"clip": (1, 1), "slip": (3, 1), "declip": (2, 2), "uniclip_mpnce": (2, 1)}
+    assert rows["clip"]["bound"] == pytest.approx(1.0) and rows["clip"]["ratio_to_clip"] == pytest.approx(1.0)
+    i, t = costs["image"], costs["text"]
+    assert rows["slip"]["bound"] == pytest.approx((3 * i + t) / (i + t))
+    assert rows["declip"]["bound"] == pytest.approx((2 * i + 2 * t) / (i + t))
+    assert rows["uniclip_mpnce"]["bound"] == pytest.approx((2 * i + t) / (i + t))
+
+
+def test_one_round_robin_times_towers_steps_and_extras() -> None:
+    extra = {f"uniclip:{k}": f for k, f in perf.part_passes("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH).items()}
+    rows, medians = perf.method_steps(SIZE, BATCH, iters=1, warmup=0, methods=("clip", "uniclip_mpnce"), extra=extra)
+    assert list(rows) == ["clip", "uniclip_mpnce"]
+    assert set(medians) == {"image", "text", "image_x2", "uniclip:views", "uniclip:aug_embed", "uniclip:loss",
+                            "uniclip:optimizer"}
+    assert all(_positive(v) for v in medians.values())
+    uni = rows["uniclip_mpnce"]
+    assert uni["bound"] == pytest.approx(perf.bound_of(2, 1, medians))
+    assert uni["towers_s"] == pytest.approx(medians["image_x2"] + medians["text"])
+    assert uni["exact_bound"] == pytest.approx(uni["towers_s"] / (medians["image"] + medians["text"]))
+    assert rows["clip"]["exact_bound"] == pytest.approx(1.0) and _positive(uni["ratio_over_exact_bound"])
+
+
+def test_declip_batch_uses_the_wrap_tokenizer() -> None:
+    images, texts = perf.method_batch("declip", f"DeCLIP-{SIZE}", BATCH)
+    assert tuple(images.shape[:2]) == (BATCH, 3) and texts.dim() == 3 and tuple(texts.shape[:2]) == (BATCH, 2)
+    _, plain = perf.method_batch("clip", f"CLIP-{SIZE}", BATCH)
+    assert plain.dim() == 2 and plain.shape[0] == BATCH
+
+
+def test_step_parts_views_and_options() -> None:
+    uni = perf.step_parts("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH, iters=1, warmup=0)
+    assert set(uni) == {"views", "aug_embed", "loss", "optimizer"} and all(_positive(v) for v in uni.values())
+    clip = perf.step_parts("clip", f"CLIP-{SIZE}", BATCH, iters=1, warmup=0)
+    assert set(clip) == {"loss", "optimizer"} and all(_positive(v) for v in clip.values())
+    assert _positive(perf.augment_time(BATCH, 2, 64, iters=1, warmup=0))
+    opts = perf.option_steps(f"UniCLIP-{SIZE}", BATCH, iters=1, plain_s=1.0, full=False, warmup=0)
+    for name in ("grad_checkpointing", "bf16_autocast"):
+        assert _positive(opts[name]["step_s"]) and _positive(opts[name]["ratio_to_plain"])
+    assert "not measured in --quick" in opts["torchcompile"]["note"]
+
+
+def test_loader_throughput(tmp_path) -> None:
+    r = perf.loader_throughput(f"UniCLIP-{SIZE}", BATCH, n_samples=16, workers=2, res=32, tmp_dir=str(tmp_path))
+    assert r["epoch0_samples"] == r["epoch1_samples"] == 16
+    assert _positive(r["samples_per_s"]) and _positive(r["epoch0_samples_per_s"])
+
+
+def test_loss_point() -> None:
+    r = perf.loss_point(8, 2, 8, 3, iters=1)
+    assert _positive(r["seconds"]) and r["saved_bytes"] > 0 and r["peak_extra_bytes"] >= 0
+
+
+@pytest.mark.multiproc
+def test_two_process_gather_loss_time() -> None:
+    assert _positive(perf.gather_loss_time(8, 2, 8, iters=1))
+
+
+def test_data_efficiency_interpolates_and_reports_not_reached() -> None:
+    clip = [{"epoch": e, "step": 50 * e, "seconds": 1.0 * e, "val_r1": 20.0 * e} for e in (1, 2)]   # final 40 @ 100
+    curves = {"clip": {"0": clip, "1": clip},
+              "uniclip": {"0": [{"epoch": 1, "step": 20, "seconds": 1.0, "val_r1": 30.0},
+                                {"epoch": 2, "step": 40, "seconds": 2.0, "val_r1": 50.0}],
+                          "1": [{"epoch": 1, "step": 100, "seconds": 1.0, "val_r1": 39.0}]}}
+    eff = perf.data_efficiency(curves)
+    assert eff["seeds"]["0"]["steps"] == pytest.approx(30.0) and eff["seeds"]["0"]["fraction"] == pytest.approx(0.3)
+    assert eff["seeds"]["1"]["steps"] is None and eff["seeds"]["1"]["fraction"] is None
+    assert eff["mean"] is None
+    del curves["uniclip"]["1"]
+    assert perf.data_efficiency(curves)["mean"] == pytest.approx(0.3)
+    assert perf.data_efficiency({"clip": {}})["mean"] is None
