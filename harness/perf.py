@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -44,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -52,6 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from harness.light_import import import_plugin_module  # noqa: E402
 
 METHODS = ("clip", "slip", "declip", "uniclip_mpnce")
 MODEL_PREFIX = {"clip": "CLIP", "slip": "SLIP", "declip": "DeCLIP", "uniclip_mpnce": "UniCLIP"}
@@ -86,18 +84,6 @@ def _round_robin(fns: dict[str, Callable[[], None]], iters: int, warmup: int = 2
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _light_import(name: str) -> Any:
-    """``uniclip_plugin.<name>`` without running the package ``__init__`` (no open_clip import) when the package is
-    not imported yet; the real module otherwise."""
-    if "uniclip_plugin" not in sys.modules:
-        spec = importlib.util.find_spec("uniclip_plugin")
-        assert spec is not None and spec.submodule_search_locations is not None
-        package = types.ModuleType("uniclip_plugin")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["uniclip_plugin"] = package
-    return importlib.import_module(f"uniclip_plugin.{name}")
 
 
 def _batch(model_name: str, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +267,7 @@ def exact_towers(image_passes: int, text_rows: int, medians: dict[str, float]) -
 
 def augment_time(n_images: int, views: int, res: int, iters: int, preset: str = "simclr", warmup: int = 1) -> float:
     """Seconds to sample and render ``n_images · views`` views at ``res`` px (``MultiViewAugment``, no grad)."""
-    views_mod = _light_import("views")
+    views_mod = import_plugin_module("views")
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     aug = views_mod.MultiViewAugment(views_mod.VIEW_PRESETS[preset], OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
     images = torch.randn(n_images, 3, res, res, generator=torch.Generator().manual_seed(0))
@@ -356,7 +342,7 @@ def _gather_worker(rank: int, world: int, init_file: str, out_file: str, batch: 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        mpnce = _light_import("losses.mpnce")
+        mpnce = import_plugin_module("losses.mpnce")
         local = batch // world
         g = torch.Generator().manual_seed(rank)
         img = torch.nn.functional.normalize(torch.randn(local, views, dim, generator=g), dim=-1).requires_grad_()
@@ -437,7 +423,7 @@ def loader_throughput(model_name: str, batch: int, n_samples: int, workers: int 
 # ------------------------------------------------------------------------------------------------------ MP-NCE curve
 def loss_point(batch: int, views: int, dim: int, chunk: int, iters: int) -> dict[str, float]:
     """MP-NCE fwd+bwd time, autograd-saved bytes and peak extra RSS for one (B, chunk) point (run in a subprocess)."""
-    universal_contrastive_loss = _light_import("losses.mpnce").universal_contrastive_loss
+    universal_contrastive_loss = import_plugin_module("losses.mpnce").universal_contrastive_loss
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(batch, views, dim, generator=g), dim=-1).requires_grad_()
     txt = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1).requires_grad_()

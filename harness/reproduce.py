@@ -237,9 +237,9 @@ def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Metho
     lines += ["", "## Commands", "", "```"] + [" ".join(c) for c in commands] + ["```", ""]
     tmp = path.with_name(".tmp-" + path.name)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    keep = ""
-    if path.is_file() and "\n## Reading these numbers" in path.read_text():
-        keep = path.read_text()[path.read_text().index("\n## Reading these numbers"):]  # the hand-written analysis
+    previous = path.read_text() if path.is_file() else ""
+    marker = "\n## Reading these numbers"
+    keep = previous[previous.index(marker):] if marker in previous else ""  # the hand-written analysis
     tmp.write_text("\n".join(lines) + keep)
     os.replace(tmp, path)
 

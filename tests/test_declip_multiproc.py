@@ -5,11 +5,7 @@ Light imports only: spawned children re-import this module, and importing open_c
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+
+from harness.light_import import import_plugin_module
 
 F64 = torch.float64
 
@@ -32,17 +30,6 @@ def _features(seed: int, b: int, r: int, d: int) -> dict[str, torch.Tensor]:
 
 
 WORLD, B_LOCAL = 2, 3
-
-
-def _stub_import(name: str) -> Any:
-    """Import ``uniclip_plugin.<name>`` without the package __init__ (which imports open_clip: ~10 s per process)."""
-    if "uniclip_plugin" not in sys.modules:
-        spec = importlib.util.find_spec("uniclip_plugin")
-        assert spec is not None and spec.submodule_search_locations is not None
-        package = types.ModuleType("uniclip_plugin")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["uniclip_plugin"] = package
-    return importlib.import_module(f"uniclip_plugin.{name}")
 
 
 def _global_features() -> dict[str, torch.Tensor]:
@@ -67,8 +54,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        losses = _stub_import("losses.declip")
-        nns = _stub_import("nns")
+        losses = import_plugin_module("losses.declip")
+        nns = import_plugin_module("nns")
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
         f = {k: (v[part] if v.dim() else v) for k, v in _global_features().items()}
         results: dict[str, Any] = {}

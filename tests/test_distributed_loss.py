@@ -10,11 +10,7 @@ parameters upstream of x_r see W · ∂L/∂x_r / W = ∂L/∂x_r, the global gr
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +20,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from harness.light_import import import_plugin_module
+
 WORLD, B_LOCAL, V, D = 2, 4, 2, 8
 OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")  # = losses.mpnce.OBJECTIVES (asserted below)
 CHUNKS = (0, 3)  # unchunked and chunked (3 does not divide the 12 local rows)
-
-
-def _loss_module() -> Any:
-    """``uniclip_plugin.losses.mpnce`` without running ``uniclip_plugin/__init__`` in a spawned child.
-
-    The package's import registers its models with open_clip, which costs ~10 s of imports per process on a small
-    CPU box; the loss needs none of it. The parent process (pytest) has imported the real package already.
-    """
-    if "uniclip_plugin" not in sys.modules:
-        spec = importlib.util.find_spec("uniclip_plugin")
-        assert spec is not None and spec.submodule_search_locations is not None
-        package = types.ModuleType("uniclip_plugin")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["uniclip_plugin"] = package
-    return importlib.import_module("uniclip_plugin.losses.mpnce")
 
 
 def _inputs() -> tuple[torch.Tensor, ...]:
@@ -66,7 +49,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        mpnce = _loss_module()
+        mpnce = import_plugin_module("losses.mpnce")
         img, txt, scales, offsets = _inputs()
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
         local = (img[part], txt[part], scales, offsets)

@@ -7,12 +7,10 @@ Only torch and pytest are imported at the top: ``mp.spawn`` children re-import t
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from harness.light_import import import_plugin_module
+
 F64 = torch.float64
 NAME = "SLIP-Tiny-32"
 
@@ -29,12 +29,8 @@ NAME = "SLIP-Tiny-32"
 def _loss_module(light: bool = False) -> Any:
     """``uniclip_plugin.losses.slip``; ``light`` (spawned children only): without running ``uniclip_plugin/__init__``,
     whose registration the loss does not need (see test_distributed_loss.py)."""
-    if light and "uniclip_plugin" not in sys.modules:
-        spec = importlib.util.find_spec("uniclip_plugin")
-        assert spec is not None and spec.submodule_search_locations is not None
-        package = types.ModuleType("uniclip_plugin")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["uniclip_plugin"] = package
+    if light:
+        return import_plugin_module("losses.slip")
     return importlib.import_module("uniclip_plugin.losses.slip")
 
 
