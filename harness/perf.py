@@ -2,7 +2,7 @@
 
     python harness/perf.py --quick                       # ≤ 2 minutes on a 2-core CPU (batch 64)
     python harness/perf.py --json docs/perf.json         # the full run (batch 256, M up to 3 × 16384, torch.compile)
-    python harness/perf.py --quick --tuned-malloc        # the same under glibc settings that keep freed memory
+    python harness/perf.py --quick --default-malloc      # the same under glibc's default malloc settings (A/B)
 
 Prints, in one run on one machine (every target as a ratio of two numbers measured in this run):
   1. tower costs: forward+backward of the image tower on B images and of the text tower on B texts, and ONE pass over
@@ -21,8 +21,9 @@ Prints, in one run on one machine (every target as a ratio of two numbers measur
   6. MP-NCE forward+backward time and peak extra memory against M = (V+1)·B, chunked and unchunked;
   7. data efficiency from the study's curves (``results/<profile>/curves.json``, written by harness/reproduce.py);
   8. a table of the targets; the LAST line is ``step-cost ratio uniclip/clip = …; bound = …; ratio / bound = …``.
-The load average at start (and end) and the allocator environment (MALLOC_*, LD_PRELOAD) are printed: on 2 cores a
-load above 1.5 means another job shared the machine. Times are CPU times of one thread (run with OMP_NUM_THREADS=1).
+The load average at start (and end) and the allocator are printed: on 2 cores a load above 1.5 means another job
+shared the machine. Like the training launchers, perf.py sets glibc to keep freed memory
+(``uniclip_plugin/cpu_malloc.py``) unless ``--default-malloc`` is given or the environment chooses an allocator. Times are CPU times of one thread (run with OMP_NUM_THREADS=1).
 Peak memory is measured in a fresh subprocess per point: a thread samples the resident set (/proc/self/statm) every
 0.2 ms while glibc returns large frees to the OS at once (MALLOC_MMAP_THRESHOLD_), so the peak above the inputs is the
 loss's working memory; the bytes autograd keeps for backward are counted exactly with saved-tensor hooks. Subprocesses
@@ -53,10 +54,6 @@ from harness.light_import import import_plugin_module  # noqa: E402
 
 METHODS = ("clip", "slip", "declip", "uniclip_mpnce")
 MODEL_PREFIX = {"clip": "CLIP", "slip": "SLIP", "declip": "DeCLIP", "uniclip_mpnce": "UniCLIP"}
-# glibc settings that keep freed memory in the heap instead of unmapping it: tensors above the dynamic mmap threshold
-# (≤ 32 MiB) are otherwise mmap'd fresh and page-faulted on every step (see docs/PERF.md, optimisation log)
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-                "MALLOC_TOP_PAD_": "1073741824"}
 LOAD_CONTAMINATED = 1.5  # 1-minute load average above which the machine was shared (2 cores) during the run
 CAPTIONS = ("a red circle on a light background", "a picture of a blue square", "one small green triangle",
             "a yellow cross in the middle of the image", "a purple ring", "an orange bar lying flat")
@@ -541,13 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 256; --quick 64)")
     parser.add_argument("--curves", default=None, help="study curves (default results/{full,quick}/curves.json)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
-    parser.add_argument("--tuned-malloc", action="store_true",
-                        help="re-run this command under glibc settings that keep freed memory (TUNED_MALLOC)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
     args = parser.parse_args(argv)
-    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        argv = sys.argv[1:] if argv is None else argv
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv],
-                  {**os.environ, **TUNED_MALLOC})
+    malloc_status = ("default allocator (--default-malloc)" if args.default_malloc
+                     else import_plugin_module("cpu_malloc").keep_freed_memory())
     wall0 = time.perf_counter()
     full = not args.quick
     batch = args.batch or (256 if full else 64)
@@ -564,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{flag}")
     allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
     results["allocator_env"] = allocator
-    print("allocator: " + (", ".join(f"{k}={v}" for k, v in sorted(allocator.items())) or "glibc defaults"))
+    results["allocator"] = malloc_status
+    print(f"allocator: {malloc_status}" + (f"; environment {allocator}" if allocator else ""))
 
     import uniclip_plugin  # noqa: F401
     size = args.model

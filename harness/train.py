@@ -488,6 +488,11 @@ def train(args: argparse.Namespace) -> int:
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
+    else:
+        from uniclip_plugin.cpu_malloc import keep_freed_memory
+        malloc_status = keep_freed_memory()
+        if rank == 0:
+            print(f"train.py: {malloc_status}", file=sys.stderr)
     init_distributed(args.no_cpu_shm_comm)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if args.name is None:

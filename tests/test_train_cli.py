@@ -106,6 +106,9 @@ def test_resume_latest_continues(trained: Path, shards: dict) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (trained / "checkpoints" / "epoch_5.pt").is_file()
     assert "resuming checkpoint" in (trained / "out.log").read_text().lower() + proc.stdout.lower() + proc.stderr.lower()
+    # CPU training sets glibc to keep freed memory (uniclip_plugin/cpu_malloc.py) unless the environment chose one
+    expected = "allocator left as the environment" if any(k.startswith("MALLOC_") for k in _env()) else "keeps freed"
+    assert "open_clip train: " in proc.stderr and expected in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -187,6 +190,13 @@ def test_missing_data_path(capsys: pytest.CaptureFixture, tmp_path: Path) -> Non
 
 def test_unknown_subcommand(capsys: pytest.CaptureFixture) -> None:
     assert "choices: train" in _one_line_error(capsys, ["trian"])
+
+
+def test_cpu_is_detected_as_open_clip_train_chooses_it() -> None:
+    from uniclip_plugin.cli import _trains_on_cpu
+    assert _trains_on_cpu("cpu") and _trains_on_cpu("nosuchaccelerator")
+    assert _trains_on_cpu("cuda") == (not torch.cuda.is_available())
+    assert _trains_on_cpu("cuda:1") == (not torch.cuda.is_available())
 
 
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture) -> None:

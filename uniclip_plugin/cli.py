@@ -117,6 +117,15 @@ def _last_checkpoint(rest: list[str]) -> str:
     return found[-1] if found else "none written yet"
 
 
+def _trains_on_cpu(device: str) -> bool:
+    """open_clip_train's choice: ``--device`` (default cuda), falling back to CPU when that accelerator is missing."""
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return True
+    backend = getattr(torch, kind, None)
+    return not (backend is not None and hasattr(backend, "is_available") and backend.is_available())
+
+
 def train(argv: list[str]) -> int:
     """``open_clip train``: parse plugin flags, install the loss, then run open_clip_train's ``main``."""
     ours, rest = _plugin_parser().parse_known_args(argv)
@@ -156,6 +165,9 @@ def train(argv: list[str]) -> int:
             get_tokenizer = ocm.get_tokenizer
             ocm.get_tokenizer = lambda *a, **kw: spec.wrap_tokenizer(get_tokenizer(*a, **kw), ours)
         ocm.create_model_and_transforms = _whole_image_train_transform(ocm.create_model_and_transforms)
+        if _trains_on_cpu(_option(rest, "--device", "cuda") or "cuda"):
+            from .cpu_malloc import keep_freed_memory
+            print(f"open_clip train: {keep_freed_memory()}", file=sys.stderr)
     try:
         rc = ocm.main(rest)
     except PluginError as err:
