@@ -1,9 +1,9 @@
 """CPU linear probe on frozen image features (CLIP's protocol).
 
 clip_benchmark's own probe asserts CUDA (``metrics/linear_probe.py:144``), so the harness uses scikit-learn's
-L-BFGS logistic regression, as the CLIP paper does (Radford et al. 2021, appendix A.3): the inverse regularisation
-strength ``C`` is chosen by accuracy on a validation split carved from the *training* split only (never the test
-split: CLIP_benchmark #125 was exactly such a leak), with a coarse-to-fine search in log space, and the model is then
+multinomial logistic regression, as the CLIP paper does (Radford et al. 2021, appendix A.3, with L-BFGS): the inverse
+regularisation strength ``C`` is chosen by accuracy on a validation split carved from the *training* split only (never
+the test split: CLIP_benchmark #125 was exactly such a leak), with a coarse-to-fine search in log space, and the model is then
 refit on the whole training split and scored once on the test split.
 
 Features are standardised with statistics of the training split (never the test split), and each fit along the C
@@ -11,6 +11,12 @@ grid is warm-started from the nearest C already fitted. Without both, L-BFGS sto
 on the small-norm L2-normalised features, so the "chosen C" was an artefact of early stopping. Measured on one Tiny-32
 checkpoint (harness/bench.py, 2 cores): Fashion-MNIST probe 52.8 s → 19.2 s, accuracy 71.7 → 73.3 %; digits 24.4 →
 8.8 s, 72.3 → 74.0 %.
+
+The solver is Newton-CG rather than the paper's L-BFGS: the objective is the same (strictly convex, one optimum), and
+with 64–512 feature dimensions the second-order steps converge in about ten iterations per C where L-BFGS needed
+hundreds at large C. Measured on the quick study's CLIP checkpoint (4 probe sets, 5,000 samples max, 2 cores): all
+fits 73 → 7.4 s; probe accuracies moved by at most 0.8 points (digits 78.3 → 77.5, Fashion-MNIST 74.2 → 74.4, emoji
+group 49.8 → 49.0, subgroup 34.2 → 34.3 %): the validation curve is flat at large C, so the chosen C can differ.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ COARSE_LOG10_C = tuple(range(-3, 7))
 # Refinement steps in decades around the current best (CLIP halves the interval down to 8 steps per decade).
 REFINE_STEPS = (0.5, 0.25, 0.125)
 VAL_FRACTION = 0.2
+SOLVER = "newton-cg"  # second order: ~10 iterations per C where L-BFGS took hundreds (docstring)
 
 
 def _split_train_val(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,14 +46,14 @@ def _split_train_val(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, init: Any = None) -> Any:
-    """L-BFGS multinomial logistic regression; ``init``, a fitted model on the same classes, warm-starts it.
+    """Multinomial logistic regression (``SOLVER``); ``init``, a fitted model on the same classes, warm-starts it.
 
     The objective is strictly convex, so the warm start changes only the path, not the optimum: along the C grid it
     cuts the probe's time several-fold (the solver no longer starts from zero at every C).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed, warm_start=init is not None)
+    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed, warm_start=init is not None, solver=SOLVER)
     if init is not None:
         clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
     with warnings.catch_warnings():
@@ -92,6 +99,7 @@ def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[floa
         centre = math.log10(best())
         score(centre - step)
         score(centre + step)
+    choose_c.last_fit = fitted[best()]  # warm start for the refit on the whole training split
     return best(), scores
 
 
@@ -124,8 +132,12 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     from sklearn.preprocessing import StandardScaler
     scaler = StandardScaler().fit(train_feats)  # training-split statistics only
     train_feats, test_feats = scaler.transform(train_feats), scaler.transform(test_feats)
+    choose_c.last_fit = None
     c, _ = choose_c(train_feats, train_labels, seed)
-    clf = _fit(train_feats, train_labels, c, seed)
+    # Refit on all of train warm-started from the chosen C's validation-split fit (same classes): fewer iterations.
+    init = choose_c.last_fit
+    same_classes = init is not None and np.array_equal(init.classes_, np.unique(train_labels))
+    clf = _fit(train_feats, train_labels, c, seed, init if same_classes else None)
     pred = clf.predict(test_feats)
     acc5 = float("nan")
     if len(clf.classes_) >= 5:

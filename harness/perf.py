@@ -20,10 +20,13 @@ Prints, in one run on one machine (every target as a ratio of two numbers measur
      ``--local-loss --gather-with-grad`` (a 2-process gloo run of the loss and its gather, full run only);
   6. MP-NCE forward+backward time and peak extra memory against M = (V+1)·B, chunked and unchunked;
   7. data efficiency from the study's curves (``results/<profile>/curves.json``, written by harness/reproduce.py);
+  0. first, when CUDA is available: ViT-B/32 at batch 256 under bf16 autocast, stock open_clip CLIP against UniCLIP
+     (samples/s, peak allocated memory, views under CUDA's sync debug mode); ``--gpu-only`` runs just this;
   8. a table of the targets; the LAST line is ``step-cost ratio uniclip/clip = …; bound = …; ratio / bound = …``.
 The load average at start (and end) and the allocator are printed: on 2 cores a load above 1.5 means another job
 shared the machine. Like the training launchers, perf.py sets glibc to keep freed memory
-(``uniclip_plugin/cpu_malloc.py``) unless ``--default-malloc`` is given or the environment chooses an allocator. Times are CPU times of one thread (run with OMP_NUM_THREADS=1).
+(``uniclip_plugin/cpu_malloc.py``) unless ``--default-malloc`` is given or the environment chooses an allocator.
+Times are CPU times of one thread (run with OMP_NUM_THREADS=1).
 Peak memory is measured in a fresh subprocess per point: a thread samples the resident set (/proc/self/statm) every
 0.2 ms while glibc returns large frees to the OS at once (MALLOC_MMAP_THRESHOLD_), so the peak above the inputs is the
 loss's working memory; the bytes autograd keeps for backward are counted exactly with saved-tensor hooks. Subprocesses
@@ -260,6 +263,91 @@ def exact_towers(image_passes: int, text_rows: int, medians: dict[str, float]) -
     image = medians["image"] if image_passes == 1 else medians.get(f"image_x{image_passes}")
     text = medians["text"] if text_rows == 1 else medians.get(f"text_x{text_rows}")
     return None if image is None or text is None else image + text
+
+
+def accelerator_compare(device: str = "cuda", models: tuple[tuple[str, str], ...] = (
+                            ("clip", "ViT-B-32"), ("uniclip_mpnce", "UniCLIP-ViT-B-32")),
+                        batch: int = 256, iters: int = 10, warmup: int = 3,
+                        dtype: Optional[torch.dtype] = torch.bfloat16) -> dict[str, dict[str, Any]]:
+    """Training step on an accelerator for each ``(loss, model config)``: samples/s over ``iters`` steps after
+    ``warmup``, and peak allocated memory (``torch.cuda.max_memory_allocated``; None off CUDA). The default pair is
+    stock open_clip ViT-B/32 CLIP against UniCLIP on the same tower, bf16 autocast, fused AdamW on CUDA.
+
+    On CUDA each UniCLIP model's in-forward views also run under ``torch.cuda.set_sync_debug_mode("error")``, which
+    raises on any host synchronisation (``views_sync_free``). Runs on CPU too (the unit test's path)."""
+    import uniclip_plugin  # noqa: F401  (registers the plugin configs)
+    rows: dict[str, dict[str, Any]] = {}
+    for loss_name, model_name in models:
+        rows[loss_name] = _accelerator_row(loss_name, model_name, torch.device(device), batch, iters, warmup, dtype)
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()  # the next model starts from an empty cache (its peak is its own)
+    return rows
+
+
+def _accelerator_row(loss_name: str, model_name: str, dev: torch.device, batch: int, iters: int, warmup: int,
+                     dtype: Optional[torch.dtype]) -> dict[str, Any]:
+    import open_clip
+
+    from uniclip_plugin import registry
+    cuda = dev.type == "cuda"
+    torch.manual_seed(0)
+    model = open_clip.create_model(model_name, output_dict=True, device=dev)
+    model.train()
+    loss = registry.get_loss(loss_name).build(_loss_args(model_name))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if cuda else {}))
+    images, texts = (t.to(dev) for t in method_batch(loss_name, model_name, batch))
+    amp = ((lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            out = model(images, texts)
+            losses = loss(**out, output_dict=True)
+            total = sum(v for k, v in losses.items() if k.endswith("_loss"))
+        total.backward()
+        opt.step()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    seconds = (time.perf_counter() - t0) / iters
+    row: dict[str, Any] = {"model": model_name, "step_s": seconds, "samples_per_s": batch / seconds,
+                           "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None}
+    views_mod = getattr(model, "views", None)
+    if cuda and isinstance(views_mod, torch.nn.Module) and hasattr(model, "uniclip_cfg"):
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            with torch.no_grad():
+                views_mod(images, int(model.uniclip_cfg.views), model.visual)
+            row["views_sync_free"] = True
+        except RuntimeError as err:  # the sync debug mode raises RuntimeError naming the synchronising op
+            row["views_sync_free"] = False
+            row["views_sync_error"] = str(err).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return row
+
+
+def print_accelerator(rows: dict[str, dict[str, Any]], device_name: str, batch: int, dtype_name: str) -> None:
+    print(f"\n## Accelerator: {device_name}, batch {batch}, {dtype_name} autocast, fused AdamW")
+    print("| loss | model | step (s) | samples/s | peak allocated | views sync-free |\n|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        peak = "–" if r["peak_allocated_bytes"] is None else _fmt_bytes(r["peak_allocated_bytes"])
+        sync = {True: "yes", False: f"NO ({r.get('views_sync_error', '')})"}.get(r.get("views_sync_free"), "–")
+        print(f"| {name} | {r['model']} | {r['step_s']:.4f} | {r['samples_per_s']:.0f} | {peak} | {sync} |")
+    if "clip" in rows and "uniclip_mpnce" in rows:
+        print(f"UniCLIP / CLIP step time on {device_name}: "
+              f"{rows['uniclip_mpnce']['step_s'] / rows['clip']['step_s']:.2f}")
 
 
 def augment_time(n_images: int, views: int, res: int, iters: int, preset: str = "simclr", warmup: int = 1) -> float:
@@ -531,6 +619,23 @@ def _verdict(ok: Optional[bool]) -> str:
     return "n/a" if ok is None else ("yes" if ok else "NO")
 
 
+def run_accelerator_section(results: dict[str, Any], json_path: Optional[str]) -> Optional[dict[str, dict]]:
+    """The GPU comparison when CUDA is available (else a note); writes ``results["accelerator"]``."""
+    if not torch.cuda.is_available():
+        results["accelerator"] = {"note": "no GPU on this machine: the ViT-B/32 bf16 comparison was not measured"}
+        print("\n## Accelerator: no GPU on this machine (torch.cuda.is_available() is False); not measured")
+        return None
+    name = torch.cuda.get_device_name(0)
+    rows = accelerator_compare("cuda")
+    results["accelerator"] = {"device": name, "batch": 256, "dtype": "bfloat16", "rows": rows}
+    print_accelerator(rows, name, 256, "bf16")
+    if json_path:
+        tmp = Path(json_path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, json_path)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, ≤ 2 minutes on 2 cores")
@@ -538,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 256; --quick 64)")
     parser.add_argument("--curves", default=None, help="study curves (default results/{full,quick}/curves.json)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the accelerator section (ViT-B/32, batch 256, bf16: UniCLIP vs stock CLIP)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
     args = parser.parse_args(argv)
@@ -563,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"allocator: {malloc_status}" + (f"; environment {allocator}" if allocator else ""))
 
     import uniclip_plugin  # noqa: F401
+    accel = run_accelerator_section(results, args.json if args.gpu_only else None)
+    if args.gpu_only:
+        return 0 if accel is not None else 1
     size = args.model
     clip_name, uni_name = f"CLIP-{size}", f"UniCLIP-{size}"
 
@@ -762,6 +872,12 @@ def main(argv: list[str] | None = None) -> int:
          None if eff.get("mean") is None else eff["mean"] <= 0.5),
         ("DeCLIP/CLIP iteration (anchor ≈ 1.5)", f"{steps['declip']['ratio_to_clip']:.2f}", "≈ 1.5 (reference)",
          None),
+        ("GPU: ViT-B/32 bf16 B=256, UniCLIP / CLIP step",
+         "no GPU on this machine" if accel is None else
+         f"{accel['uniclip_mpnce']['step_s'] / accel['clip']['step_s']:.2f}", "measured", None),
+        ("GPU: in-forward views free of host syncs", "no GPU on this machine" if accel is None else
+         str(accel["uniclip_mpnce"].get("views_sync_free")), "no sync",
+         None if accel is None else bool(accel["uniclip_mpnce"].get("views_sync_free"))),
     ]
     results["targets"] = [{"target": t, "measured": m, "goal": g, "met": ok} for t, m, g, ok in targets]
     wall = time.perf_counter() - wall0

@@ -69,12 +69,17 @@ METHODS = [
     Method("uniclip", "uniclip_mpnce", "UniCLIP-{size}", note="UniCLIP: V=2, aug-aware embedding, MP-NCE, domain sim"),
 ]
 ABLATIONS = [
-    Method("uniclip-no-aug-embed", "uniclip_mpnce", "UniCLIP-{size}", ("--no-aug-embed",)),
-    Method("uniclip-infonce", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "infonce")),
-    Method("uniclip-supcon", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "supcon")),
-    Method("uniclip-milnce", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "milnce")),
-    Method("uniclip-shared-sim", "uniclip_mpnce", "UniCLIP-{size}", ("--no-domain-similarity",)),
-    Method("uniclip-v1", "uniclip_mpnce", "UniCLIP-{size}", ("--views", "1")),
+    Method("uniclip-no-aug-embed", "uniclip_mpnce", "UniCLIP-{size}", ("--no-aug-embed",),
+           "without the augmentation-aware image embedding"),
+    Method("uniclip-infonce", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "infonce"),
+           "MP-NCE replaced by InfoNCE on the universal space"),
+    Method("uniclip-supcon", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "supcon"),
+           "MP-NCE replaced by SupCon"),
+    Method("uniclip-milnce", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "milnce"),
+           "MP-NCE replaced by MIL-NCE"),
+    Method("uniclip-shared-sim", "uniclip_mpnce", "UniCLIP-{size}", ("--no-domain-similarity",),
+           "one shared temperature and offset for all domain pairs instead of one per pair"),
+    Method("uniclip-v1", "uniclip_mpnce", "UniCLIP-{size}", ("--views", "1"), "V = 1: no image–image pairs"),
 ]
 
 
@@ -167,6 +172,43 @@ def analyse(methods: list[Method], prof: Profile, runs: Path, seeds: int, steps_
             "data_efficiency": study.data_efficiency(curves)}
 
 
+# Compact ablation table: (dataset, task, metric, column label); absent sets are left out
+ABLATION_METRICS = (("heldout_emoji_retrieval_test", "zeroshot_retrieval", "image_retrieval_recall@1", "test I→T R@1"),
+                    ("heldout_emoji_retrieval_test", "zeroshot_retrieval", "text_retrieval_recall@1", "test T→I R@1"),
+                    ("heldout_emoji_group", "zeroshot_classification", "acc1", "group zero-shot"),
+                    ("heldout_emoji_subgroup", "zeroshot_classification", "acc1", "subgroup zero-shot"),
+                    ("fmnist", "zeroshot_classification", "acc1", "Fashion-MNIST zero-shot"),
+                    ("fmnist", "linear_probe", "lp_acc1", "Fashion-MNIST probe"))
+
+
+def ablation_table(summary_csv: Path, rows: list[dict], full: str, ablations: list[str]) -> list[str]:
+    """Markdown lines: the full UniCLIP and each ablation, final val R@1 and key test metrics, Δ against ``full``."""
+    import csv
+    summary = {}
+    if summary_csv.is_file():
+        with open(summary_csv, newline="") as f:
+            summary = {(r["method"], r["dataset"], r["task"], r["metric"]): float(r["mean"]) for r in csv.DictReader(f)}
+    metrics = [m for m in ABLATION_METRICS if (full, *m[:3]) in summary]
+    val = {r["method"]: statistics.mean(r["final_val_r1"]) for r in rows if r["final_val_r1"]}
+    lines = ["| run | final val R@1 | " + " | ".join(m[3] for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+
+    def cell(value: Optional[float], base: Optional[float], scale: float) -> str:
+        if value is None or math.isnan(value):
+            return "–"
+        text = f"{scale * value:.1f}"
+        return text if base is None or math.isnan(base) else text + f" (Δ {scale * (value - base):+.1f})"
+
+    for name in [full, *ablations]:
+        base_val = None if name == full else val.get(full)
+        cells = [cell(val.get(name), base_val, 1.0)]
+        for m in metrics:
+            base = None if name == full else summary.get((full, *m[:3]))
+            cells.append(cell(summary.get((name, *m[:3])), base, 100.0))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Method], skipped: list[Method],
                   analysis: dict, commands: list[str], results: Path, runs: Path, seeds: int, data_note: str,
                   elapsed: float, val_samples: int) -> None:
@@ -224,6 +266,12 @@ def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Metho
                   "validation R@1, as a fraction of CLIP's steps (goal ≤ 0.5): " + "; ".join(
                       f"seed {e['seed']}: target {e['target_val_r1']:.1f} → "
                       + ("not reached" if math.isnan(e["fraction"]) else f"{e['fraction']:.2f}") for e in eff) + "."]
+    ablations = [m.name for m in methods if m in ABLATIONS]
+    if ablations:
+        lines += ["", "## UniCLIP ablations (PAPER.md §1)", "",
+                  "Final epoch; values in % (val R@1 in % of the validation pairs); Δ in points against the full "
+                  "`uniclip`. Every ablation switches off one part with the flag listed under Methods.", ""]
+        lines += ablation_table(results / "summary.csv", analysis["rows"], "uniclip", ablations)
     plots = ", ".join(f"`{_rel(p)}`" for p in sorted(results.glob("*.png")))
     lines += ["", f"Plots: {plots}", "",
               "## Learned per-domain-pair similarity (UniCLIP runs)", "",

@@ -99,3 +99,19 @@ def test_data_efficiency_interpolates_and_reports_not_reached() -> None:
     del curves["uniclip"]["1"]
     assert perf.data_efficiency(curves)["mean"] == pytest.approx(0.3)
     assert perf.data_efficiency({"clip": {}})["mean"] is None
+
+
+def test_accelerator_section_runs_its_steps_on_cpu_and_reports_no_gpu(capsys: pytest.CaptureFixture) -> None:
+    """The GPU comparison's code path, run on CPU with the tiny configs (the GPU numbers come from perf.py itself)."""
+    rows = perf.accelerator_compare("cpu", models=(("clip", f"CLIP-{SIZE}"), ("uniclip_mpnce", f"UniCLIP-{SIZE}")),
+                                    batch=BATCH, iters=1, warmup=1, dtype=None)
+    assert list(rows) == ["clip", "uniclip_mpnce"]
+    for row in rows.values():
+        assert _positive(row["step_s"]) and _positive(row["samples_per_s"]) and row["peak_allocated_bytes"] is None
+        assert "views_sync_free" not in row  # the sync check needs CUDA's sync debug mode
+    perf.print_accelerator(rows, "cpu", BATCH, "fp32")
+    assert "UniCLIP / CLIP step time on cpu" in capsys.readouterr().out
+    if not perf.torch.cuda.is_available():
+        results: dict = {}
+        assert perf.run_accelerator_section(results, None) is None
+        assert "no GPU" in results["accelerator"]["note"]
