@@ -314,9 +314,9 @@ def _render(src: torch.Tensor, params: torch.Tensor, out_h: int, out_w: int, rad
                       align_corners=False)                                               # [b, 3, V·h, w]
     x = x.view(batch, channels, views, out_h, out_w).transpose(1, 2).reshape(n, channels, out_h, out_w)
 
-    # 2. colour jitter (torchvision's float formulas, each clamped). Views without jitter get neutral factors (then every
-    #    step is the identity up to float rounding in the hue round trip) instead of an image-sized select: on CPU a
-    #    torch.where over the views costs as much as the whole jitter.
+    # 2. colour jitter (torchvision's float formulas, each clamped). Views without jitter get neutral factors (then
+    #    every step is the identity up to float rounding in the hue round trip) instead of an image-sized select: on
+    #    CPU a torch.where over the views costs as much as the whole jitter.
     jitter_on = p[:, 5:6] > 0
     factors = torch.where(jitter_on, p[:, 6:9], 1.0)
     shift = torch.where(jitter_on, p[:, 9:10], 0.0)
