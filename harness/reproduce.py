@@ -80,6 +80,11 @@ ABLATIONS = [
     Method("uniclip-shared-sim", "uniclip_mpnce", "UniCLIP-{size}", ("--no-domain-similarity",),
            "one shared temperature and offset for all domain pairs instead of one per pair"),
     Method("uniclip-v1", "uniclip_mpnce", "UniCLIP-{size}", ("--views", "1"), "V = 1: no image–image pairs"),
+    # not paper ablations: the augmentation-strength diagnosis (the quick study's clip-aug control lost 1.1 points)
+    Method("uniclip-mocov2-views", "uniclip_mpnce", "UniCLIP-{size}", ("--view-preset", "mocov2"),
+           "diagnostic: MoCo-v2 views (crop area ≥ 0.2 instead of ≥ 0.08)"),
+    Method("uniclip-weak-views", "uniclip_mpnce", "UniCLIP-{size}", ("--view-preset", "clip_weak"),
+           "diagnostic: SLIP's weak CLIP view (crop area ≥ 0.5, no flip, jitter, grayscale or blur)"),
 ]
 
 
@@ -268,9 +273,9 @@ def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Metho
                       + ("not reached" if math.isnan(e["fraction"]) else f"{e['fraction']:.2f}") for e in eff) + "."]
     ablations = [m.name for m in methods if m in ABLATIONS]
     if ablations:
-        lines += ["", "## UniCLIP ablations (PAPER.md §1)", "",
+        lines += ["", "## UniCLIP ablations (PAPER.md §1) and view-strength diagnostics", "",
                   "Final epoch; values in % (val R@1 in % of the validation pairs); Δ in points against the full "
-                  "`uniclip`. Every ablation switches off one part with the flag listed under Methods.", ""]
+                  "`uniclip`. Every row changes one thing, with the flag listed under Methods.", ""]
         lines += ablation_table(results / "summary.csv", analysis["rows"], "uniclip", ablations)
     plots = ", ".join(f"`{_rel(p)}`" for p in sorted(results.glob("*.png")))
     lines += ["", f"Plots: {plots}", "",
