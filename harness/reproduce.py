@@ -2,7 +2,7 @@
 
     python harness/reproduce.py --profile quick            # minutes, one seed
     python harness/reproduce.py --profile full --seeds 3
-    python harness/reproduce.py --ablations                # UniCLIP's components
+    python harness/reproduce.py --ablations                # UniCLIP's components (one seed each: --ablation-seeds)
     python harness/reproduce.py --profile smoke --synthetic --out /tmp/smoke   # CI: generated data, a few steps
 
 Every method trains with ``open_clip train`` on the same tiny towers, data, epochs, batch, optimiser and schedule;
@@ -146,13 +146,13 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def analyse(methods: list[Method], prof: Profile, runs: Path, seeds: int, steps_per_epoch: int,
+def analyse(methods: list[Method], prof: Profile, runs: Path, seeds: dict[str, int], steps_per_epoch: int,
             timings: dict[str, list[dict]]) -> dict:
     """Validation curves, best epochs, equal-wall-clock values and data efficiency of every run (→ curves.json)."""
     from harness import study
     curves: dict[str, dict[str, list[dict]]] = {}
     for m in methods:
-        for seed in range(seeds):
+        for seed in range(seeds[m.name]):
             start = timings[m.name][seed]["start"] if seed < len(timings.get(m.name, [])) else None
             curves.setdefault(m.name, {})[str(seed)] = study.val_curve(runs / f"{m.name}-seed{seed}",
                                                                         steps_per_epoch, start)
@@ -214,18 +214,22 @@ def ablation_table(summary_csv: Path, rows: list[dict], full: str, ablations: li
     return lines
 
 
-def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Method], skipped: list[Method],
-                  analysis: dict, commands: list[str], results: Path, runs: Path, seeds: int, data_note: str,
-                  elapsed: float, val_samples: int) -> None:
+def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, methods: list[Method],
+                  skipped: list[Method], analysis: dict, commands: list[str], results: Path, runs: Path,
+                  seeds: dict[str, int], data_note: str, elapsed: float, val_samples: int) -> None:
     import open_clip
 
     from harness import study
     table = (results / "table.md").read_text() if (results / "table.md").is_file() else "(no bench table)"
     best_table = ((results / "best" / "table.md").read_text() if (results / "best" / "table.md").is_file()
                   else "(every run's best validation epoch is its final epoch: the table above applies)")
-    seed_text = f"seeds 0..{seeds - 1}" if seeds > 1 else "seed 0"
+    main_seeds = max((seeds[m.name] for m in methods if m not in ABLATIONS), default=1)
+    seed_text = f"seeds 0..{main_seeds - 1}" if main_seeds > 1 else "seed 0"
+    if any(m in ABLATIONS for m in methods):
+        n_abl = max(seeds[m.name] for m in methods if m in ABLATIONS)
+        seed_text += f" (ablation rows: {'seeds 0..' + str(n_abl - 1) if n_abl > 1 else 'seed 0'})"
     lines = [f"# Results ({prof_name} profile)", "",
-             f"Made by `python harness/reproduce.py --profile {prof_name} --seeds {seeds}` on "
+             f"Made by `python harness/reproduce.py {command_line}` on "
              f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
              f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}; the whole "
              f"command took {elapsed / 60:.1f} min (data build, training, validation, benchmark). Every number below "
@@ -282,7 +286,7 @@ def write_results(path: Path, prof_name: str, prof: Profile, methods: list[Metho
               "## Learned per-domain-pair similarity (UniCLIP runs)", "",
               "| run | τ II | τ IT | τ TT | b II | b IT | b TT |", "|---|---|---|---|---|---|---|"]
     for m in methods:
-        for s in range(seeds):
+        for s in range(seeds[m.name]):
             sim = learned_similarity(runs / f"{m.name}-seed{s}", prof.epochs)
             if sim:
                 t, b = sim["temperature"], sim["offset"]
@@ -302,6 +306,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--ablations", action="store_true", help="also train UniCLIP's ablations")
+    parser.add_argument("--ablation-seeds", type=int, default=1,
+                        help="seeds of each ablation row (default 1, whatever --seeds says)")
     parser.add_argument("--data", default="data", help="data folder (built by harness/data.py if missing)")
     parser.add_argument("--synthetic", action="store_true", help="generated data instead of the real sets (CI smoke)")
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
@@ -333,15 +339,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     wanted = METHODS + (ABLATIONS if args.ablations else [])
     methods = [m for m in wanted if available(m, prof.size)]
     skipped = [m for m in wanted if m not in methods]
+    seeds = {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods}
     timings: dict[str, list[dict]] = {}
     commands = []
     for m in methods:
-        for seed in range(args.seeds):
+        for seed in range(seeds[m.name]):
             print(f"reproduce.py: training {m.name} seed {seed} ...", flush=True)
             r = train(m, prof, pattern, samples, runs, seed, val)
             timings.setdefault(m.name, []).append(r)
             commands.append(r["command"])
-    analysis = analyse(methods, prof, runs, args.seeds, steps_per_epoch, timings)
+    analysis = analyse(methods, prof, runs, seeds, steps_per_epoch, timings)
     results.mkdir(parents=True, exist_ok=True)
     from harness.bench_report import write_text_atomic
     write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
@@ -358,7 +365,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # Best epoch on validation, evaluated on the zero-shot test tasks (the probe's cost is kept to the final epoch)
     best_models = []
     for m in sorted(methods, key=lambda m: m.name != "uniclip"):
-        for seed in range(args.seeds):
+        for seed in range(seeds[m.name]):
             epoch = study.best_epoch(analysis["curves"][m.name][str(seed)])
             if epoch is not None:
                 ckpt = runs / f"{m.name}-seed{seed}" / "checkpoints" / f"epoch_{epoch}.pt"
@@ -375,7 +382,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SystemExit("reproduce.py: error: the best-epoch benchmark failed (see above)")
         commands.append([sys.executable, "harness/bench.py", *best_argv])
     report = (ROOT / "docs" / "RESULTS.md") if (args.out == "." and not args.synthetic) else out / "RESULTS.md"
-    write_results(report, args.profile, prof, methods, skipped, analysis, commands, results, runs, args.seeds,
+    command_line = " ".join(sys.argv[1:] if argv is None else argv) or f"--profile {args.profile}"
+    write_results(report, command_line, args.profile, prof, methods, skipped, analysis, commands, results, runs, seeds,
                   data_note, time.time() - began, val["val_samples"])
     print(f"reproduce.py: wrote {report}")
     return 0
