@@ -572,6 +572,35 @@ def _loss_point_subprocess(batch: int, views: int, dim: int, chunk: int, iters: 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# -------------------------------------------------------------------------------------------------- allocator A/B
+def malloc_child(tuned: bool, size: str, batch: int, iters: int, methods: tuple[str, ...]) -> dict[str, Any]:
+    """In a fresh process: optionally ``keep_freed_memory()``, then each method's step (round-robin medians) and the
+    process's minor page faults over the timed rounds."""
+    import resource
+    status = import_plugin_module("cpu_malloc").keep_freed_memory() if tuned else "glibc defaults"
+    built = {name: build_step(name, f"{MODEL_PREFIX[name]}-{size}", batch)[0] for name in methods}
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    medians = _round_robin(built, iters, warmup=2)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    return {"allocator": status, "step_s": medians, "minor_faults": faults}
+
+
+def malloc_ab(size: str, batch: int, iters: int, methods: tuple[str, ...] = ("clip", "slip", "uniclip_mpnce")
+              ) -> dict[str, Any]:
+    """The same steps in two fresh processes, glibc defaults vs ``cpu_malloc.keep_freed_memory`` (as the training
+    launchers set it); the caller's MALLOC_* variables are removed from both."""
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "LD_PRELOAD")}
+    env.pop("UNICLIP_DEFAULT_MALLOC", None)
+    out = {}
+    for tuned in (False, True):
+        code = (f"import json, harness.perf as p; print(json.dumps(p.malloc_child({tuned}, {size!r}, {batch}, "
+                f"{iters}, {tuple(methods)!r})))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=str(ROOT), env=env)
+        out["tuned" if tuned else "default"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- data efficiency
 def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uniclip", base: str = "clip"
                     ) -> dict[str, Any]:
@@ -645,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
     parser.add_argument("--gpu-only", action="store_true",
                         help="only the accelerator section (ViT-B/32, batch 256, bf16: UniCLIP vs stock CLIP)")
+    parser.add_argument("--malloc-ab", action="store_true",
+                        help="only the allocator A/B: clip, slip and uniclip steps in two fresh processes, glibc "
+                             "defaults vs the launchers' setting (batch --batch, default 256)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
     args = parser.parse_args(argv)
@@ -670,6 +702,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"allocator: {malloc_status}" + (f"; environment {allocator}" if allocator else ""))
 
     import uniclip_plugin  # noqa: F401
+    if args.malloc_ab:
+        ab = malloc_ab(args.model, batch, iters)
+        print(f"\n## Allocator A/B: {args.model}, batch {batch}, {iters} rounds, fresh process each")
+        print("| method | glibc defaults (s) | keep freed memory (s) | change |\n|---|---|---|---|")
+        for name, sec in ab["default"]["step_s"].items():
+            new = ab["tuned"]["step_s"][name]
+            print(f"| {name} | {sec:.3f} | {new:.3f} | {100 * (new / sec - 1):+.0f} % |")
+        d, t = ab["default"]["step_s"], ab["tuned"]["step_s"]
+        ratio_d, ratio_t = d["uniclip_mpnce"] / d["clip"], t["uniclip_mpnce"] / t["clip"]
+        print(f"| uniclip_mpnce / clip | {ratio_d:.3f} | {ratio_t:.3f} | |")
+        print(f"| minor page faults | {ab['default']['minor_faults']:,} | {ab['tuned']['minor_faults']:,} | |")
+        print(f"tuned process: {ab['tuned']['allocator']}")
+        results["malloc_ab"] = ab
+        if args.json:
+            tmp = Path(args.json).with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            os.replace(tmp, args.json)
+        return 0
     accel = run_accelerator_section(results, args.json if args.gpu_only else None)
     if args.gpu_only:
         return 0 if accel is not None else 1

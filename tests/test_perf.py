@@ -3,6 +3,7 @@ targets are checked by running ``python harness/perf.py``, not by unit tests).""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -115,3 +116,13 @@ def test_accelerator_section_runs_its_steps_on_cpu_and_reports_no_gpu(capsys: py
         results: dict = {}
         assert perf.run_accelerator_section(results, None) is None
         assert "no GPU" in results["accelerator"]["note"]
+
+
+def test_allocator_ab_runs_both_processes() -> None:
+    ab = perf.malloc_ab(SIZE, BATCH, iters=1, methods=("clip", "uniclip_mpnce"))
+    assert ab["default"]["allocator"] == "glibc defaults"
+    if sys.platform.startswith("linux"):  # glibc's mallopt
+        assert "keeps freed memory" in ab["tuned"]["allocator"], ab["tuned"]["allocator"]
+    for side in ab.values():
+        assert set(side["step_s"]) == {"clip", "uniclip_mpnce"} and all(_positive(v) for v in side["step_s"].values())
+        assert side["minor_faults"] >= 0

@@ -250,3 +250,39 @@ def test_augment_module_has_no_parameters_and_no_host_sync() -> None:
     # meta tensors hold no data: any .item() / Python branch on a tensor value would raise here
     views, params = aug.to("meta")(torch.empty(2, 3, 16, 12, device="meta"), 2)
     assert views.shape == (2, 2, 3, 8, 8) and views.device.type == "meta" and params.shape == (2, 2, 12)
+
+
+def test_rendering_copies_no_host_tensor_to_the_device() -> None:
+    """No host-to-device copy in the hot path (on CUDA a copy from pageable host memory synchronises): with every
+    input on the meta device, no aten op may receive a CPU tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CpuTensorSpy(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.offenders: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+            if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in flat):
+                self.offenders.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    aug = MultiViewAugment(VIEW_PRESETS["simclr"], MEAN, STD, out_size=(8, 8)).to("meta")
+    images = torch.empty(2, 3, 16, 12, device="meta")
+    # tensors built from Python data copy from the host without passing the dispatcher: record those calls too
+    built_from_data: list[str] = []
+
+    def recording(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            built_from_data.append(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("tensor", "as_tensor", "from_numpy"):
+            mp.setattr(torch, name, recording(f"torch.{name}", getattr(torch, name)))
+        mp.setattr(torch.Tensor, "new_tensor", recording("Tensor.new_tensor", torch.Tensor.new_tensor))
+        with CpuTensorSpy() as spy:
+            aug(images, 2)
+    assert spy.offenders == [] and built_from_data == []

@@ -228,11 +228,10 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue6 = hue6.sub_(from_r).mul_(r_not_max).add_(from_r)       # r's branch wins ties (torchvision's order)
     hue6 += 6.0 * shift
     hue6 -= torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0)      # mod 6 (floor form: remainder() is slow on CPU)
-    # pure-hue colour per channel: a triangle wave of hue6, |h − centre| · sign + bias, clamped to [0, 1]
-    centre = x.new_tensor([3.0, 2.0, 4.0]).view(1, 3, 1, 1)
-    sign = x.new_tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)
-    bias = x.new_tensor([-1.0, 2.0, 2.0]).view(1, 3, 1, 1)
-    pure = (hue6.unsqueeze(1) - centre).abs_().mul_(sign).add_(bias).clamp_(0.0, 1.0)
+    # pure-hue colour per channel: a triangle wave of hue6 (scalar constants only: a tensor of constants built from a
+    # Python list is a host-to-device copy, which synchronises on CUDA)
+    pure = torch.stack([(hue6 - 3.0).abs_().sub_(1.0), (hue6 - 2.0).abs_().neg_().add_(2.0),
+                        (hue6 - 4.0).abs_().neg_().add_(2.0)], dim=1).clamp_(0.0, 1.0)
     return pure.mul_(chroma.unsqueeze(1)).add_(low.unsqueeze(1))
 
 
