@@ -577,7 +577,10 @@ def malloc_child(tuned: bool, size: str, batch: int, iters: int, methods: tuple[
     """In a fresh process: optionally ``keep_freed_memory()``, then each method's step (round-robin medians) and the
     process's minor page faults over the timed rounds."""
     import resource
-    status = import_plugin_module("cpu_malloc").keep_freed_memory() if tuned else "glibc defaults"
+
+    import uniclip_plugin  # noqa: F401  (registers the plugin configs before build_step)
+    from uniclip_plugin.cpu_malloc import keep_freed_memory
+    status = keep_freed_memory() if tuned else "glibc defaults"
     built = {name: build_step(name, f"{MODEL_PREFIX[name]}-{size}", batch)[0] for name in methods}
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     medians = _round_robin(built, iters, warmup=2)
@@ -680,8 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
     args = parser.parse_args(argv)
-    malloc_status = ("default allocator (--default-malloc)" if args.default_malloc
-                     else import_plugin_module("cpu_malloc").keep_freed_memory())
+    import uniclip_plugin  # noqa: F401  (the real package first: the light import would shadow its __init__)
+    from uniclip_plugin.cpu_malloc import keep_freed_memory
+    malloc_status = "default allocator (--default-malloc)" if args.default_malloc else keep_freed_memory()
     wall0 = time.perf_counter()
     full = not args.quick
     batch = args.batch or (256 if full else 64)

@@ -186,17 +186,25 @@ ABLATION_METRICS = (("heldout_emoji_retrieval_test", "zeroshot_retrieval", "imag
                     ("fmnist", "linear_probe", "lp_acc1", "Fashion-MNIST probe"))
 
 
-def ablation_table(summary_csv: Path, rows: list[dict], full: str, ablations: list[str]) -> list[str]:
-    """Markdown lines: the full UniCLIP and each ablation, final val R@1 and key test metrics, Δ against ``full``."""
+def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: list[str]) -> list[str]:
+    """Markdown lines: the full UniCLIP and each ablation, final val R@1 and key test metrics, Δ against ``full``.
+
+    Seed-matched: an ablation run with seeds 0..k-1 is compared with the full model's mean over the same seeds (the
+    spread between seeds is as large as most ablation effects at the quick budget)."""
     import csv
-    summary = {}
-    if summary_csv.is_file():
-        with open(summary_csv, newline="") as f:
-            summary = {(r["method"], r["dataset"], r["task"], r["metric"]): float(r["mean"]) for r in csv.DictReader(f)}
-    metrics = [m for m in ABLATION_METRICS if (full, *m[:3]) in summary]
-    val = {r["method"]: statistics.mean(r["final_val_r1"]) for r in rows if r["final_val_r1"]}
-    lines = ["| run | final val R@1 | " + " | ".join(m[3] for m in metrics) + " |",
-             "|---|---|" + "---|" * len(metrics)]
+    per_run: dict[tuple[str, int, str, str, str], float] = {}
+    if results_csv.is_file():
+        with open(results_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                seed = r["run"].rsplit("-seed", 1)[-1]
+                if seed.isdigit():
+                    per_run[(r["method"], int(seed), r["dataset"], r["task"], r["metric"])] = float(r["value"])
+    metrics = [m for m in ABLATION_METRICS if any(k[0] == full and k[2:] == m[:3] for k in per_run)]
+    val = {r["method"]: r["final_val_r1"] for r in rows}
+
+    def mean_over(values: list[Optional[float]]) -> Optional[float]:
+        kept = [v for v in values if v is not None]
+        return statistics.mean(kept) if kept and len(kept) == len(values) else None
 
     def cell(value: Optional[float], base: Optional[float], scale: float) -> str:
         if value is None or math.isnan(value):
@@ -204,13 +212,21 @@ def ablation_table(summary_csv: Path, rows: list[dict], full: str, ablations: li
         text = f"{scale * value:.1f}"
         return text if base is None or math.isnan(base) else text + f" (Δ {scale * (value - base):+.1f})"
 
+    lines = ["| run | seeds | final val R@1 | " + " | ".join(m[3] for m in metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
     for name in [full, *ablations]:
-        base_val = None if name == full else val.get(full)
-        cells = [cell(val.get(name), base_val, 1.0)]
+        seeds = list(range(len(val.get(name) or [])))
+        full_seeds = list(range(len(val.get(full) or [])))
+        base_seeds = None if name == full or any(s not in full_seeds for s in seeds) else seeds
+        own_val = mean_over([val[name][s] for s in seeds]) if seeds else None
+        base_val = mean_over([val[full][s] for s in base_seeds]) if base_seeds else None
+        cells = [cell(own_val, base_val, 1.0)]
         for m in metrics:
-            base = None if name == full else summary.get((full, *m[:3]))
-            cells.append(cell(summary.get((name, *m[:3])), base, 100.0))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            own = mean_over([per_run.get((name, s, *m[:3])) for s in seeds]) if seeds else None
+            base = mean_over([per_run.get((full, s, *m[:3])) for s in base_seeds]) if base_seeds else None
+            cells.append(cell(own, base, 100.0))
+        seed_text = ("–" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}")
+        lines.append(f"| {name} | {seed_text} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -225,6 +241,10 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
                   else "(every run's best validation epoch is its final epoch: the table above applies)")
     main_seeds = max((seeds[m.name] for m in methods if m not in ABLATIONS), default=1)
     seed_text = f"seeds 0..{main_seeds - 1}" if main_seeds > 1 else "seed 0"
+    n_runs = sum(len(r["final_val_r1"]) for r in analysis["rows"])
+    train_minutes = sum(r["seconds_per_run"] * len(r["final_val_r1"]) for r in analysis["rows"]
+                        if not math.isnan(r["seconds_per_run"])) / 60
+    trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
     if any(m in ABLATIONS for m in methods):
         n_abl = max(seeds[m.name] for m in methods if m in ABLATIONS)
         seed_text += f" (ablation rows: {'seeds 0..' + str(n_abl - 1) if n_abl > 1 else 'seed 0'})"
@@ -232,7 +252,8 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
              f"Made by `python harness/reproduce.py {command_line}` on "
              f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
              f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}; the whole "
-             f"command took {elapsed / 60:.1f} min (data build, training, validation, benchmark). Every number below "
+             f"command took {elapsed / 60:.1f} min (data build, training, validation, benchmark; {trained}). "
+             f"Every number below "
              f"comes from `{_rel(results)}/json/*.json` (one clip_benchmark JSON per run, dataset and task), "
              f"`{_rel(results)}/best/json/*.json` (best-epoch runs) and `{_rel(results)}/curves.json` "
              f"(validation curves).", "",
@@ -278,9 +299,10 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
     ablations = [m.name for m in methods if m in ABLATIONS]
     if ablations:
         lines += ["", "## UniCLIP ablations (PAPER.md §1) and view-strength diagnostics", "",
-                  "Final epoch; values in % (val R@1 in % of the validation pairs); Δ in points against the full "
-                  "`uniclip`. Every row changes one thing, with the flag listed under Methods.", ""]
-        lines += ablation_table(results / "summary.csv", analysis["rows"], "uniclip", ablations)
+                  "Final epoch; values in % (val R@1 in % of the validation pairs), mean over the row's seeds; Δ in "
+                  "points against the full `uniclip` on the same seeds. Every row changes one thing, with the flag "
+                  "listed under Methods.", ""]
+        lines += ablation_table(results / "results.csv", analysis["rows"], "uniclip", ablations)
     plots = ", ".join(f"`{_rel(p)}`" for p in sorted(results.glob("*.png")))
     lines += ["", f"Plots: {plots}", "",
               "## Learned per-domain-pair similarity (UniCLIP runs)", "",

@@ -36,17 +36,19 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "Train Epoch" not in proc.stdout
 
 
-def test_ablation_table_reports_each_ablation_against_the_full_model(tmp_path: Path) -> None:
+def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_seeds(tmp_path: Path) -> None:
     from harness.reproduce import ablation_table
-    summary = tmp_path / "summary.csv"
-    summary.write_text("method,dataset,task,metric,mean,std,n\n"
-                       "uniclip,heldout_emoji_group,zeroshot_classification,acc1,0.25,0,1\n"
-                       "uniclip-v1,heldout_emoji_group,zeroshot_classification,acc1,0.20,0,1\n"
-                       "uniclip-v1,fmnist,zeroshot_classification,acc1,0.5,0,1\n")  # no full-model value: no column
-    rows = [{"method": "uniclip", "final_val_r1": [2.0]}, {"method": "uniclip-v1", "final_val_r1": [1.5]},
-            {"method": "uniclip-infonce", "final_val_r1": []}]
-    lines = ablation_table(summary, rows, "uniclip", ["uniclip-v1", "uniclip-infonce"])
-    assert lines[0] == "| run | final val R@1 | group zero-shot |"
-    assert lines[2] == "| uniclip | 2.0 | 25.0 |"
-    assert lines[3] == "| uniclip-v1 | 1.5 (Δ -0.5) | 20.0 (Δ -5.0) |"
-    assert lines[4] == "| uniclip-infonce | – | – |"
+    results = tmp_path / "results.csv"
+    header = "method,run,dataset,task,metric,value,model,checkpoint\n"
+    rows = ["uniclip,uniclip-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.25,M,c",
+            "uniclip,uniclip-seed1,heldout_emoji_group,zeroshot_classification,acc1,0.05,M,c",
+            "uniclip-v1,uniclip-v1-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.20,M,c",
+            "uniclip-v1,uniclip-v1-seed0,fmnist,zeroshot_classification,acc1,0.5,M,c"]  # no full-model value: no column
+    results.write_text(header + "\n".join(rows) + "\n")
+    curves = [{"method": "uniclip", "final_val_r1": [2.0, 1.0]}, {"method": "uniclip-v1", "final_val_r1": [1.5]},
+              {"method": "uniclip-infonce", "final_val_r1": []}]
+    lines = ablation_table(results, curves, "uniclip", ["uniclip-v1", "uniclip-infonce"])
+    assert lines[0] == "| run | seeds | final val R@1 | group zero-shot |"
+    assert lines[2] == "| uniclip | 0..1 | 1.5 | 15.0 |"                      # mean over its own seeds
+    assert lines[3] == "| uniclip-v1 | 0 | 1.5 (Δ -0.5) | 20.0 (Δ -5.0) |"    # against the full model's seed 0
+    assert lines[4] == "| uniclip-infonce | – | – | – |"
