@@ -3,8 +3,8 @@
 clip_benchmark's own probe asserts CUDA (``metrics/linear_probe.py:144``), so the harness uses scikit-learn's
 multinomial logistic regression, as the CLIP paper does (Radford et al. 2021, appendix A.3, with L-BFGS): the inverse
 regularisation strength ``C`` is chosen by accuracy on a validation split carved from the *training* split only (never
-the test split: CLIP_benchmark #125 was exactly such a leak), with a coarse-to-fine search in log space, and the model is then
-refit on the whole training split and scored once on the test split.
+the test split: CLIP_benchmark #125 was exactly such a leak), with a coarse-to-fine search in log space, and the model
+is then refit on the whole training split and scored once on the test split.
 
 Features are standardised with statistics of the training split (never the test split), and each fit along the C
 grid is warm-started from the nearest C already fitted. Without both, L-BFGS stops at max_iter far from the optimum
@@ -63,6 +63,12 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, init: Any = None) ->
 
 
 def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick ``C`` by validation accuracy on a split of the training data (``_search_c`` without the fitted model)."""
+    c, scores, _ = _search_c(feats, labels, seed)
+    return c, scores
+
+
+def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict[float, float], Any]:
     """Pick ``C`` by validation accuracy on a split of the training data.
 
     Args:
@@ -71,14 +77,15 @@ def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[floa
         seed: seed of the train/validation split.
 
     Returns:
-        The chosen ``C`` and every tried ``C`` with its validation accuracy. Ties go to the smaller ``C``
-        (stronger regularisation). With fewer than two classes or too few samples to split, ``C = 1``.
+        The chosen ``C``, every tried ``C`` with its validation accuracy, and the model fitted at the chosen ``C``
+        on the fit split (None when nothing was fitted). Ties go to the smaller ``C`` (stronger regularisation). With
+        fewer than two classes or too few samples to split, ``C = 1``.
     """
     if len(np.unique(labels)) < 2 or len(labels) < 10:
-        return 1.0, {}
+        return 1.0, {}, None
     fit_idx, val_idx = _split_train_val(labels, seed)
     if len(np.unique(labels[fit_idx])) < 2:
-        return 1.0, {}
+        return 1.0, {}, None
     scores: dict[float, float] = {}
     fitted: dict[float, Any] = {}
 
@@ -99,8 +106,7 @@ def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[floa
         centre = math.log10(best())
         score(centre - step)
         score(centre + step)
-    choose_c.last_fit = fitted[best()]  # warm start for the refit on the whole training split
-    return best(), scores
+    return best(), scores, fitted[best()]
 
 
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
@@ -132,10 +138,8 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     from sklearn.preprocessing import StandardScaler
     scaler = StandardScaler().fit(train_feats)  # training-split statistics only
     train_feats, test_feats = scaler.transform(train_feats), scaler.transform(test_feats)
-    choose_c.last_fit = None
-    c, _ = choose_c(train_feats, train_labels, seed)
+    c, _, init = _search_c(train_feats, train_labels, seed)
     # Refit on all of train warm-started from the chosen C's validation-split fit (same classes): fewer iterations.
-    init = choose_c.last_fit
     same_classes = init is not None and np.array_equal(init.classes_, np.unique(train_labels))
     clf = _fit(train_feats, train_labels, c, seed, init if same_classes else None)
     pred = clf.predict(test_feats)
