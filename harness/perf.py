@@ -53,6 +53,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from harness.bench_report import write_text_atomic  # noqa: E402
 from harness.light_import import import_plugin_module  # noqa: E402
 
 METHODS = ("clip", "slip", "declip", "uniclip_mpnce")
@@ -159,24 +160,25 @@ def tower_costs(model_name: str, batch: int, iters: int, warmup: int = 2) -> dic
 
 def build_step(loss_name: str, model_name: str, batch: int, *, grad_checkpointing: bool = False,
                autocast_dtype: Optional[torch.dtype] = None, compile_model: bool = False,
-               **loss_kw: object) -> tuple[Callable[[], None], dict[str, Any]]:
+               device: torch.device | str = "cpu", **loss_kw: object) -> tuple[Callable[[], None], dict[str, Any]]:
     """One training step as open_clip_train runs it: ``zero_grad``; forward and loss (under autocast when given);
-    backward of the sum of the ``*_loss`` terms; AdamW step. Returns ``(step, parts)`` with the model, loss, optimiser,
-    batch and the forward-pass counts of the method (``image_passes``, ``text_rows``)."""
+    backward of the sum of the ``*_loss`` terms; AdamW step (fused on CUDA), all on ``device``. Returns ``(step,
+    parts)`` with the model, loss, optimiser, batch and the forward-pass counts (``image_passes``, ``text_rows``)."""
     import open_clip
 
     import uniclip_plugin  # noqa: F401
     from uniclip_plugin import registry
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = open_clip.create_model(model_name, output_dict=True)
+    model = open_clip.create_model(model_name, output_dict=True, device=dev)
     model.train()
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     loss = registry.get_loss(loss_name).build(_loss_args(model_name, **loss_kw))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images, texts = method_batch(loss_name, model_name, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if dev.type == "cuda" else {}))
+    images, texts = (t.to(dev) for t in method_batch(loss_name, model_name, batch))
     forward = torch.compile(model) if compile_model else model
-    amp = ((lambda: torch.autocast("cpu", dtype=autocast_dtype)) if autocast_dtype is not None
+    amp = ((lambda: torch.autocast(dev.type, dtype=autocast_dtype)) if autocast_dtype is not None
            else contextlib.nullcontext)
 
     def step() -> None:
@@ -286,26 +288,9 @@ def accelerator_compare(device: str = "cuda", models: tuple[tuple[str, str], ...
 
 def _accelerator_row(loss_name: str, model_name: str, dev: torch.device, batch: int, iters: int, warmup: int,
                      dtype: Optional[torch.dtype]) -> dict[str, Any]:
-    import open_clip
-
-    from uniclip_plugin import registry
     cuda = dev.type == "cuda"
-    torch.manual_seed(0)
-    model = open_clip.create_model(model_name, output_dict=True, device=dev)
-    model.train()
-    loss = registry.get_loss(loss_name).build(_loss_args(model_name))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if cuda else {}))
-    images, texts = (t.to(dev) for t in method_batch(loss_name, model_name, batch))
-    amp = ((lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with amp():
-            out = model(images, texts)
-            losses = loss(**out, output_dict=True)
-            total = sum(v for k, v in losses.items() if k.endswith("_loss"))
-        total.backward()
-        opt.step()
+    step, parts = build_step(loss_name, model_name, batch, autocast_dtype=dtype, device=dev)
+    model, images = parts["model"], parts["images"]
 
     def sync() -> None:
         if cuda:
@@ -448,14 +433,20 @@ def _gather_worker(rank: int, world: int, init_file: str, out_file: str, batch: 
         dist.destroy_process_group()
 
 
+def _in_fresh_process(call: str, env: Optional[dict[str, str]] = None) -> Any:
+    """``harness.perf.<call>`` evaluated in a fresh interpreter; its JSON-encoded result. A failure raises
+    RuntimeError with the child's last stderr line."""
+    code = f"import json, harness.perf as p; print(json.dumps(p.{call}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), env=env)
+    if out.returncode != 0:
+        raise RuntimeError((out.stderr.strip().splitlines() or ["no output"])[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _gather_loss_time_subprocess(batch: int, views: int, dim: int, iters: int) -> float:
     """``gather_loss_time`` in a fresh interpreter: the spawned ranks then start from a clean parent (the full run
     has compiled a model and holds its inductor workers by then)."""
-    code = f"import harness.perf as p; print(p.gather_loss_time({batch}, {views}, {dim}, {iters}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
-    if out.returncode != 0:
-        raise RuntimeError((out.stderr.strip().splitlines() or ["no output"])[-1])
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(_in_fresh_process(f"gather_loss_time({batch}, {views}, {dim}, {iters})"))
 
 
 def gather_loss_time(batch: int, views: int, dim: int, iters: int, world: int = 2) -> float:
@@ -563,13 +554,9 @@ class _RssPeak:
 
 
 def _loss_point_subprocess(batch: int, views: int, dim: int, chunk: int, iters: int) -> dict[str, float]:
-    code = (f"import json, harness.perf as p; print(json.dumps(p.loss_point({batch}, {views}, {dim}, {chunk}, "
-            f"{iters})))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # whatever the caller's allocator
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # large frees go back to the OS at once: RSS tracks live memory
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=str(ROOT),
-                         env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _in_fresh_process(f"loss_point({batch}, {views}, {dim}, {chunk}, {iters})", env)
 
 
 # -------------------------------------------------------------------------------------------------- allocator A/B
@@ -592,16 +579,12 @@ def malloc_ab(size: str, batch: int, iters: int, methods: tuple[str, ...] = ("cl
               ) -> dict[str, Any]:
     """The same steps in two fresh processes, glibc defaults vs ``cpu_malloc.keep_freed_memory`` (as the training
     launchers set it); the caller's MALLOC_* variables are removed from both."""
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "LD_PRELOAD")}
-    env.pop("UNICLIP_DEFAULT_MALLOC", None)
-    out = {}
-    for tuned in (False, True):
-        code = (f"import json, harness.perf as p; print(json.dumps(p.malloc_child({tuned}, {size!r}, {batch}, "
-                f"{iters}, {tuple(methods)!r})))")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              cwd=str(ROOT), env=env)
-        out["tuned" if tuned else "default"] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+    from uniclip_plugin.cpu_malloc import OPT_OUT_ENV, allocator_env
+    chosen = allocator_env()
+    env = {k: v for k, v in os.environ.items() if k not in chosen and k != OPT_OUT_ENV}
+    return {"tuned" if tuned else "default":
+            _in_fresh_process(f"malloc_child({tuned}, {size!r}, {batch}, {iters}, {tuple(methods)!r})", env)
+            for tuned in (False, True)}
 
 
 # --------------------------------------------------------------------------------------------------- data efficiency
@@ -662,9 +645,7 @@ def run_accelerator_section(results: dict[str, Any], json_path: Optional[str]) -
     results["accelerator"] = {"device": name, "batch": 256, "dtype": "bfloat16", "rows": rows}
     print_accelerator(rows, name, 256, "bf16")
     if json_path:
-        tmp = Path(json_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, json_path)
+        write_text_atomic(Path(json_path), json.dumps(results, indent=2))
     return rows
 
 
@@ -683,8 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
     args = parser.parse_args(argv)
-    import uniclip_plugin  # noqa: F401  (the real package first: the light import would shadow its __init__)
-    from uniclip_plugin.cpu_malloc import keep_freed_memory
+    import uniclip_plugin  # noqa: F401  (registers the plugin configs)
+    from uniclip_plugin.cpu_malloc import allocator_env, keep_freed_memory
     malloc_status = "default allocator (--default-malloc)" if args.default_malloc else keep_freed_memory()
     wall0 = time.perf_counter()
     full = not args.quick
@@ -700,12 +681,11 @@ def main(argv: list[str] | None = None) -> int:
     flag = (f" — above {LOAD_CONTAMINATED}: the machine is shared, times are contaminated"
             if load[0] > LOAD_CONTAMINATED else "")
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{flag}")
-    allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+    allocator = allocator_env()
     results["allocator_env"] = allocator
     results["allocator"] = malloc_status
     print(f"allocator: {malloc_status}" + (f"; environment {allocator}" if allocator else ""))
 
-    import uniclip_plugin  # noqa: F401
     if args.malloc_ab:
         ab = malloc_ab(args.model, batch, iters)
         print(f"\n## Allocator A/B: {args.model}, batch {batch}, {iters} rounds, fresh process each")
@@ -720,9 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuned process: {ab['tuned']['allocator']}")
         results["malloc_ab"] = ab
         if args.json:
-            tmp = Path(args.json).with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            os.replace(tmp, args.json)
+            write_text_atomic(Path(args.json), json.dumps(results, indent=2))
         return 0
     accel = run_accelerator_section(results, args.json if args.gpu_only else None)
     if args.gpu_only:
@@ -942,9 +920,7 @@ def main(argv: list[str] | None = None) -> int:
     for t, m, g, ok in targets:
         print(f"| {t} | {m} | {g} | {_verdict(ok)} |")
     if args.json:
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, args.json)
+        write_text_atomic(Path(args.json), json.dumps(results, indent=2))
     print(f"\nstep-cost ratio uniclip/clip = {ratio:.3f}; bound = {bound:.3f}; ratio / bound = {ratio / bound:.3f}")
     return 0
 

@@ -314,13 +314,11 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
                 t, b = sim["temperature"], sim["offset"]
                 lines.append(f"| {m.name}-seed{s} | " + " | ".join(f"{v:.4f}" for v in t + b) + " |")
     lines += ["", "## Commands", "", "```"] + [" ".join(c) for c in commands] + ["```", ""]
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    from harness.bench_report import write_text_atomic
     previous = path.read_text() if path.is_file() else ""
     marker = "\n## Reading these numbers"
     keep = previous[previous.index(marker):] if marker in previous else ""  # the hand-written analysis
-    tmp.write_text("\n".join(lines) + keep)
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + keep)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

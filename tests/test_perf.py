@@ -126,3 +126,13 @@ def test_allocator_ab_runs_both_processes() -> None:
     for side in ab.values():
         assert set(side["step_s"]) == {"clip", "uniclip_mpnce"} and all(_positive(v) for v in side["step_s"].values())
         assert side["minor_faults"] >= 0
+
+
+def test_light_import_does_not_shadow_the_package() -> None:
+    """A submodule loaded without the package __init__ must not stop a later `import uniclip_plugin` from registering
+    the plugin configs (perf.py once lost every plugin model that way)."""
+    code = ("from harness.light_import import import_plugin_module; import_plugin_module('cpu_malloc'); "
+            "import uniclip_plugin, open_clip; print('UniCLIP-Tiny-32' in open_clip.list_models())")
+    out = perf.subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(perf.ROOT),
+                              timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
