@@ -3,6 +3,7 @@
     python harness/reproduce.py --profile quick            # minutes, one seed
     python harness/reproduce.py --profile full --seeds 3
     python harness/reproduce.py --ablations                # UniCLIP's components (one seed each: --ablation-seeds)
+    python harness/reproduce.py --profile full --tune      # lr tuned per method on validation (3-point grid, quick)
     python harness/reproduce.py --profile smoke --synthetic --out /tmp/smoke   # CI: generated data, a few steps
 
 Every method trains with ``open_clip train`` on the same tiny towers, data, epochs, batch, optimiser and schedule;
@@ -41,13 +42,17 @@ class Profile:
     samples: Optional[int] = None  # --train-num-samples per epoch (None: the data's sizes.json)
     epoch_fraction: float = 1.0    # an "epoch" is this fraction of the data (more validation points per pass)
     probe_max_train: int = 10000   # linear-probe training samples (Fashion-MNIST's probe dominates the bench)
+    threads: Optional[int] = None  # OMP threads per training process (None: all cores)
 
 
 PROFILES = {
     "smoke": Profile("Tiny-32", 2, 32, 1e-3, 2, samples=64),
     "quick": Profile("Tiny-32", 6, 128, 1e-3, 50, epoch_fraction=0.5, probe_max_train=5000),  # 3 passes, 6 val points
-    "full": Profile("Tiny-64", 30, 256, 1e-3, 200, epoch_fraction=0.5),  # 15 passes, 30 val points
+    # 20 passes, 40 val points. Tiny-32 at one thread: on 2 cores the loader worker needs the other core, and 2 OMP
+    # threads beside it made each step 1.1-1.45x slower (docs/PERF.md); Tiny-64 would allow ~6 passes in 90 min.
+    "full": Profile("Tiny-32", 40, 128, 1e-3, 200, epoch_fraction=0.5, threads=1),
 }
+TUNE_LRS = (5e-4, 1e-3, 2e-3)  # the same grid, seed and budget for every method
 
 
 @dataclass(frozen=True)
@@ -96,24 +101,35 @@ def available(method: Method, size: str) -> bool:
     return method.loss in registry.list_losses() and method.model.format(size=size) in open_clip.list_models()
 
 
+def profile_samples(prof: Profile, data_samples: int) -> int:
+    """Samples per epoch (``--train-num-samples``) of ``prof`` on a dataset of ``data_samples`` pairs."""
+    return prof.samples or max(prof.batch, int(data_samples * prof.epoch_fraction))
+
+
+def run_name(method: Method, seed: int, lr: Optional[float] = None) -> str:
+    return f"{method.name}-seed{seed}" if lr is None else f"{method.name}-lr{lr:g}-seed{seed}"
+
+
 def train_command(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int,
-                  val: dict) -> list[str]:
+                  val: dict, lr: Optional[float] = None, name: Optional[str] = None) -> list[str]:
     return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", method.loss,
             "--model", method.model.format(size=prof.size), *method.flags,
             "--train-data", data, "--dataset-type", "webdataset", "--dataset-resampled",
             "--train-num-samples", str(samples), "--batch-size", str(prof.batch), "--epochs", str(prof.epochs),
-            "--lr", str(prof.lr), "--wd", "0.1", "--warmup", str(prof.warmup), "--precision", "fp32",
+            "--lr", str(prof.lr if lr is None else lr), "--wd", "0.1", "--warmup", str(prof.warmup), "--precision", "fp32",
             "--device", "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs),
-            "--name", f"{method.name}-seed{seed}", "--save-frequency", "1", "--zeroshot-frequency", "0",
+            "--name", name or run_name(method, seed), "--save-frequency", "1", "--zeroshot-frequency", "0",
             "--log-every-n-steps", "10", "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]),
             "--val-frequency", "1"]
 
 
-def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict) -> dict:
+def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict,
+          lr: Optional[float] = None, name: Optional[str] = None, threads: Optional[int] = None) -> dict:
     """Train one run unless its final checkpoint exists; returns {"seconds", "start", "command", "skipped"}."""
-    run_dir = runs / f"{method.name}-seed{seed}"
+    name = name or run_name(method, seed)
+    run_dir = runs / name
     final = run_dir / "checkpoints" / f"epoch_{prof.epochs}.pt"
-    cmd = train_command(method, prof, data, samples, runs, seed, val)
+    cmd = train_command(method, prof, data, samples, runs, seed, val, lr, name)
     timing = run_dir / "wallclock.json"
     if final.is_file():
         record = json.loads(timing.read_text()) if timing.is_file() else {}
@@ -121,7 +137,9 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
                 "skipped": True}
     resume = ["--resume", "latest"] if (run_dir / "checkpoints").is_dir() else []
     start = time.time()
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
+    threads = threads or prof.threads
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads) if threads else
+               os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
     proc = subprocess.run(cmd + resume, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not final.is_file():
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -130,6 +148,51 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
     # a resumed run's epochs before the resume have no wall-clock on this timeline
     timing.write_text(json.dumps({"seconds": seconds, "start": None if resume else start}))
     return {"seconds": seconds, "start": None if resume else start, "command": cmd, "skipped": False}
+
+
+def choose_lr(scores: dict[float, float], default: float) -> float:
+    """The lr with the highest best-epoch validation R@1; ties go to ``default``, then to the smaller lr."""
+    return max(scores, key=lambda lr: (scores[lr], lr == default, -lr))
+
+
+def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, runs: Path, val: dict,
+         threads: Optional[int] = None) -> dict:
+    """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seed 0,
+    scored by the best validation R@1 over its epochs (the validation split only, never a test set).
+
+    Returns ``{"profile", "grid", "scores": {method: {lr: val R@1}}, "chosen": {method: lr}, "seconds",
+    "commands"}``; runs live in ``runs`` as ``<method>-lr<lr>-seed0`` and are not trained again."""
+    from harness import study
+    prof = PROFILES[prof_name]
+    samples = profile_samples(prof, data_samples)
+    steps_per_epoch = math.ceil(samples / prof.batch)
+    scores: dict[str, dict[float, float]] = {}
+    seconds, commands = 0.0, []
+    for m in methods:
+        for lr in TUNE_LRS:
+            name = run_name(m, 0, lr)
+            print(f"reproduce.py: tuning {m.name} lr {lr:g} ({prof_name} profile) ...", flush=True)
+            r = train(m, prof, data, samples, runs, 0, val, lr=lr, name=name, threads=threads)
+            seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
+            commands.append(r["command"])
+            curve = study.val_curve(runs / name, steps_per_epoch, None)
+            scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1),
+                                                    default=float("nan"))
+    chosen = {m: choose_lr(s, prof.lr) for m, s in scores.items()}
+    return {"profile": prof_name, "grid": list(TUNE_LRS), "scores": scores, "chosen": chosen, "seconds": seconds,
+            "commands": commands}
+
+
+def tuning_lines(tuning: dict) -> list[str]:
+    """Markdown: the grid's best-epoch validation R@1 per method, the chosen lr in bold."""
+    grid = tuning["grid"]
+    lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |",
+             "|---|" + "---|" * (len(grid) + 1)]
+    for method, scores in tuning["scores"].items():
+        chosen = tuning["chosen"][method]
+        cells = [(f"**{scores[lr]:.1f}**" if lr == chosen else f"{scores[lr]:.1f}") for lr in grid]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen:g} |")
+    return lines
 
 
 def learned_similarity(run_dir: Path, epochs: int) -> Optional[dict[str, list[float]]]:
@@ -232,7 +295,8 @@ def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: li
 
 def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, methods: list[Method],
                   skipped: list[Method], analysis: dict, commands: list[str], results: Path, runs: Path,
-                  seeds: dict[str, int], data_note: str, elapsed: float, val_samples: int) -> None:
+                  seeds: dict[str, int], data_note: str, elapsed: float, val_samples: int,
+                  lrs: Optional[dict[str, float]] = None, tuning: Optional[dict] = None, threads: int = 1) -> None:
     import open_clip
 
     from harness import study
@@ -245,6 +309,17 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
     train_minutes = sum(r["seconds_per_run"] * len(r["final_val_r1"]) for r in analysis["rows"]
                         if not math.isnan(r["seconds_per_run"])) / 60
     trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
+    lrs = lrs or {m.name: prof.lr for m in methods}
+    if tuning:
+        lr_text = "with each method's lr as tuned below"
+        tuning_text = (f"The learning rate was tuned on the validation split with the same effort for every method: "
+                       f"lr ∈ {{{', '.join(f'{lr:g}' for lr in tuning['grid'])}}} on the {tuning['profile']} profile, "
+                       f"seed 0, each scored by its best-epoch validation R@1 (the table under \"Learning-rate "
+                       f"tuning\"); the ablations use UniCLIP's lr. Nothing else was tuned.")
+    else:
+        lr_text = f"lr {prof.lr}"
+        tuning_text = ("No hyper-parameter was tuned for any method (the same zero tuning effort for all): these are "
+                       "open_clip-style defaults fixed before the first run (`--tune` searches the lr per method).")
     if any(m in ABLATIONS for m in methods):
         n_abl = max(seeds[m.name] for m in methods if m in ABLATIONS)
         seed_text += f" (ablation rows: {'seeds 0..' + str(n_abl - 1) if n_abl > 1 else 'seed 0'})"
@@ -260,15 +335,14 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
              f"Data: {data_note}", "",
              f"Every method: towers `{prof.size}`, {prof.epochs} epochs of "
              f"{analysis['steps_per_epoch']} steps (an epoch = {prof.epoch_fraction:g} × the data, resampled), batch "
-             f"{prof.batch}, AdamW lr {prof.lr} wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
-             f"{seed_text}. No hyper-parameter was tuned for any method (the same zero tuning effort for all): "
-             f"these are open_clip-style defaults fixed before the first run; only the epoch is chosen, on the "
-             f"validation split, for the best-epoch rows. Linear probes use at most {prof.probe_max_train:,} training "
-             f"samples per set (a seeded subset).", "",
+             f"{prof.batch}, AdamW {lr_text}, wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
+             f"{threads} OMP thread(s) per training process, {seed_text}. {tuning_text} Only the epoch is chosen, "
+             f"on the validation split, for the best-epoch rows. Linear probes use at most "
+             f"{prof.probe_max_train:,} training samples per set (a seeded subset).", "",
              "## Methods", ""]
     for m in methods:
         lines.append(f"- **{m.name}** (`--loss {m.loss} --model {m.model.format(size=prof.size)} "
-                     f"{' '.join(m.flags)}`): {m.note or 'ablation'}")
+                     f"{' '.join(m.flags)}`, lr {lrs[m.name]:g}): {m.note or 'ablation'}")
     for m in skipped:
         lines.append(f"- {m.name}: not run — `--loss {m.loss}` / `{m.model.format(size=prof.size)}` is not "
                      f"registered in this version ({m.note})")
@@ -303,6 +377,14 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
                   "points against the full `uniclip` on the same seeds. Every row changes one thing, with the flag "
                   "listed under Methods.", ""]
         lines += ablation_table(results / "results.csv", analysis["rows"], "uniclip", ablations)
+    if tuning:
+        lines += ["", "## Learning-rate tuning (validation split)", "",
+                  f"Best-epoch validation R@1 (%) of each lr, {tuning['profile']} profile, seed 0 "
+                  f"({tuning['seconds'] / 60:.1f} min of training; `{_rel(results)}/tuning.json`). The chosen lr "
+                  f"(bold) trains the runs above. The search runs on the {tuning['profile']} profile to keep its cost "
+                  f"down; where that profile is shorter than this one, an lr that learns fastest early may not be "
+                  f"the best over the whole run.", ""]
+        lines += tuning_lines(tuning)
     plots = ", ".join(f"`{_rel(p)}`" for p in sorted(results.glob("*.png")))
     lines += ["", f"Plots: {plots}", "",
               "## Learned per-domain-pair similarity (UniCLIP runs)", "",
@@ -331,11 +413,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", default="data", help="data folder (built by harness/data.py if missing)")
     parser.add_argument("--synthetic", action="store_true", help="generated data instead of the real sets (CI smoke)")
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
+                             "on --tune-profile, seed 0; the ablations use UniCLIP's (runs in runs/<profile>-tuned)")
+    parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP threads per training process (default: the profile's; quick: all cores)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset of " + ",".join(m.name for m in METHODS) + " (default: all)")
     args = parser.parse_args(argv)
     began = time.time()
     prof = PROFILES[args.profile]
     out = Path(args.out).resolve()
-    runs, results = out / "runs" / args.profile, out / "results" / args.profile
+    label = args.profile + ("-tuned" if args.tune else "")
+    runs, results = out / "runs" / label, out / "results" / label
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    main_methods = METHODS
+    if args.methods:
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        unknown = sorted(set(names) - {m.name for m in METHODS})
+        if unknown:
+            parser.error(f"--methods: unknown {', '.join(unknown)}; choose from "
+                         + ", ".join(m.name for m in METHODS))
+        main_methods = [m for m in METHODS if m.name in names]
     data = Path(args.data).resolve()
     if args.synthetic:
         from harness.synthetic import build_synthetic_eval, build_synthetic_pretrain
@@ -354,23 +455,38 @@ def main(argv: Optional[list[str]] = None) -> int:
         data_note = (f"{samples:,} emoji image–caption pairs in 3 styles (harness/data.py, see data/DATA_CARD.md); "
                      f"validation: {val['val_samples']} held-out-style pairs; tests: the held-out OpenMoji style "
                      f"(retrieval, 9-group and 97-subgroup zero-shot and probe), Fashion-MNIST and MNIST-5k digits")
-    samples = prof.samples or max(prof.batch, int(samples * prof.epoch_fraction))
+    data_samples = samples
+    samples = profile_samples(prof, data_samples)
     steps_per_epoch = math.ceil(samples / prof.batch)  # open_clip_train, 1 worker, resampled shards
-    wanted = METHODS + (ABLATIONS if args.ablations else [])
+    wanted = main_methods + (ABLATIONS if args.ablations else [])
     methods = [m for m in wanted if available(m, prof.size)]
     skipped = [m for m in wanted if m not in methods]
     seeds = {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods}
+    from harness.bench_report import write_text_atomic
+    lrs = {m.name: prof.lr for m in methods}
+    tuning = None
+    if args.tune:
+        tuned = [m for m in methods if m not in ABLATIONS]
+        tuning = tune(tuned, args.tune_profile, pattern, data_samples, out / "runs" / f"tune-{args.tune_profile}",
+                      val, args.threads or prof.threads)  # the study's thread count, not the tune profile's
+        lrs.update(tuning["chosen"])
+        for m in methods:
+            if m in ABLATIONS:  # an ablation changes one thing against the tuned UniCLIP
+                lrs[m.name] = tuning["chosen"].get("uniclip", prof.lr)
+        results.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(results / "tuning.json", json.dumps(
+            {**tuning, "scores": {m: {f"{lr:g}": v for lr, v in s.items()} for m, s in tuning["scores"].items()}},
+            indent=1))
     timings: dict[str, list[dict]] = {}
-    commands = []
+    commands = list(tuning["commands"]) if tuning else []
     for m in methods:
         for seed in range(seeds[m.name]):
-            print(f"reproduce.py: training {m.name} seed {seed} ...", flush=True)
-            r = train(m, prof, pattern, samples, runs, seed, val)
+            print(f"reproduce.py: training {m.name} seed {seed} (lr {lrs[m.name]:g}) ...", flush=True)
+            r = train(m, prof, pattern, samples, runs, seed, val, lr=lrs[m.name], threads=args.threads)
             timings.setdefault(m.name, []).append(r)
             commands.append(r["command"])
     analysis = analyse(methods, prof, runs, seeds, steps_per_epoch, timings)
     results.mkdir(parents=True, exist_ok=True)
-    from harness.bench_report import write_text_atomic
     write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
     write_text_atomic(results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"},
                                                              indent=1))
@@ -401,10 +517,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if bench.main(best_argv) != 0:
             raise SystemExit("reproduce.py: error: the best-epoch benchmark failed (see above)")
         commands.append([sys.executable, "harness/bench.py", *best_argv])
-    report = (ROOT / "docs" / "RESULTS.md") if (args.out == "." and not args.synthetic) else out / "RESULTS.md"
+    report_name = "RESULTS.md" if label == "quick" else f"RESULTS_{label}.md"
+    report = (ROOT / "docs" / report_name) if (args.out == "." and not args.synthetic) else out / report_name
     command_line = " ".join(sys.argv[1:] if argv is None else argv) or f"--profile {args.profile}"
-    write_results(report, command_line, args.profile, prof, methods, skipped, analysis, commands, results, runs, seeds,
-                  data_note, time.time() - began, val["val_samples"])
+    threads = args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    write_results(report, command_line, label, prof, methods, skipped, analysis, commands, results, runs, seeds,
+                  data_note, time.time() - began, val["val_samples"], lrs, tuning, threads)
     print(f"reproduce.py: wrote {report}")
     return 0
 
