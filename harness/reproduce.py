@@ -151,8 +151,9 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
 
 
 def choose_lr(scores: dict[float, float], default: float) -> float:
-    """The lr with the highest best-epoch validation R@1; ties go to ``default``, then to the smaller lr."""
-    return max(scores, key=lambda lr: (scores[lr], lr == default, -lr))
+    """The lr with the highest best-epoch validation R@1 (nan: lowest); ties go to ``default``, then to the smaller
+    lr."""
+    return max(scores, key=lambda lr: (-math.inf if math.isnan(scores[lr]) else scores[lr], lr == default, -lr))
 
 
 def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, runs: Path, val: dict,

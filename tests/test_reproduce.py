@@ -19,7 +19,7 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
            "--data", str(tmp_path / "data")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = (tmp_path / "RESULTS.md").read_text()
+    report = (tmp_path / "RESULTS_smoke.md").read_text()
     methods = ("uniclip", "clip", "clip-aug", "slip", "declip")
     for method in methods:
         assert f"**{method}**" in report
@@ -34,6 +34,42 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     # a second call trains nothing again (resumable)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "Train Epoch" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path: Path) -> None:
+    """--tune: every method gets the same lr grid (seed 0, validation split only); the study then trains each method
+    at the lr with the best validation R@1 and the report shows the grid."""
+    from harness.reproduce import TUNE_LRS, choose_lr
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
+           "--data", str(tmp_path / "data"), "--tune", "--tune-profile", "smoke", "--methods", "clip,uniclip",
+           "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuning = json.loads((tmp_path / "results" / "smoke-tuned" / "tuning.json").read_text())
+    assert set(tuning["scores"]) == {"clip", "uniclip"}
+    for method, scores in tuning["scores"].items():
+        assert [float(lr) for lr in scores] == list(TUNE_LRS)  # the same grid for every method
+        chosen = tuning["chosen"][method]
+        assert chosen == choose_lr({float(lr): v for lr, v in scores.items()}, 1e-3)
+        # the tuning run's validation curve is the one scored: its best epoch gives the recorded value
+        curve = (tmp_path / "runs" / "tune-smoke" / f"{method}-lr{chosen:g}-seed0" / "checkpoints" / "results.jsonl")
+        assert curve.is_file()
+        params = (tmp_path / "runs" / "smoke-tuned" / f"{method}-seed0" / "params.txt").read_text()
+        assert f"lr: {chosen}" in params  # the study run trains with the chosen lr
+    report = (tmp_path / "RESULTS_smoke-tuned.md").read_text()
+    assert "## Learning-rate tuning (validation split)" in report
+    assert "| method | lr 0.0005 | lr 0.001 | lr 0.002 | chosen |" in report
+    assert "1 OMP thread(s) per training process" in report
+
+
+def test_choose_lr_prefers_the_best_score_then_the_default_then_the_smaller_lr() -> None:
+    from harness.reproduce import choose_lr
+    assert choose_lr({5e-4: 1.0, 1e-3: 2.0, 2e-3: 3.0}, 1e-3) == 2e-3
+    assert choose_lr({5e-4: 3.0, 1e-3: 3.0, 2e-3: 3.0}, 1e-3) == 1e-3
+    assert choose_lr({5e-4: 3.0, 1e-3: 1.0, 2e-3: 3.0}, 1e-3) == 5e-4
+    assert choose_lr({5e-4: float("nan"), 1e-3: 0.5, 2e-3: float("nan")}, 2e-3) == 1e-3
 
 
 def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_seeds(tmp_path: Path) -> None:

@@ -122,6 +122,26 @@ def test_module_views_match_their_parameters_after_normalisation() -> None:
             assert torch.allclose(rendered[b, v], ref, atol=1e-5), (b, v)
 
 
+def test_cpu_blur_of_the_blurred_planes_only_equals_the_accelerator_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU only the planes with σ > 0 are blurred (indexed by value); an accelerator blurs every plane (σ = 0 is a
+    delta kernel). Both give the same views, in float32 and bf16, also with no view or every view blurred."""
+    import uniclip_plugin.views as views_module
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 3, 20, 20, generator=gen)
+    params = sample_aug_params(6, 3, STRONG, generator=gen)
+    none, every = params.clone(), params.clone()
+    none[..., 11] = 0.0
+    every[..., 11] = 15.0
+    for p in (params, none, every):
+        for dtype in (torch.float32, torch.bfloat16):
+            cpu_path = apply_aug_params(images.to(dtype), p, (12, 12), max_blur_sigma=40.0)
+            with monkeypatch.context() as m:
+                m.setattr(views_module, "_selects_by_value", lambda device: False)
+                dense_path = apply_aug_params(images.to(dtype), p, (12, 12), max_blur_sigma=40.0)
+            assert cpu_path.dtype == dtype
+            assert torch.equal(cpu_path, dense_path)
+
+
 def test_corner_crops_upsample_with_border_clamp() -> None:
     """Small boxes touching the image border, upsampled: edge samples fall outside the pixel centres."""
     images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))

@@ -15,7 +15,8 @@ Order of operations (fixed, so a view is a function of its 12 parameters):
    SimCLR / SLIP / MoCo-v2 recipes), not a YIQ rotation, which is cheaper but a different colour transform.
 3. grayscale (ITU-R 601 weights, as torchvision), replicated to 3 channels.
 4. Gaussian blur with a per-view σ: separable, grouped conv, reflect padding; the kernel radius is static,
-   ``ceil(3 · max σ)`` at the output resolution, so no size depends on sampled values.
+   ``ceil(3 · max σ)`` at the output resolution, so no size depends on sampled values. On CPU only the views with
+   σ > 0 are convolved (σ = 0 is the identity; elsewhere every view is, to stay free of host synchronisation).
 5. clamp to [0, 1].
 
 Everything is vectorised over the B·V views, sampled on the images' device (optional ``torch.Generator`` on that
@@ -205,11 +206,11 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     saturation never has to be formed (two fewer passes than the textbook round trip).
 
     Args:
-        x: ``[N, 3, H, W]`` in [0, 1].
-        shift: ``[N, 1, 1]`` fraction of a turn.
+        x: ``[N, 3, ...]`` in [0, 1], channels on dim 1.
+        shift: fraction of a turn, broadcastable to one channel plane ``x[:, 0]``.
 
     Returns:
-        ``[N, 3, H, W]``.
+        a new ``[N, 3, ...]`` tensor.
     """
     r, g, b = x.unbind(dim=1)
     value = x.amax(dim=1)
@@ -228,33 +229,36 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue6 = hue6.sub_(from_r).mul_(r_not_max).add_(from_r)       # r's branch wins ties (torchvision's order)
     hue6 += 6.0 * shift
     hue6 -= torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0)      # mod 6 (floor form: remainder() is slow on CPU)
-    # pure-hue colour per channel: a triangle wave of hue6 (scalar constants only: a tensor of constants built from a
-    # Python list is a host-to-device copy, which synchronises on CUDA)
-    pure = torch.stack([(hue6 - 3.0).abs_().sub_(1.0), (hue6 - 2.0).abs_().neg_().add_(2.0),
-                        (hue6 - 4.0).abs_().neg_().add_(2.0)], dim=1).clamp_(0.0, 1.0)
-    return pure.mul_(chroma.unsqueeze(1)).add_(low.unsqueeze(1))
+    # pure-hue colour per channel: a triangle wave of hue6, written into its channel (no stack copy); scalar constants
+    # only: a tensor of constants built from a Python list is a host-to-device copy, which synchronises on CUDA
+    pure = torch.empty_like(x)
+    red, green, blue = pure.unbind(dim=1)
+    torch.sub(hue6, 3.0, out=red).abs_().sub_(1.0)
+    torch.sub(hue6, 2.0, out=green).abs_().neg_().add_(2.0)
+    torch.sub(hue6, 4.0, out=blue).abs_().neg_().add_(2.0)
+    return pure.clamp_(0.0, 1.0).mul_(chroma.unsqueeze(1)).add_(low.unsqueeze(1))
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """Separable Gaussian blur with one σ per view (σ ≈ 0 gives a delta kernel, i.e. no change).
+def _gaussian_blur(planes: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur with one σ per plane (σ ≈ 0 gives a delta kernel, i.e. no change).
 
     Args:
-        x: ``[N, C, H, W]``.
-        sigma: ``[N]`` in output pixels.
+        planes: ``[R, H, W]`` single-channel planes.
+        sigma: ``[R]`` in output pixels.
         radius: static kernel radius (< H, W).
 
     Returns:
-        ``[N, C, H, W]``.
+        ``[R, H, W]``.
     """
-    n, c, h, w = x.shape
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    rows, h, w = planes.shape
+    offsets = torch.arange(-radius, radius + 1, device=planes.device, dtype=planes.dtype)
     # σ clamped at 1e-3: the neighbours' weights underflow to exactly 0, so σ = 0 is the identity with no branch
-    kernel = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3).unsqueeze(1)) ** 2)          # [N, k]
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)          # [N·C, k]
-    flat = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)                       # along W
-    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)                       # along H
-    return flat.view(n, c, h, w)
+    kernel = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3).unsqueeze(1)) ** 2)          # [R, k]
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    flat = F.pad(planes.unsqueeze(0), (radius, radius, radius, radius), mode="reflect")     # [1, R, H+2r, W+2r]
+    flat = F.conv2d(flat, kernel.view(rows, 1, 1, -1), groups=rows)                         # along W
+    flat = F.conv2d(flat, kernel.view(rows, 1, -1, 1), groups=rows)                         # along H
+    return flat.view(rows, h, w)
 
 
 def apply_aug_params(images: torch.Tensor, params: torch.Tensor, out_size: Sequence[int], *,
@@ -286,16 +290,29 @@ def apply_aug_params(images: torch.Tensor, params: torch.Tensor, out_size: Seque
     chunk = CPU_CHUNK_IMAGES if images.device.type == "cpu" else batch
     out = torch.empty(batch, params.shape[1], channels, out_h, out_w, device=images.device, dtype=images.dtype)
     for i in range(0, batch, chunk):
-        out[i:i + chunk] = _render(images[i:i + chunk].to(work), params[i:i + chunk], out_h, out_w, radius)
+        _render(images[i:i + chunk].to(work), params[i:i + chunk], radius, out[i:i + chunk])
     return out
 
 
-def _render(src: torch.Tensor, params: torch.Tensor, out_h: int, out_w: int, radius: int) -> torch.Tensor:
-    """``apply_aug_params`` on one chunk: ``src [b, 3, H, W]`` and ``params [b, V, 12]`` in the working dtype."""
+def _selects_by_value(device: torch.device) -> bool:
+    """Whether rendering may pick views by a sampled value (``nonzero``): free on CPU; on an accelerator it would
+    synchronise with the host, so there every view takes every op."""
+    return device.type == "cpu"
+
+
+def _render(src: torch.Tensor, params: torch.Tensor, radius: int, out: torch.Tensor) -> None:
+    """``apply_aug_params`` on one chunk: ``src [b, 3, H, W]`` and ``params [b, V, 12]`` in the working dtype, written
+    into ``out [b, V, 3, h, w]``.
+
+    The views are kept as ``[b, 3, V, h, w]``, grid_sample's own layout, and turned into ``out``'s layout by the final
+    clamp (one pass fewer than a transpose copy); per-view parameters broadcast as ``[b, 1, V, 1, 1]``."""
     batch, channels = src.shape[:2]
-    views = params.shape[1]
+    views, out_h, out_w = params.shape[1], out.shape[-2], out.shape[-1]
     n = batch * views
     p = params.reshape(n, AUG_PARAM_DIM)
+
+    def per_view(values: torch.Tensor) -> torch.Tensor:  # [N] → [b, 1, V, 1, 1]
+        return values.view(batch, 1, views, 1, 1)
 
     # 1. crop + flip, one bilinear grid_sample. Output x in [-1, 1] maps to source x_src = sx · x + tx with sx = ±w
     #    (negative = flipped) and tx = the box centre (likewise y): affine_grid's result with align_corners=False,
@@ -310,8 +327,7 @@ def _render(src: torch.Tensor, params: torch.Tensor, out_h: int, out_w: int, rad
                            base_y.view(1, out_h, 1))                                     # [N, h, 1]
     grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=-1)                  # [N, h, w, 2]
     x = F.grid_sample(src, grid.view(batch, views * out_h, out_w, 2), mode="bilinear", padding_mode="border",
-                      align_corners=False)                                               # [b, 3, V·h, w]
-    x = x.view(batch, channels, views, out_h, out_w).transpose(1, 2).reshape(n, channels, out_h, out_w)
+                      align_corners=False).view(batch, channels, views, out_h, out_w)  # [b, 3, V, h, w]
 
     # 2. colour jitter (torchvision's float formulas, each clamped). Views without jitter get neutral factors (then
     #    every step is the identity up to float rounding in the hue round trip) instead of an image-sized select: on
@@ -319,22 +335,32 @@ def _render(src: torch.Tensor, params: torch.Tensor, out_h: int, out_w: int, rad
     jitter_on = p[:, 5:6] > 0
     factors = torch.where(jitter_on, p[:, 6:9], 1.0)
     shift = torch.where(jitter_on, p[:, 9:10], 0.0)
-    bright, contrast, sat = factors.view(n, 3, 1, 1, 1).unbind(dim=1)                    # [N, 1, 1, 1] each
+    bright, contrast, sat = (per_view(f) for f in factors.unbind(dim=1))                # [b, 1, V, 1, 1] each
     x = (x * bright).clamp_(0.0, 1.0)
-    mean = _gray(x).mean(dim=(-2, -1), keepdim=True)                                     # [N, 1, 1, 1]
+    mean = _gray(x).mean(dim=(-2, -1), keepdim=True)                                     # [b, 1, V, 1, 1]
     x = (x * contrast).add_((1.0 - contrast) * mean).clamp_(0.0, 1.0)
     x = torch.addcmul((1.0 - sat) * _gray(x), sat, x).clamp_(0.0, 1.0)
-    x = _shift_hue(x, shift.view(n, 1, 1))
+    x = _shift_hue(x, shift.view(batch, views, 1, 1))
 
     # 3. grayscale, as a lerp with a 0/1 weight (exact at both ends; cheaper than torch.where on CPU)
-    x = torch.lerp(x, _gray(x).expand_as(x), p[:, 10].view(n, 1, 1, 1))
+    x = torch.lerp(x, _gray(x).expand_as(x), per_view(p[:, 10]))
 
-    # 4. blur (σ given at 224 px → output pixels); skipped entirely when the static radius is 0
+    # 4. blur (σ given at 224 px → output pixels), per (image, channel, view) plane; skipped when the radius is 0
     if radius > 0:
-        x = _gaussian_blur(x, p[:, 11] * blur_scale((out_h, out_w)), radius)
+        sigma = per_view(p[:, 11] * blur_scale((out_h, out_w))).expand(batch, channels, views, 1, 1).reshape(-1)
+        planes = x.view(-1, out_h, out_w)
+        if _selects_by_value(x.device):  # only the blurred planes (half of them); σ = 0 is the identity anyway
+            rows = (sigma > 0).nonzero().squeeze(1)
+            if rows.numel():
+                planes[rows] = _gaussian_blur(planes[rows], sigma[rows], radius)
+        else:
+            x = _gaussian_blur(planes, sigma, radius).view_as(x)
 
-    # 5. clamp
-    return x.clamp_(0.0, 1.0).view(batch, views, channels, out_h, out_w)
+    # 5. clamp, written into out's [b, V, 3, h, w] layout (and dtype: out= cannot narrow float32 to bf16 / fp16)
+    if out.dtype == x.dtype:
+        torch.clamp(x, 0.0, 1.0, out=out.transpose(1, 2))
+    else:
+        out.transpose(1, 2).copy_(x.clamp_(0.0, 1.0))
 
 
 class MultiViewAugment(nn.Module):
