@@ -116,7 +116,8 @@ def train_command(method: Method, prof: Profile, data: str, samples: int, runs: 
             "--model", method.model.format(size=prof.size), *method.flags,
             "--train-data", data, "--dataset-type", "webdataset", "--dataset-resampled",
             "--train-num-samples", str(samples), "--batch-size", str(prof.batch), "--epochs", str(prof.epochs),
-            "--lr", str(prof.lr if lr is None else lr), "--wd", "0.1", "--warmup", str(prof.warmup), "--precision", "fp32",
+            "--lr", str(prof.lr if lr is None else lr), "--wd", "0.1", "--warmup", str(prof.warmup),
+            "--precision", "fp32",
             "--device", "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs),
             "--name", name or run_name(method, seed), "--save-frequency", "1", "--zeroshot-frequency", "0",
             "--log-every-n-steps", "10", "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]),
@@ -471,6 +472,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         tuning = tune(tuned, args.tune_profile, pattern, data_samples, out / "runs" / f"tune-{args.tune_profile}",
                       val, args.threads or prof.threads)  # the study's thread count, not the tune profile's
         lrs.update(tuning["chosen"])
+        if args.tune_profile == args.profile:  # seed 0 at the chosen lr is the tuning run itself: reuse it
+            runs.mkdir(parents=True, exist_ok=True)
+            for m in tuned:
+                link = runs / run_name(m, 0)
+                if not link.exists():
+                    link.symlink_to(out / "runs" / f"tune-{args.tune_profile}" / run_name(m, 0, lrs[m.name]),
+                                    target_is_directory=True)
         for m in methods:
             if m in ABLATIONS:  # an ablation changes one thing against the tuned UniCLIP
                 lrs[m.name] = tuning["chosen"].get("uniclip", prof.lr)

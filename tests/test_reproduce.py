@@ -44,7 +44,7 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
     env = dict(os.environ, OMP_NUM_THREADS="2")
     cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
            "--data", str(tmp_path / "data"), "--tune", "--tune-profile", "smoke", "--methods", "clip,uniclip",
-           "--threads", "1"]
+           "--threads", "1", "--seeds", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tuning = json.loads((tmp_path / "results" / "smoke-tuned" / "tuning.json").read_text())
@@ -56,8 +56,11 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
         # the tuning run's validation curve is the one scored: its best epoch gives the recorded value
         curve = (tmp_path / "runs" / "tune-smoke" / f"{method}-lr{chosen:g}-seed0" / "checkpoints" / "results.jsonl")
         assert curve.is_file()
-        params = (tmp_path / "runs" / "smoke-tuned" / f"{method}-seed0" / "params.txt").read_text()
-        assert f"lr: {chosen}" in params  # the study run trains with the chosen lr
+        run = tmp_path / "runs" / "smoke-tuned" / f"{method}-seed0"
+        assert f"lr: {chosen}" in (run / "params.txt").read_text()  # the study's run has the chosen lr
+        assert run.resolve() == curve.parents[1].resolve()  # same profile: seed 0 is the tuning run, not retrained
+        seed1 = tmp_path / "runs" / "smoke-tuned" / f"{method}-seed1"
+        assert not seed1.is_symlink() and f"lr: {chosen}" in (seed1 / "params.txt").read_text()
     report = (tmp_path / "RESULTS_smoke-tuned.md").read_text()
     assert "## Learning-rate tuning (validation split)" in report
     assert "| method | lr 0.0005 | lr 0.001 | lr 0.002 | chosen |" in report
