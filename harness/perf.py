@@ -587,6 +587,53 @@ def malloc_ab(size: str, batch: int, iters: int, methods: tuple[str, ...] = ("cl
             for tuned in (False, True)}
 
 
+# ------------------------------------------------------------------------------------- training threads (the study's)
+TRAIN_THREAD_CONFIGS = (("clip", "CLIP-Tiny-32", 128), ("uniclip_mpnce", "UniCLIP-Tiny-32", 128),
+                        ("declip", "DeCLIP-Tiny-32", 128), ("clip", "CLIP-Tiny-64", 256))
+
+
+def _logged_step_seconds(log: Path) -> list[float]:
+    """open_clip_train's ``Batch (t)`` values (seconds of the logged step, data wait included), in log order."""
+    import re
+    return [float(v) for v in re.findall(r"Batch \(t\): ([0-9.]+)", log.read_text())]
+
+
+def train_threads(configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFIGS, steps: int = 20,
+                  train_data: Optional[str] = None, thread_counts: Optional[tuple[int, ...]] = None
+                  ) -> list[dict[str, Any]]:
+    """``open_clip train`` as the study runs it (1 loader worker, fp32, CPU) for ``steps`` steps of each (loss, model,
+    batch), once per OMP thread count: the median logged step time (the first, warm-up, log line excluded) and the
+    process's wall time. ``train_data``: a shard pattern (default: generated 64 px shards)."""
+    counts = thread_counts or tuple(sorted({1, os.cpu_count() or 1}))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if train_data is None:
+            from harness.synthetic import build_synthetic_pretrain
+            train_data = build_synthetic_pretrain(Path(tmp) / "pretrain", 2048, 64, 4)["pattern"]
+        for loss, model, batch in configs:
+            row: dict[str, Any] = {"loss": loss, "model": model, "batch": batch}
+            for threads in counts:
+                logs = Path(tmp) / f"{loss}-{model}-{threads}"
+                cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", loss, "--model", model,
+                       "--train-data", train_data, "--dataset-type", "webdataset", "--dataset-resampled",
+                       "--train-num-samples", str(batch * steps), "--batch-size", str(batch), "--epochs", "1",
+                       "--lr", "1e-3", "--warmup", "5", "--precision", "fp32", "--device", "cpu", "--workers", "1",
+                       "--seed", "0", "--logs", str(logs), "--name", "r", "--save-frequency", "0",
+                       "--zeroshot-frequency", "0", "--log-every-n-steps", "2"]
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True)
+                wall = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    raise RuntimeError(f"perf.py: training {model} with {threads} threads failed: "
+                                       + (proc.stderr.strip().splitlines() or ["no output"])[-1])
+                step_s = _logged_step_seconds(logs / "r" / "out.log")[1:]
+                row[f"threads_{threads}"] = {"step_s": statistics.median(step_s), "wall_s": wall,
+                                             "logged_steps": len(step_s)}
+            rows.append(row)
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------- data efficiency
 def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uniclip", base: str = "clip"
                     ) -> dict[str, Any]:
@@ -661,6 +708,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malloc-ab", action="store_true",
                         help="only the allocator A/B: clip, slip and uniclip steps in two fresh processes, glibc "
                              "defaults vs the launchers' setting (batch --batch, default 256)")
+    parser.add_argument("--train-threads", action="store_true",
+                        help="only the study's thread check: `open_clip train` steps at 1 OMP thread and at all "
+                             "cores, 1 loader worker (Tiny-32 clip / uniclip / declip at batch 128, Tiny-64 clip)")
+    parser.add_argument("--train-data", default=None,
+                        help="--train-threads: shard pattern to train on (default: generated 64 px shards)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
     args = parser.parse_args(argv)
@@ -685,6 +737,21 @@ def main(argv: list[str] | None = None) -> int:
     results["allocator_env"] = allocator
     results["allocator"] = malloc_status
     print(f"allocator: {malloc_status}" + (f"; environment {allocator}" if allocator else ""))
+
+    if args.train_threads:
+        rows = train_threads(train_data=args.train_data)
+        counts = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("threads_"))
+        print("\n## open_clip train step time by OMP thread count (1 loader worker; median logged step, s)")
+        print("| loss | model | batch | " + " | ".join(f"{c} thread(s)" for c in counts) + " | ratio |")
+        print("|---|---|---|" + "---|" * (len(counts) + 1))
+        for r in rows:
+            times = [r[f"threads_{c}"]["step_s"] for c in counts]
+            print(f"| {r['loss']} | {r['model']} | {r['batch']} | " + " | ".join(f"{t:.3f}" for t in times)
+                  + f" | {times[-1] / times[0]:.2f} |")
+        results["train_threads"] = rows
+        if args.json:
+            write_text_atomic(Path(args.json), json.dumps(results, indent=2))
+        return 0
 
     if args.malloc_ab:
         ab = malloc_ab(args.model, batch, iters)

@@ -298,7 +298,8 @@ def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: li
 def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, methods: list[Method],
                   skipped: list[Method], analysis: dict, commands: list[str], results: Path, runs: Path,
                   seeds: dict[str, int], data_note: str, elapsed: float, val_samples: int,
-                  lrs: Optional[dict[str, float]] = None, tuning: Optional[dict] = None, threads: int = 1) -> None:
+                  lrs: Optional[dict[str, float]] = None, tuning: Optional[dict] = None, threads: int = 1,
+                  reused: int = 0) -> None:
     import open_clip
 
     from harness import study
@@ -311,6 +312,9 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
     train_minutes = sum(r["seconds_per_run"] * len(r["final_val_r1"]) for r in analysis["rows"]
                         if not math.isnan(r["seconds_per_run"])) / 60
     trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
+    if reused:
+        trained += (f"; {reused} of them had been trained by an earlier call and were reused, so this command's own "
+                    f"time covers only the rest")
     lrs = lrs or {m.name: prof.lr for m in methods}
     if tuning:
         lr_text = "with each method's lr as tuned below"
@@ -409,7 +413,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--ablations", action="store_true", help="also train UniCLIP's ablations")
+    parser.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
+                        help="also train UniCLIP's ablations: all of them, or a comma-separated subset of "
+                             + ",".join(m.name for m in ABLATIONS))
     parser.add_argument("--ablation-seeds", type=int, default=1,
                         help="seeds of each ablation row (default 1, whatever --seeds says)")
     parser.add_argument("--data", default="data", help="data folder (built by harness/data.py if missing)")
@@ -439,6 +445,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"--methods: unknown {', '.join(unknown)}; choose from "
                          + ", ".join(m.name for m in METHODS))
         main_methods = [m for m in METHODS if m.name in names]
+    ablations = ABLATIONS if args.ablations == "all" else []
+    if args.ablations not in (None, "all"):
+        names = [n.strip() for n in args.ablations.split(",") if n.strip()]
+        unknown = sorted(set(names) - {m.name for m in ABLATIONS})
+        if unknown:
+            parser.error(f"--ablations: unknown {', '.join(unknown)}; choose from "
+                         + ", ".join(m.name for m in ABLATIONS))
+        ablations = [m for m in ABLATIONS if m.name in names]
     data = Path(args.data).resolve()
     if args.synthetic:
         from harness.synthetic import build_synthetic_eval, build_synthetic_pretrain
@@ -460,7 +474,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data_samples = samples
     samples = profile_samples(prof, data_samples)
     steps_per_epoch = math.ceil(samples / prof.batch)  # open_clip_train, 1 worker, resampled shards
-    wanted = main_methods + (ABLATIONS if args.ablations else [])
+    wanted = main_methods + ablations
     methods = [m for m in wanted if available(m, prof.size)]
     skipped = [m for m in wanted if m not in methods]
     seeds = {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods}
@@ -531,7 +545,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     command_line = " ".join(sys.argv[1:] if argv is None else argv) or f"--profile {args.profile}"
     threads = args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     write_results(report, command_line, label, prof, methods, skipped, analysis, commands, results, runs, seeds,
-                  data_note, time.time() - began, val["val_samples"], lrs, tuning, threads)
+                  data_note, time.time() - began, val["val_samples"], lrs, tuning, threads,
+                  sum(r["skipped"] for ts in timings.values() for r in ts))
     print(f"reproduce.py: wrote {report}")
     return 0
 

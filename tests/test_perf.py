@@ -136,3 +136,19 @@ def test_light_import_does_not_shadow_the_package() -> None:
     out = perf.subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(perf.ROOT),
                               timeout=300)
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
+
+
+def test_train_threads_times_open_clip_train_steps_per_thread_count() -> None:
+    rows = perf.train_threads(configs=(("clip", "CLIP-Tiny-32", 16),), steps=8, thread_counts=(1, 2))
+    assert len(rows) == 1 and rows[0]["model"] == "CLIP-Tiny-32"
+    for threads in (1, 2):
+        measured = rows[0][f"threads_{threads}"]
+        assert measured["logged_steps"] >= 3  # steps 2, 4, 6, 8 logged; the first is left out as warm-up
+        assert 0 < measured["step_s"] < measured["wall_s"]
+
+
+def test_logged_step_seconds_parses_open_clip_train_lines(tmp_path) -> None:
+    log = tmp_path / "out.log"
+    log.write_text("Train Epoch: 0 [32/64 (50%)] Data (t): 0.010 Batch (t): 0.250, 128.0/s\n"
+                   "Train Epoch: 0 [64/64 (100%)] Data (t): 0.004 Batch (t): 1.5, 21.3/s\n")
+    assert perf._logged_step_seconds(log) == [0.25, 1.5]

@@ -44,7 +44,7 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
     env = dict(os.environ, OMP_NUM_THREADS="2")
     cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
            "--data", str(tmp_path / "data"), "--tune", "--tune-profile", "smoke", "--methods", "clip,uniclip",
-           "--threads", "1", "--seeds", "2"]
+           "--threads", "1", "--seeds", "2", "--ablations", "uniclip-v1"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tuning = json.loads((tmp_path / "results" / "smoke-tuned" / "tuning.json").read_text())
@@ -61,7 +61,11 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
         assert run.resolve() == curve.parents[1].resolve()  # same profile: seed 0 is the tuning run, not retrained
         seed1 = tmp_path / "runs" / "smoke-tuned" / f"{method}-seed1"
         assert not seed1.is_symlink() and f"lr: {chosen}" in (seed1 / "params.txt").read_text()
+    ablation = tmp_path / "runs" / "smoke-tuned" / "uniclip-v1-seed0" / "params.txt"  # one seed: --ablation-seeds 1
+    assert f"lr: {tuning['chosen']['uniclip']}" in ablation.read_text()  # an ablation takes the tuned UniCLIP's lr
+    assert not (tmp_path / "runs" / "smoke-tuned" / "uniclip-supcon-seed0").exists()  # only the named ablation
     report = (tmp_path / "RESULTS_smoke-tuned.md").read_text()
+    assert "| uniclip-v1 | 0 |" in report  # the seed-matched ablation table
     assert "## Learning-rate tuning (validation split)" in report
     assert "| method | lr 0.0005 | lr 0.001 | lr 0.002 | chosen |" in report
     assert "1 OMP thread(s) per training process" in report
