@@ -352,7 +352,8 @@ def _render(src: torch.Tensor, params: torch.Tensor, radius: int, out: torch.Ten
         if _selects_by_value(x.device):  # only the blurred planes (half of them); σ = 0 is the identity anyway
             rows = (sigma > 0).nonzero().squeeze(1)
             if rows.numel():
-                planes[rows] = _gaussian_blur(planes[rows], sigma[rows], radius)
+                # .to: under bf16 autocast the conv returns bf16 (as on the every-plane path) into float32 planes
+                planes[rows] = _gaussian_blur(planes[rows], sigma[rows], radius).to(planes.dtype)
         else:
             x = _gaussian_blur(planes, sigma, radius).view_as(x)
 
