@@ -592,10 +592,11 @@ TRAIN_THREAD_CONFIGS = (("clip", "CLIP-Tiny-32", 128), ("uniclip_mpnce", "UniCLI
                         ("declip", "DeCLIP-Tiny-32", 128), ("clip", "CLIP-Tiny-64", 256))
 
 
-def _logged_step_seconds(log: Path) -> list[float]:
-    """open_clip_train's ``Batch (t)`` values (seconds of the logged step, data wait included), in log order."""
+def _logged_step_seconds(log: Path, field: str = "Batch") -> list[float]:
+    """open_clip_train's ``Batch (t)`` values (seconds of the logged step, data wait included), or with ``field="Data"``
+    its ``Data (t)`` values (the wait for the loader), in log order."""
     import re
-    return [float(v) for v in re.findall(r"Batch \(t\): ([0-9.]+)", log.read_text())]
+    return [float(v) for v in re.findall(field + r" \(t\): ([0-9.]+)", log.read_text())]
 
 
 def train_threads(configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFIGS, steps: int = 20,
@@ -628,8 +629,9 @@ def train_threads(configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFI
                     raise RuntimeError(f"perf.py: training {model} with {threads} threads failed: "
                                        + (proc.stderr.strip().splitlines() or ["no output"])[-1])
                 step_s = _logged_step_seconds(logs / "r" / "out.log")[1:]
-                row[f"threads_{threads}"] = {"step_s": statistics.median(step_s), "wall_s": wall,
-                                             "logged_steps": len(step_s)}
+                data_s = _logged_step_seconds(logs / "r" / "out.log", "Data")[1:]
+                row[f"threads_{threads}"] = {"step_s": statistics.median(step_s), "data_s": statistics.median(data_s),
+                                             "wall_s": wall, "logged_steps": len(step_s)}
             rows.append(row)
     return rows
 
@@ -657,7 +659,7 @@ def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uni
 def find_curves(explicit: Optional[str]) -> Optional[Path]:
     if explicit:
         return Path(explicit)
-    for profile in ("full", "quick"):
+    for profile in ("full-tuned", "full", "quick-tuned", "quick"):  # reproduce.py's result folders, longest first
         path = ROOT / "results" / profile / "curves.json"
         if path.exists():
             return path
@@ -701,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, ≤ 2 minutes on 2 cores")
     parser.add_argument("--model", default="Tiny-64", help="tiny config suffix: <CLIP|SLIP|DeCLIP|UniCLIP>-<x>")
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 256; --quick 64)")
-    parser.add_argument("--curves", default=None, help="study curves (default results/{full,quick}/curves.json)")
+    parser.add_argument("--curves", default=None, help="study curves (default: the first of "
+                        "results/{full-tuned,full,quick-tuned,quick}/curves.json)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
     parser.add_argument("--gpu-only", action="store_true",
                         help="only the accelerator section (ViT-B/32, batch 256, bf16: UniCLIP vs stock CLIP)")
@@ -741,13 +744,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_threads:
         rows = train_threads(train_data=args.train_data)
         counts = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("threads_"))
-        print("\n## open_clip train step time by OMP thread count (1 loader worker; median logged step, s)")
+        print("\n## open_clip train step time by OMP thread count (1 loader worker; median logged step and, in "
+              "brackets, its wait for data; s)")
         print("| loss | model | batch | " + " | ".join(f"{c} thread(s)" for c in counts) + " | ratio |")
         print("|---|---|---|" + "---|" * (len(counts) + 1))
         for r in rows:
-            times = [r[f"threads_{c}"]["step_s"] for c in counts]
-            print(f"| {r['loss']} | {r['model']} | {r['batch']} | " + " | ".join(f"{t:.3f}" for t in times)
-                  + f" | {times[-1] / times[0]:.2f} |")
+            cells = [r[f"threads_{c}"] for c in counts]
+            print(f"| {r['loss']} | {r['model']} | {r['batch']} | "
+                  + " | ".join(f"{c['step_s']:.3f} ({c['data_s']:.3f})" for c in cells)
+                  + f" | {cells[-1]['step_s'] / cells[0]['step_s']:.2f} |")
         results["train_threads"] = rows
         if args.json:
             write_text_atomic(Path(args.json), json.dumps(results, indent=2))

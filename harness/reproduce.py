@@ -192,7 +192,7 @@ def tuning_lines(tuning: dict) -> list[str]:
              "|---|" + "---|" * (len(grid) + 1)]
     for method, scores in tuning["scores"].items():
         chosen = tuning["chosen"][method]
-        cells = [(f"**{scores[lr]:.1f}**" if lr == chosen else f"{scores[lr]:.1f}") for lr in grid]
+        cells = [(f"**{scores[lr]:.2f}**" if lr == chosen else f"{scores[lr]:.2f}") for lr in grid]  # ties at .1f
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen:g} |")
     return lines
 

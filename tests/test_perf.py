@@ -144,7 +144,7 @@ def test_train_threads_times_open_clip_train_steps_per_thread_count() -> None:
     for threads in (1, 2):
         measured = rows[0][f"threads_{threads}"]
         assert measured["logged_steps"] >= 3  # steps 2, 4, 6, 8 logged; the first is left out as warm-up
-        assert 0 < measured["step_s"] < measured["wall_s"]
+        assert 0 < measured["step_s"] < measured["wall_s"] and 0 <= measured["data_s"] <= measured["step_s"]
 
 
 def test_logged_step_seconds_parses_open_clip_train_lines(tmp_path) -> None:
@@ -152,3 +152,4 @@ def test_logged_step_seconds_parses_open_clip_train_lines(tmp_path) -> None:
     log.write_text("Train Epoch: 0 [32/64 (50%)] Data (t): 0.010 Batch (t): 0.250, 128.0/s\n"
                    "Train Epoch: 0 [64/64 (100%)] Data (t): 0.004 Batch (t): 1.5, 21.3/s\n")
     assert perf._logged_step_seconds(log) == [0.25, 1.5]
+    assert perf._logged_step_seconds(log, "Data") == [0.010, 0.004]
