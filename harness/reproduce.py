@@ -243,8 +243,11 @@ def analyse(methods: list[Method], prof: Profile, runs: Path, seeds: dict[str, i
 
 
 # Compact ablation table: (dataset, task, metric, column label); absent sets are left out
-ABLATION_METRICS = (("heldout_emoji_retrieval_test", "zeroshot_retrieval", "image_retrieval_recall@1", "test I→T R@1"),
-                    ("heldout_emoji_retrieval_test", "zeroshot_retrieval", "text_retrieval_recall@1", "test T→I R@1"),
+# clip_benchmark's image_retrieval_recall is text → image (a caption retrieves its image), text_retrieval image → text
+ABLATION_METRICS = (("heldout_emoji_retrieval_test", "zeroshot_retrieval", "image_retrieval_recall@1",
+                     "test image retrieval R@1 (T→I)"),
+                    ("heldout_emoji_retrieval_test", "zeroshot_retrieval", "text_retrieval_recall@1",
+                     "test text retrieval R@1 (I→T)"),
                     ("heldout_emoji_group", "zeroshot_classification", "acc1", "group zero-shot"),
                     ("heldout_emoji_subgroup", "zeroshot_classification", "acc1", "subgroup zero-shot"),
                     ("fmnist", "zeroshot_classification", "acc1", "Fashion-MNIST zero-shot"),

@@ -48,3 +48,21 @@ def test_validation_and_test_retrieval_sets_are_disjoint_and_complete(tmp_path: 
     assert (info["val_samples"], info["test_samples"]) == (len(val), len(test)) and val and test
     again = study.build_study_splits(tmp_path, retrieval="synth_retrieval", classification="synth_shapes")
     assert again == info == json.loads((tmp_path / "val" / "study_splits.json").read_text())  # idempotent
+
+
+def test_tone_confusions_split_top1_into_hit_tone_confusion_and_other_miss() -> None:
+    import torch
+
+    from harness.tone_confusions import classify_top1, tone_free
+    assert tone_free("Man: Medium-Dark skin tone, red hair") == tone_free("man: light skin tone, red hair")
+    assert tone_free("man: dark skin tone") != tone_free("woman: dark skin tone")
+    captions = ["man: light skin tone", "man: dark skin tone", "chicken", "kiss: light skin tone, dark skin tone"]
+    sim = torch.eye(4)
+    sim[0, 1] = 2.0   # image 0's top caption: the same man in another tone
+    sim[2, 3] = 2.0   # image 2's top caption: another emoji
+    r = classify_top1(sim, captions)
+    assert (r["i2t_r1"], r["i2t_tone_confusion"], r["i2t_other_miss"]) == (0.5, 0.25, 0.25)
+    assert r["i2t_r1_tone_free"] == 0.75
+    # text → image: caption 1's top image is image 0 (tone confusion), caption 3's is image 2 (other)
+    assert (r["t2i_r1"], r["t2i_tone_confusion"], r["t2i_other_miss"]) == (0.5, 0.25, 0.25)
+    assert r["queries_with_tone_variants"] == 0.5
