@@ -412,6 +412,16 @@ def write_results(path: Path, command_line: str, prof_name: str, prof: Profile, 
     write_text_atomic(path, "\n".join(lines) + keep)
 
 
+def pick_methods(parser: argparse.ArgumentParser, option: str, text: str, pool: list[Method]) -> list[Method]:
+    """The methods of ``pool`` named in the comma-separated ``text``, in ``pool``'s order; an unknown name is a usage
+    error that lists the choices."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - {m.name for m in pool})
+    if unknown:
+        parser.error(f"{option}: unknown {', '.join(unknown)}; choose from " + ", ".join(m.name for m in pool))
+    return [m for m in pool if m.name in names]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
@@ -440,22 +450,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs, results = out / "runs" / label, out / "results" / label
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be ≥ 1, got {args.threads}")
-    main_methods = METHODS
-    if args.methods:
-        names = [n.strip() for n in args.methods.split(",") if n.strip()]
-        unknown = sorted(set(names) - {m.name for m in METHODS})
-        if unknown:
-            parser.error(f"--methods: unknown {', '.join(unknown)}; choose from "
-                         + ", ".join(m.name for m in METHODS))
-        main_methods = [m for m in METHODS if m.name in names]
-    ablations = ABLATIONS if args.ablations == "all" else []
-    if args.ablations not in (None, "all"):
-        names = [n.strip() for n in args.ablations.split(",") if n.strip()]
-        unknown = sorted(set(names) - {m.name for m in ABLATIONS})
-        if unknown:
-            parser.error(f"--ablations: unknown {', '.join(unknown)}; choose from "
-                         + ", ".join(m.name for m in ABLATIONS))
-        ablations = [m for m in ABLATIONS if m.name in names]
+    main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)
+    ablations = ([] if args.ablations is None else ABLATIONS if args.ablations == "all" else
+                 pick_methods(parser, "--ablations", args.ablations, ABLATIONS))
     data = Path(args.data).resolve()
     if args.synthetic:
         from harness.synthetic import build_synthetic_eval, build_synthetic_pretrain
