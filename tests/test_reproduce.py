@@ -40,6 +40,7 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
 def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path: Path) -> None:
     """--tune: every method gets the same lr grid (seed 0, validation split only); the study then trains each method
     at the lr with the best validation R@1 and the report shows the grid."""
+    from harness import study
     from harness.reproduce import TUNE_LRS, choose_lr
     env = dict(os.environ, OMP_NUM_THREADS="2")
     cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
@@ -55,7 +56,8 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
         assert chosen == choose_lr({float(lr): v for lr, v in scores.items()}, 1e-3)
         # the tuning run's validation curve is the one scored: its best epoch gives the recorded value
         curve = (tmp_path / "runs" / "tune-smoke" / f"{method}-lr{chosen:g}-seed0" / "checkpoints" / "results.jsonl")
-        assert curve.is_file()
+        points = study.val_curve(curve.parents[1], 2, None)
+        assert max(p["val_r1"] for p in points if p["epoch"] >= 1) == scores[f"{chosen:g}"]
         run = tmp_path / "runs" / "smoke-tuned" / f"{method}-seed0"
         assert f"lr: {chosen}" in (run / "params.txt").read_text()  # the study's run has the chosen lr
         assert run.resolve() == curve.parents[1].resolve()  # same profile: seed 0 is the tuning run, not retrained
