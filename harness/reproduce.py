@@ -125,8 +125,9 @@ def train_command(method: Method, prof: Profile, data: str, samples: int, runs: 
 
 
 def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict,
-          lr: Optional[float] = None, name: Optional[str] = None, threads: Optional[int] = None) -> dict:
-    """Train one run unless its final checkpoint exists; returns {"seconds", "start", "command", "skipped"}."""
+          threads: int, lr: Optional[float] = None, name: Optional[str] = None) -> dict:
+    """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
+    "command", "skipped"}."""
     name = name or run_name(method, seed)
     run_dir = runs / name
     final = run_dir / "checkpoints" / f"epoch_{prof.epochs}.pt"
@@ -138,9 +139,7 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
                 "skipped": True}
     resume = ["--resume", "latest"] if (run_dir / "checkpoints").is_dir() else []
     start = time.time()
-    threads = threads or prof.threads
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads) if threads else
-               os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd + resume, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not final.is_file():
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -158,7 +157,7 @@ def choose_lr(scores: dict[float, float], default: float) -> float:
 
 
 def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, runs: Path, val: dict,
-         threads: Optional[int] = None) -> dict:
+         threads: int) -> dict:
     """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seed 0,
     scored by the best validation R@1 over its epochs (the validation split only, never a test set).
 
@@ -174,7 +173,7 @@ def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, ru
         for lr in TUNE_LRS:
             name = run_name(m, 0, lr)
             print(f"reproduce.py: tuning {m.name} lr {lr:g} ({prof_name} profile) ...", flush=True)
-            r = train(m, prof, data, samples, runs, 0, val, lr=lr, name=name, threads=threads)
+            r = train(m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name)
             seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
             commands.append(r["command"])
             curve = study.val_curve(runs / name, steps_per_epoch, None)
@@ -450,6 +449,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs, results = out / "runs" / label, out / "results" / label
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    # OMP threads of every training process: --threads, else the profile's, else the caller's OMP_NUM_THREADS / cores
+    threads = args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)
     ablations = ([] if args.ablations is None else ABLATIONS if args.ablations == "all" else
                  pick_methods(parser, "--ablations", args.ablations, ABLATIONS))
@@ -484,7 +485,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.tune:
         tuned = [m for m in methods if m not in ABLATIONS]
         tuning = tune(tuned, args.tune_profile, pattern, data_samples, out / "runs" / f"tune-{args.tune_profile}",
-                      val, args.threads or prof.threads)  # the study's thread count, not the tune profile's
+                      val, threads)  # the study's thread count, not the tune profile's
         lrs.update(tuning["chosen"])
         if args.tune_profile == args.profile:  # seed 0 at the chosen lr is the tuning run itself: reuse it
             runs.mkdir(parents=True, exist_ok=True)
@@ -505,7 +506,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for m in methods:
         for seed in range(seeds[m.name]):
             print(f"reproduce.py: training {m.name} seed {seed} (lr {lrs[m.name]:g}) ...", flush=True)
-            r = train(m, prof, pattern, samples, runs, seed, val, lr=lrs[m.name], threads=args.threads)
+            r = train(m, prof, pattern, samples, runs, seed, val, threads, lr=lrs[m.name])
             timings.setdefault(m.name, []).append(r)
             commands.append(r["command"])
     analysis = analyse(methods, prof, runs, seeds, steps_per_epoch, timings)
@@ -543,7 +544,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     report_name = "RESULTS.md" if label == "quick" else f"RESULTS_{label}.md"
     report = (ROOT / "docs" / report_name) if (args.out == "." and not args.synthetic) else out / report_name
     command_line = " ".join(sys.argv[1:] if argv is None else argv) or f"--profile {args.profile}"
-    threads = args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     write_results(report, command_line, label, prof, methods, skipped, analysis, commands, results, runs, seeds,
                   data_note, time.time() - began, val["val_samples"], lrs, tuning, threads,
                   sum(r["skipped"] for ts in timings.values() for r in ts))

@@ -15,6 +15,7 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -34,16 +35,13 @@ def load_pairs(split_dir: Path) -> tuple[list, list[str]]:
     """PIL images and captions of a clip_benchmark webdataset retrieval split (one caption per image)."""
     import io
 
-    import webdataset as wds
     from PIL import Image
-    n = int((split_dir / "nshards.txt").read_text().strip())
-    images, captions = [], []
-    for sample in wds.WebDataset([str(split_dir / f"{i}.tar") for i in range(n)], shardshuffle=False,
-                                 empty_check=False):
-        image_key = next(k for k in ("png", "webp", "jpg") if k in sample)
-        images.append(Image.open(io.BytesIO(sample[image_key])).convert("RGB"))
-        captions.append(sample["txt"].decode().strip())
-    return images, captions
+
+    from harness.study import _samples  # the study's own reader of a webdataset split
+    samples = _samples(split_dir)
+    images = [Image.open(io.BytesIO(next(s[k] for k in ("png", "webp", "jpg") if k in s))).convert("RGB")
+              for s in samples]
+    return images, [s["txt"].decode().strip() for s in samples]
 
 
 def classify_top1(sim: torch.Tensor, captions: list[str]) -> dict[str, float]:
@@ -61,7 +59,8 @@ def classify_top1(sim: torch.Tensor, captions: list[str]) -> dict[str, float]:
         out[f"{name}_tone_confusion"] = tone / n
         out[f"{name}_other_miss"] = (n - hits - tone) / n
         out[f"{name}_r1_tone_free"] = (hits + tone) / n
-    with_variants = sum(keys.count(k) > 1 for k in keys)
+    counts = Counter(keys)
+    with_variants = sum(counts[k] > 1 for k in keys)
     out["queries_with_tone_variants"] = with_variants / len(keys)
     return out
 
