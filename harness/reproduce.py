@@ -3,7 +3,7 @@
     python harness/reproduce.py --profile quick            # minutes, one seed
     python harness/reproduce.py --profile full --seeds 3
     python harness/reproduce.py --ablations                # UniCLIP's components (one seed each: --ablation-seeds)
-    python harness/reproduce.py --profile full --tune      # lr tuned per method on validation (3-point grid, quick)
+    python harness/reproduce.py --profile full --tune      # lr tuned per method on validation (4-point grid, quick)
     python harness/reproduce.py --profile smoke --synthetic --out /tmp/smoke   # CI: generated data, a few steps
 
 Every method trains with ``open_clip train`` on the same tiny towers, data, epochs, batch, optimiser and schedule;
@@ -52,7 +52,7 @@ PROFILES = {
     # threads beside it made each step 1.1-1.45x slower (docs/PERF.md); Tiny-64 would allow ~6 passes in 90 min.
     "full": Profile("Tiny-32", 40, 128, 1e-3, 200, epoch_fraction=0.5, threads=1),
 }
-TUNE_LRS = (5e-4, 1e-3, 2e-3)  # the same grid, seed and budget for every method
+TUNE_LRS = (5e-4, 1e-3, 2e-3, 4e-3)  # the same grid, seed and budget for every method
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,40 @@ def train_command(method: Method, prof: Profile, data: str, samples: int, runs: 
             "--val-frequency", "1"]
 
 
+# open_clip_train's params.txt keys checked before a run is reused or resumed (the flags that change its result)
+CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size", "--epochs": "epochs",
+                  "--seed": "seed", "--train-num-samples": "train_num_samples", "--warmup": "warmup", "--wd": "wd"}
+
+
+def stale_settings(run_dir: Path, cmd: list[str]) -> list[str]:
+    """What differs between ``cmd`` and the run already in ``run_dir`` (its ``command.json``, else the hyper-parameters
+    open_clip_train wrote to ``params.txt``); empty when the run is new or matches."""
+    recorded = run_dir / "command.json"
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())[1:]  # [0] is the interpreter, which may move
+        new = cmd[1:]
+        if old == new:
+            return []
+        changed = [f"{old[i - 1]} {a} -> {b}" if i and old[i - 1].startswith("--") else f"{a} -> {b}"
+                   for i, (a, b) in enumerate(zip(old, new)) if a != b]
+        return changed or [f"{len(old)} -> {len(new)} arguments"]
+    params = run_dir / "params.txt"
+    if not params.is_file():
+        return []
+    values = dict(line.split(": ", 1) for line in params.read_text().splitlines() if ": " in line)
+    stale = []
+    for flag, key in CHECKED_PARAMS.items():
+        if flag in cmd and key in values:
+            asked = cmd[cmd.index(flag) + 1]
+            try:
+                same = float(values[key]) == float(asked)
+            except ValueError:
+                same = values[key] == asked
+            if not same:
+                stale.append(f"{key} {values[key]}, asked {asked}")
+    return stale
+
+
 def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict,
           threads: int, lr: Optional[float] = None, name: Optional[str] = None) -> dict:
     """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
@@ -133,11 +167,18 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
     final = run_dir / "checkpoints" / f"epoch_{prof.epochs}.pt"
     cmd = train_command(method, prof, data, samples, runs, seed, val, lr, name)
     timing = run_dir / "wallclock.json"
+    stale = stale_settings(run_dir, cmd)
+    if stale:
+        raise SystemExit(f"reproduce.py: error: {run_dir} was trained with other settings than this study asks for "
+                         f"({'; '.join(stale)}); delete that run folder, or pass another --out / runs folder")
     if final.is_file():
         record = json.loads(timing.read_text()) if timing.is_file() else {}
         return {"seconds": record.get("seconds", float("nan")), "start": record.get("start"), "command": cmd,
                 "skipped": True}
     resume = ["--resume", "latest"] if (run_dir / "checkpoints").is_dir() else []
+    from harness.bench_report import write_text_atomic
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "command.json", json.dumps(cmd))
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd + resume, cwd=ROOT, env=env, capture_output=True, text=True)

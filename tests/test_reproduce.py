@@ -1,6 +1,7 @@
 """CI smoke of the study driver on generated data: every stage runs and the report is written."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -97,3 +98,25 @@ def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_s
     assert lines[2] == "| uniclip | 0..1 | 1.5 | 15.0 |"                      # mean over its own seeds
     assert lines[3] == "| uniclip-v1 | 0 | 1.5 (Δ -0.5) | 20.0 (Δ -5.0) |"    # against the full model's seed 0
     assert lines[4] == "| uniclip-infonce | – | – | – |"
+
+
+def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_path: Path) -> None:
+    """Widening the lr grid can change a method's chosen lr; its old run folder must then stop the study with a clear
+    error instead of being reported under the new lr."""
+    from harness.reproduce import METHODS, PROFILES, stale_settings, train
+    clip, prof, val = METHODS[0], PROFILES["smoke"], {"val": "unused", "val_samples": 1}
+    run = tmp_path / "clip-seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / f"epoch_{prof.epochs}.pt").write_bytes(b"")
+    # a run from before command.json existed: open_clip_train's params.txt is compared
+    (run / "params.txt").write_text("batch_size: 32\nepochs: 2\nlr: 0.002\nmodel: CLIP-Tiny-32\nseed: 0\nwd: 0.1\n")
+    with pytest.raises(SystemExit, match=r"other settings .*lr 0\.002, asked 0\.001.*delete that run folder"):
+        train(clip, prof, "data", 64, tmp_path, 0, val, threads=1, lr=1e-3)
+    reused = train(clip, prof, "data", 64, tmp_path, 0, val, threads=1, lr=2e-3)
+    assert reused["skipped"]  # the same settings: reused, not trained
+    # command.json, written when a run starts, is compared argument by argument (the interpreter's path may move)
+    command = reused["command"]
+    (run / "command.json").write_text(json.dumps(["/old/python", *command[1:]]))
+    assert stale_settings(run, command) == []
+    with pytest.raises(SystemExit, match=r"asks for \(--batch-size 32 -> 64\)"):
+        train(clip, dataclasses.replace(prof, batch=64), "data", 64, tmp_path, 0, val, threads=1, lr=2e-3)
