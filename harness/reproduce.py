@@ -129,13 +129,24 @@ CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size"
                   "--seed": "seed", "--train-num-samples": "train_num_samples", "--warmup": "warmup", "--wd": "wd"}
 
 
+PATH_FLAGS = ("--train-data", "--val-data", "--logs")  # a moved checkout or data folder is not a new setting
+
+
+def _settings(cmd: list[str]) -> list[str]:
+    """``cmd`` without the interpreter and with path values blanked, for comparing two training commands."""
+    args = list(cmd[1:])
+    for i in range(1, len(args)):
+        if args[i - 1] in PATH_FLAGS:
+            args[i] = "<path>"
+    return args
+
+
 def stale_settings(run_dir: Path, cmd: list[str]) -> list[str]:
     """What differs between ``cmd`` and the run already in ``run_dir`` (its ``command.json``, else the hyper-parameters
     open_clip_train wrote to ``params.txt``); empty when the run is new or matches."""
     recorded = run_dir / "command.json"
     if recorded.is_file():
-        old = json.loads(recorded.read_text())[1:]  # [0] is the interpreter, which may move
-        new = cmd[1:]
+        old, new = _settings(json.loads(recorded.read_text())), _settings(cmd)
         if old == new:
             return []
         changed = [f"{old[i - 1]} {a} -> {b}" if i and old[i - 1].startswith("--") else f"{a} -> {b}"

@@ -103,7 +103,7 @@ def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_s
 def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_path: Path) -> None:
     """Widening the lr grid can change a method's chosen lr; its old run folder must then stop the study with a clear
     error instead of being reported under the new lr."""
-    from harness.reproduce import METHODS, PROFILES, stale_settings, train
+    from harness.reproduce import METHODS, PROFILES, stale_settings, train, train_command
     clip, prof, val = METHODS[0], PROFILES["smoke"], {"val": "unused", "val_samples": 1}
     run = tmp_path / "clip-seed0"
     (run / "checkpoints").mkdir(parents=True)
@@ -114,9 +114,13 @@ def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_pa
         train(clip, prof, "data", 64, tmp_path, 0, val, threads=1, lr=1e-3)
     reused = train(clip, prof, "data", 64, tmp_path, 0, val, threads=1, lr=2e-3)
     assert reused["skipped"]  # the same settings: reused, not trained
-    # command.json, written when a run starts, is compared argument by argument (the interpreter's path may move)
+    # command.json, written when a run starts, is compared argument by argument; the interpreter and the data, val
+    # and logs paths may move with the checkout
     command = reused["command"]
     (run / "command.json").write_text(json.dumps(["/old/python", *command[1:]]))
     assert stale_settings(run, command) == []
+    moved = train_command(clip, prof, "/elsewhere/data", 64, tmp_path / "moved", 0,
+                          {"val": "/elsewhere/val", "val_samples": 1}, lr=2e-3, name="clip-seed0")
+    assert stale_settings(run, moved) == []
     with pytest.raises(SystemExit, match=r"asks for \(--batch-size 32 -> 64\)"):
         train(clip, dataclasses.replace(prof, batch=64), "data", 64, tmp_path, 0, val, threads=1, lr=2e-3)
