@@ -129,15 +129,17 @@ CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size"
                   "--seed": "seed", "--train-num-samples": "train_num_samples", "--warmup": "warmup", "--wd": "wd"}
 
 
-PATH_FLAGS = ("--train-data", "--val-data", "--logs")  # a moved checkout or data folder is not a new setting
+# where a run lives, not how it trains: a moved checkout or data folder, or the lr search's seed-0 run linked into the
+# study under the study's name, is the same run
+WHERE_FLAGS = ("--train-data", "--val-data", "--logs", "--name")
 
 
 def _settings(cmd: list[str]) -> list[str]:
-    """``cmd`` without the interpreter and with path values blanked, for comparing two training commands."""
+    """``cmd`` without the interpreter and with the ``WHERE_FLAGS`` values blanked, for comparing two commands."""
     args = list(cmd[1:])
     for i in range(1, len(args)):
-        if args[i - 1] in PATH_FLAGS:
-            args[i] = "<path>"
+        if args[i - 1] in WHERE_FLAGS:
+            args[i] = "<where>"
     return args
 
 

@@ -70,7 +70,7 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
     report = (tmp_path / "RESULTS_smoke-tuned.md").read_text()
     assert "| uniclip-v1 | 0 |" in report  # the seed-matched ablation table
     assert "## Learning-rate tuning (validation split)" in report
-    assert "| method | lr 0.0005 | lr 0.001 | lr 0.002 | chosen |" in report
+    assert "| method | " + " | ".join(f"lr {lr:g}" for lr in TUNE_LRS) + " | chosen |" in report
     assert "1 OMP thread(s) per training process" in report
 
 
