@@ -43,6 +43,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         loss = loss_fn(**ddp(images[part], texts[part]))
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": _grads(model)}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
     finally:
         dist.destroy_process_group()
 

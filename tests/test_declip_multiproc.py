@@ -86,6 +86,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ddp(torch.randn(2, 4)).sum().backward()
         results["ddp_queue"], results["ddp_shared"] = holder.nns.queue.clone(), holder.shared.clone()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
     finally:
         dist.destroy_process_group()
 

@@ -71,6 +71,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         except RuntimeError as err:
             results["wrong_rank"] = str(err)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
     finally:
         dist.destroy_process_group()
 

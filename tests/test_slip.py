@@ -341,6 +341,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         results = {name: _run(slip.slip_loss, local, local_loss=local_loss, rank=rank, world_size=WORLD)
                    for name, local_loss in (("local", True), ("global_rows", False))}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
     finally:
         dist.destroy_process_group()
 
