@@ -409,9 +409,9 @@ def option_steps(model_name: str, batch: int, iters: int, plain_s: float, full: 
 def _gather_worker(rank: int, world: int, init_file: str, out_file: str, batch: int, views: int, dim: int,
                    iters: int) -> None:
     import torch.distributed as dist
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+
+    from harness.gloo_group import gloo_group
+    with gloo_group(rank, world, init_file):
         mpnce = import_plugin_module("losses.mpnce")
         local = batch // world
         g = torch.Generator().manual_seed(rank)
@@ -428,9 +428,6 @@ def _gather_worker(rank: int, world: int, init_file: str, out_file: str, batch: 
         seconds = _median_time(run, iters, 2)
         if rank == 0:
             Path(out_file).write_text(json.dumps({"seconds": seconds}))
-        dist.barrier()  # no rank tears the group down while another is still in a collective
-    finally:
-        dist.destroy_process_group()
 
 
 def _in_fresh_process(call: str, env: Optional[dict[str, str]] = None) -> Any:

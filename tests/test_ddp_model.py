@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 WORLD, B_LOCAL = 2, 3
@@ -32,9 +31,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
+    from harness.gloo_group import gloo_group
+    with gloo_group(rank, WORLD, init_file):
         from uniclip_plugin.losses.mpnce import UniversalContrastiveLoss
         model, images, texts = _setup()
         ddp = torch.nn.parallel.DistributedDataParallel(model)  # compat's subclass drops CPU device_ids
@@ -43,9 +41,6 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         loss = loss_fn(**ddp(images[part], texts[part]))
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": _grads(model)}, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.multiproc

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
@@ -50,10 +49,8 @@ def _steps() -> list[torch.Tensor]:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
+    from harness.gloo_group import gloo_group
+    with gloo_group(rank, WORLD, init_file):
         losses = import_plugin_module("losses.declip")
         nns = import_plugin_module("nns")
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -86,9 +83,6 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ddp(torch.randn(2, 4)).sum().backward()
         results["ddp_queue"], results["ddp_shared"] = holder.nns.queue.clone(), holder.shared.clone()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.multiproc

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -45,10 +44,8 @@ def _run(loss_fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[to
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
+    from harness.gloo_group import gloo_group
+    with gloo_group(rank, WORLD, init_file):
         mpnce = import_plugin_module("losses.mpnce")
         img, txt, scales, offsets = _inputs()
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -71,9 +68,6 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         except RuntimeError as err:
             results["wrong_rank"] = str(err)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
-    finally:
-        dist.destroy_process_group()
 
 
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

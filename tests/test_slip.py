@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -330,10 +329,8 @@ def _run(fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[torch.T
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
+    from harness.gloo_group import gloo_group
+    with gloo_group(rank, WORLD, init_file):
         slip = _loss_module(light=True)
         img, txt, scale, z_1, z_2 = _inputs(WORLD * B_LOCAL, 6, 5, seed=11)
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -341,9 +338,6 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         results = {name: _run(slip.slip_loss, local, local_loss=local_loss, rank=rank, world_size=WORLD)
                    for name, local_loss in (("local", True), ("global_rows", False))}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # gloo: a rank tearing down while its peer still sends aborts the peer (SIGABRT)
-    finally:
-        dist.destroy_process_group()
 
 
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
