@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 import uniclip_plugin
-from harness import bench
-from harness.bench_report import training_curve
-from harness.synthetic import build_synthetic_eval, write_tar_atomic
+from uniclip_plugin.bench import evaluate as bench
+from uniclip_plugin.bench.report import training_curve
+from uniclip_plugin.testing.synthetic import build_synthetic_eval, write_tar_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40  # images in the constructed retrieval set
@@ -407,7 +407,7 @@ def test_uniclip_benchmark_cli_matches_bench(workspace: dict[str, Path]) -> None
 
 def test_probe_warm_start_reaches_the_cold_start_optimum() -> None:
     """The C-grid warm start changes the solver's path only: the convex optimum (hence predictions) is the same."""
-    from harness import linear_probe as lp
+    from uniclip_plugin.bench import probe as lp
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 8))
     y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * rng.standard_normal(300) > 0).astype(int) + (x[:, 2] > 1)

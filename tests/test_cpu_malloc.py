@@ -35,8 +35,8 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 
 
 def _cpu_malloc() -> Any:
-    from harness.light_import import import_plugin_module
-    return import_plugin_module("cpu_malloc")
+    import importlib
+    return importlib.import_module("uniclip_plugin.cpu_malloc")
 
 
 def _probe(mode: str) -> dict:

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import data as D
-from harness import synthetic as S
-from harness.datasets import clipart, common, emoji, labelled, sources
+from uniclip_plugin.data import build as D
+from uniclip_plugin.testing import synthetic as S
+from uniclip_plugin.data import clipart, common, emoji, labelled, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 # The builder unpacks .deb archives with dpkg (Debian's own client); the fixture registry needs it too. It is part of
@@ -581,7 +581,7 @@ def test_synthetic_pretrain_shards(tmp_path: Path) -> None:
 def test_synthetic_eval_sets_and_cli(tmp_path: Path) -> None:
     from clip_benchmark.datasets.builder import build_dataset
     from torchvision import transforms
-    proc = subprocess.run([sys.executable, str(ROOT / "harness" / "synthetic.py"), "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "uniclip_plugin.testing.synthetic", "--out", str(tmp_path),
                            "--n", "16", "--res", "16"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     paths = json.loads(proc.stdout)

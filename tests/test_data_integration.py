@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import data as D
+from uniclip_plugin.data import build as D
 
 pytestmark = pytest.mark.integration
 

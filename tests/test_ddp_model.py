@@ -31,7 +31,7 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from harness.gloo_group import gloo_group
+    from uniclip_plugin.testing.gloo_group import gloo_group
     with gloo_group(rank, WORLD, init_file):
         from uniclip_plugin.losses.mpnce import UniversalContrastiveLoss
         model, images, texts = _setup()

@@ -315,7 +315,7 @@ def test_switched_off_parts_have_no_parameters() -> None:
 
 @pytest.mark.slow
 def test_open_clip_train_declip_end_to_end(tmp_path: Path) -> None:
-    from harness.synthetic import build_synthetic_pretrain
+    from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
     from tests.test_text_aug import write_fake_wordnet
     shards = build_synthetic_pretrain(tmp_path / "shards", n_samples=256, res=32, n_shards=2, seed=0)
     wordnet = write_fake_wordnet(tmp_path / "wordnet")
@@ -376,7 +376,7 @@ def test_weight_zero_switches_the_model_part_off_and_such_checkpoints_load_by_na
 
 def test_missing_wordnet_is_a_one_line_error(capsys: pytest.CaptureFixture, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.synthetic import build_synthetic_pretrain
+    from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
     from uniclip_plugin import text_aug
     from uniclip_plugin.cli import main
     monkeypatch.setattr(text_aug, "find_wordnet_dir", lambda: None)

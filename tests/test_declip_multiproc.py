@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from harness.light_import import import_plugin_module
+import importlib
 
 F64 = torch.float64
 
@@ -49,10 +49,10 @@ def _steps() -> list[torch.Tensor]:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from harness.gloo_group import gloo_group
+    from uniclip_plugin.testing.gloo_group import gloo_group
     with gloo_group(rank, WORLD, init_file):
-        losses = import_plugin_module("losses.declip")
-        nns = import_plugin_module("nns")
+        losses = importlib.import_module("uniclip_plugin.losses.declip")
+        nns = importlib.import_module("uniclip_plugin.nns")
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
         f = {k: (v[part] if v.dim() else v) for k, v in _global_features().items()}
         results: dict[str, Any] = {}

@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from harness.light_import import import_plugin_module
+import importlib
 
 WORLD, B_LOCAL, V, D = 2, 4, 2, 8
 OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")  # = losses.mpnce.OBJECTIVES (asserted below)
@@ -44,9 +44,9 @@ def _run(loss_fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[to
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from harness.gloo_group import gloo_group
+    from uniclip_plugin.testing.gloo_group import gloo_group
     with gloo_group(rank, WORLD, init_file):
-        mpnce = import_plugin_module("losses.mpnce")
+        mpnce = importlib.import_module("uniclip_plugin.losses.mpnce")
         img, txt, scales, offsets = _inputs()
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
         local = (img[part], txt[part], scales, offsets)

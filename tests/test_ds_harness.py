@@ -23,12 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 WORLD = 2
 B_LOCAL = 4
@@ -95,7 +92,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _step_args(loss: str, model: str) -> argparse.Namespace:
-    from harness.train import build_parser
+    from uniclip_plugin.ds.train import build_parser
     return build_parser().parse_args(["--model", model, "--loss", loss, "--lr", str(LR), "--wd", str(WD),
                                       "--eps", str(EPS), "--beta1", "0.9", "--beta2", "0.98", "--warmup", "1",
                                       "--seed", "0"])
@@ -119,7 +116,7 @@ def _probe(model: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from harness.synthetic import build_synthetic_pretrain
+    from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
     # 256 samples, 2 ranks × 8 per rank: 16 steps per epoch.
     return build_synthetic_pretrain(tmp_path_factory.mktemp("ds_data"), n_samples=256, res=32, n_shards=4, seed=0)
 
@@ -134,9 +131,9 @@ def _worker(out_dir: Path) -> None:
 
     import uniclip_plugin  # noqa: F401
     import uniclip_plugin.losses.mpnce as mpnce
-    from harness import ds_checkpoint as ckpt
-    from harness.ds_config import load_config, prepare_config
-    from harness.train import (HarnessError, NonFiniteLoss, SkipWatcher, build_model, check_model_and_loss,
+    from uniclip_plugin.ds import checkpoint as ckpt
+    from uniclip_plugin.ds.config import load_config, prepare_config
+    from uniclip_plugin.ds.train import (HarnessError, NonFiniteLoss, SkipWatcher, build_model, check_model_and_loss,
                                init_distributed, loss_namespace, model_kwargs_for_loss, param_groups, run_meta,
                                train_step, write_params)
     from uniclip_plugin.train_hooks import TrainLossAdapter
@@ -262,7 +259,7 @@ def _reference_step(loss: str, model_name: str) -> tuple[dict[str, torch.Tensor]
                                                           dict[str, torch.Tensor], float, torch.Tensor]:
     """One AdamW step in one process on the global batch, with rank r's views on half r (see the module docstring)."""
     import uniclip_plugin  # noqa: F401
-    from harness.train import (build_model, check_model_and_loss, loss_inputs, loss_namespace, model_kwargs_for_loss,
+    from uniclip_plugin.ds.train import (build_model, check_model_and_loss, loss_inputs, loss_namespace, model_kwargs_for_loss,
                                param_groups)
     args = _step_args(loss, model_name)
     spec = check_model_and_loss(args)
@@ -293,7 +290,7 @@ def _reference_step(loss: str, model_name: str) -> tuple[dict[str, torch.Tensor]
 
 # --------------------------------------------------------------------------------------------------- fast unit checks
 def test_config_fills_auto_and_checks_batch_arithmetic() -> None:
-    from harness.ds_config import ConfigError, load_config, prepare_config
+    from uniclip_plugin.ds.config import ConfigError, load_config, prepare_config
     raw = load_config(REPO / "deepspeed_configs" / "zero2_bf16.json")
     cfg = prepare_config(raw, world_size=4, batch_size=8, lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
     assert (cfg["train_micro_batch_size_per_gpu"], cfg["train_batch_size"]) == (8, 32)
@@ -318,7 +315,7 @@ def test_config_fills_auto_and_checks_batch_arithmetic() -> None:
 
 def test_param_groups_follow_open_clip_train_and_no_zero_dim_params() -> None:
     import uniclip_plugin  # noqa: F401
-    from harness.train import build_model, param_groups
+    from uniclip_plugin.ds.train import build_model, param_groups
     model, _, _ = build_model(_step_args("clip", "CLIP-Tiny-32"))
     assert model.logit_scale.shape == (1,)  # stock CLIP's 0-dim scale reshaped for DeepSpeed (D1)
     assert all(p.dim() > 0 for p in model.parameters())
@@ -335,7 +332,7 @@ def test_rng_and_extra_state_round_trip() -> None:
     import numpy as np
     from torch import nn
 
-    from harness import ds_checkpoint as ckpt
+    from uniclip_plugin.ds import checkpoint as ckpt
 
     class Queue(nn.Module):  # what a DeCLIP-style feature queue looks like to the generic hook
         def __init__(self) -> None:
@@ -360,7 +357,7 @@ def test_rng_and_extra_state_round_trip() -> None:
 
 
 def test_an_incomplete_checkpoint_is_never_latest(tmp_path: Path) -> None:
-    from harness import ds_checkpoint as ckpt
+    from uniclip_plugin.ds import checkpoint as ckpt
     good = tmp_path / ckpt.tag_of(3)
     good.mkdir()
     (good / ckpt.META_FILE).write_text("{}")
@@ -378,7 +375,7 @@ def test_an_incomplete_checkpoint_is_never_latest(tmp_path: Path) -> None:
 
 
 def test_skip_watcher_logs_each_skip_and_stops_on_a_streak(caplog: pytest.LogCaptureFixture) -> None:
-    from harness.train import HarnessError, SkipWatcher
+    from uniclip_plugin.ds.train import HarnessError, SkipWatcher
     watch = SkipWatcher(max_consecutive=3)
     for step, applied in enumerate([True, False, False, True, False, False]):
         watch.update(applied, step)
@@ -455,7 +452,7 @@ def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_resu
     import open_clip
 
     import uniclip_plugin  # noqa: F401
-    from harness.train import export_run
+    from uniclip_plugin.ds.train import export_run
     out_dir, ranks = worker_results
     worst = 0.0
     for loss, model_name in CASES:
@@ -508,7 +505,7 @@ def bf16_runs(tmp_path_factory: pytest.TempPathFactory, shards: dict) -> dict:
     """The issue's default setting (ZeRO-2 bf16, uniclip_mpnce) through the CLI: an uninterrupted run and, at the same
     time (independent processes, fewer minutes), a run SIGKILLed right after its first mid-epoch checkpoint; then
     that run resumed with ``--resume latest``."""
-    from harness import ds_checkpoint as ckpt
+    from uniclip_plugin.ds import checkpoint as ckpt
     logs = tmp_path_factory.mktemp("ds_runs")
     config = "zero2_bf16.json"
     reference = _launch(_train_args(shards, logs, "ref", config, "--save-every-n-steps", "0"))
@@ -557,7 +554,7 @@ def test_bf16_zero2_cli_run_trains(bf16_runs: dict) -> None:
 
 @pytest.mark.multiproc
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(bf16_runs: dict) -> None:
-    from harness import ds_checkpoint as ckpt
+    from uniclip_plugin.ds import checkpoint as ckpt
     logs, state = bf16_runs["logs"], bf16_runs["state"]
     assert 0 < state["step_in_epoch"] < state["steps_per_epoch"], state  # killed mid-epoch
     assert "Resuming from" in bf16_runs["resume_out"]

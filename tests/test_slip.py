@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from harness.light_import import import_plugin_module
+import importlib
 
 F64 = torch.float64
 NAME = "SLIP-Tiny-32"
@@ -29,7 +29,7 @@ def _loss_module(light: bool = False) -> Any:
     """``uniclip_plugin.losses.slip``; ``light`` (spawned children only): without running ``uniclip_plugin/__init__``,
     whose registration the loss does not need (see test_distributed_loss.py)."""
     if light:
-        return import_plugin_module("losses.slip")
+        return importlib.import_module("uniclip_plugin.losses.slip")
     return importlib.import_module("uniclip_plugin.losses.slip")
 
 
@@ -329,7 +329,7 @@ def _run(fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[torch.T
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from harness.gloo_group import gloo_group
+    from uniclip_plugin.testing.gloo_group import gloo_group
     with gloo_group(rank, WORLD, init_file):
         slip = _loss_module(light=True)
         img, txt, scale, z_1, z_2 = _inputs(WORLD * B_LOCAL, 6, 5, seed=11)
@@ -368,7 +368,7 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.synthetic import build_synthetic_pretrain
+    from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
     shards = build_synthetic_pretrain(tmp_path_factory.mktemp("slip_shards"), n_samples=512, res=32, n_shards=4)
     logs = tmp_path_factory.mktemp("slip_logs")
     cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", "slip", "--model", NAME,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from harness import study
-from harness.synthetic import build_synthetic_eval
+from uniclip_plugin.study import analysis as study
+from uniclip_plugin.testing.synthetic import build_synthetic_eval
 
 
 def _curve(points: list[tuple[int, float, float]]) -> list[dict]:
@@ -53,7 +53,7 @@ def test_validation_and_test_retrieval_sets_are_disjoint_and_complete(tmp_path: 
 def test_tone_confusions_split_top1_into_hit_tone_confusion_and_other_miss() -> None:
     import torch
 
-    from harness.tone_confusions import classify_top1, tone_free
+    from uniclip_plugin.bench.tone_confusions import classify_top1, tone_free
     assert tone_free("Man: Medium-Dark skin tone, red hair") == tone_free("man: light skin tone, red hair")
     assert tone_free("man: dark skin tone") != tone_free("woman: dark skin tone")
     captions = ["man: light skin tone", "man: dark skin tone", "chicken", "kiss: light skin tone, dark skin tone"]

@@ -43,7 +43,7 @@ def _losses(log: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from harness.synthetic import build_synthetic_pretrain
+    from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
     return build_synthetic_pretrain(tmp_path_factory.mktemp("shards"), n_samples=512, res=32, n_shards=4, seed=0)
 
 
@@ -133,7 +133,7 @@ def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_corrupt_image_and_empty_caption_are_skipped_and_counted_in_training(tmp_path: Path) -> None:
-    from harness.synthetic import build_synthetic_pretrain
+    from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
     bad = build_synthetic_pretrain(tmp_path / "bad", n_samples=64, res=32, n_shards=1, corrupt_images=2,
                                    empty_captions=1)
     # Not resampled: one epoch streams every sample of the shard exactly once, so the counts are exact.

@@ -1,6 +1,6 @@
 """Generated, learnable image–text data for tests and CI smoke runs (no downloads).
 
-    python harness/synthetic.py --out DIR [--n 512 --res 32]
+    python -m uniclip_plugin.testing.synthetic --out DIR [--n 512 --res 32]
 
 Pre-training shards: a coloured shape on a light background, captioned "a red circle" (a few phrasings); open_clip_train
 reads them with ``--train-data 'DIR/pretrain/shard-{000000..000003}.tar'``. Evaluation sets in clip_benchmark's
@@ -20,8 +20,7 @@ from typing import Any, Iterable
 
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.datasets.common import SHARD_MTIME, fresh_tmp_dir, publish_dir  # noqa: E402
+from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, publish_dir
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),
            "purple": (140, 40, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "cyan": (20, 200, 210)}

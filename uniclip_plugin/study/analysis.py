@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.bench_report import write_text_atomic  # noqa: E402
-from harness.datasets.common import SHARD_MTIME, fresh_tmp_dir, publish_dir  # noqa: E402
+from uniclip_plugin.bench.report import write_text_atomic
+from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, publish_dir
 
 VAL_NAME = "heldout-val-000000.tar"
 TEST_SHARDS = 4  # clip_benchmark's CLI reads with 4 workers; each needs a shard

