@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import uniclip_plugin  # noqa: F401  (registers, applies compat)
+import uniclip_plugin
 from uniclip_plugin import compat
 from uniclip_plugin.errors import PluginError
 
 from .conftest import png_bytes, write_shard
+
+uniclip_plugin.register()  # import alone registers nothing
 
 
 def _wds_args(pattern: str, n: int, batch: int = 1) -> argparse.Namespace:

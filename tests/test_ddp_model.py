@@ -16,7 +16,8 @@ CFG = {"views": 2, "view_preset": "none"}
 def _setup() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     import open_clip
 
-    import uniclip_plugin  # noqa: F401
+    import uniclip_plugin
+    uniclip_plugin.register()  # import alone registers nothing
     torch.manual_seed(0)
     model = open_clip.create_model("UniCLIP-Tiny-32", uniclip_cfg=CFG, output_dict=True)
     model.train()

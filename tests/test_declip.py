@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import uniclip_plugin  # noqa: F401
-from uniclip_plugin.losses.declip import DeCLIPLoss, declip_model_overrides
+import uniclip_plugin
+from uniclip_plugin.losses.declip import DeCLIPLoss
+from uniclip_plugin.methods import declip as declip_method
 from uniclip_plugin.model.declip import DeCLIP, ViewBatchNorm1d
 from uniclip_plugin.nns import NNMemoryBank
 from uniclip_plugin.text_aug import EDA, IGNORE_INDEX, EDATokenizer
+
+uniclip_plugin.register()  # import alone registers nothing
 
 F64 = torch.float64
 NAME = "DeCLIP-Tiny-32"
@@ -131,10 +134,10 @@ def test_default_weights_and_missing_part_error(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(PluginError, match="declip-nns-weight 0"):
         loss(**{k: v for k, v in _features(0).items() if k != "text_nn"})
     args = types.SimpleNamespace(declip_simsiam_weight=0.0, declip_mlm_weight=0.2, declip_nns_weight=0)
-    assert declip_model_overrides(args) == {"simsiam": False, "nns": False}
-    from uniclip_plugin.losses.declip import declip_wrap_tokenizer
-    from uniclip_plugin.registry import get_loss
-    assert get_loss("declip").wrap_tokenizer is declip_wrap_tokenizer and get_loss("declip").marker == "declip_cfg"
+    assert declip_method.model_overrides(args) == {"simsiam": False, "nns": False}
+    declip_wrap_tokenizer = declip_method.wrap_tokenizer
+    from uniclip_plugin.registry import get_method
+    assert get_method("declip").wrap_tokenizer is declip_wrap_tokenizer and get_method("declip").marker == "declip_cfg"
     tokenizer = open_clip.get_tokenizer(NAME)
     assert declip_wrap_tokenizer(tokenizer, types.SimpleNamespace(declip_no_eda=True)) is tokenizer
     from tests.test_text_aug import write_fake_wordnet
@@ -350,18 +353,15 @@ def test_open_clip_train_declip_end_to_end(tmp_path: Path) -> None:
 
 
 def test_weight_zero_switches_the_model_part_off_and_such_checkpoints_load_by_name(tmp_path: Path) -> None:
-    from uniclip_plugin import factory
-    from uniclip_plugin.cli import _model_overrides, _plugin_parser
-    ours, _ = _plugin_parser().parse_known_args(["--loss", "declip", "--declip-simsiam-weight", "0",
-                                                 "--declip-nns-weight", "0"])
-    assert _model_overrides(ours) == {"declip_cfg": {"simsiam": False, "nns": False}}
-    plain, _ = _plugin_parser().parse_known_args(["--loss", "declip"])
-    assert _model_overrides(plain) == {} and (plain.declip_mvs_weight, plain.declip_mlm_weight) == (0.4, 0.2)
-    factory.set_model_overrides(_model_overrides(ours))
-    try:
-        trained = open_clip.create_model(NAME)
-    finally:
-        factory.set_model_overrides({})
+    from uniclip_plugin import integration
+    from uniclip_plugin.cli import plugin_parser
+    ours, _ = plugin_parser().parse_known_args(["--loss", "declip", "--declip-simsiam-weight", "0",
+                                                "--declip-nns-weight", "0"])
+    setup = integration.prepare(ours)
+    assert setup.model_kwargs == {"declip_cfg": {"simsiam": False, "nns": False}}
+    plain = integration.prepare(plugin_parser().parse_known_args(["--loss", "declip"])[0], rank=0)
+    assert plain.model_kwargs == {} and plain.loss.weights == {"mvs": 0.4, "simsiam": 0.2, "mlm": 0.2, "nns": 0.2}
+    trained, _, _ = integration.create_model_and_transforms(NAME, setup)
     assert trained.simsiam_projector is None and trained.nns is None and trained.mlm_head is not None
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in trained.state_dict().items()}}, ckpt)

@@ -1,6 +1,8 @@
 """UniCLIP model: registration in open_clip's factory, output contract, ablation switches, checkpoints."""
 from __future__ import annotations
 
+import argparse
+
 import json
 from pathlib import Path
 
@@ -8,11 +10,13 @@ import open_clip
 import pytest
 import torch
 
-import uniclip_plugin  # noqa: F401
+import uniclip_plugin
 from uniclip_plugin import factory
 from uniclip_plugin.errors import PluginError
 from uniclip_plugin.losses.mpnce import UniversalContrastiveLoss
 from uniclip_plugin.model.uniclip import UniCLIP
+
+uniclip_plugin.register()  # import alone registers nothing
 
 NAME = "UniCLIP-Tiny-32"
 
@@ -107,13 +111,12 @@ def test_ablation_switches_change_the_model() -> None:
 
 
 def test_overrides_are_deep_merged() -> None:
-    factory.set_model_overrides({"uniclip_cfg": {"views": 3}})
-    try:
-        model = open_clip.create_model(NAME, uniclip_cfg={"aug_fusion": "add"})
-        assert model.uniclip_cfg.views == 3 and model.uniclip_cfg.aug_fusion == "add"
-        assert model.uniclip_cfg.aug_hidden == 64  # from the JSON config, not lost in the merge
-    finally:
-        factory.set_model_overrides({})
+    from uniclip_plugin import integration
+    setup = integration.prepare(argparse.Namespace(loss="uniclip_mpnce", views=3))
+    model, _, _ = integration.create_model_and_transforms(NAME, setup, uniclip_cfg={"aug_fusion": "add"})
+    assert model.uniclip_cfg.views == 3 and model.uniclip_cfg.aug_fusion == "add"
+    assert model.uniclip_cfg.aug_hidden == 64  # from the JSON config, not lost in the merge
+    assert open_clip.create_model(NAME).uniclip_cfg.views == 2  # nothing leaked into later builds
 
 
 def test_unknown_config_key_is_a_clear_error() -> None:

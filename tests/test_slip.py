@@ -160,7 +160,8 @@ def test_float32_under_bf16_autocast() -> None:
 def _model(**kwargs: Any) -> Any:
     import open_clip
 
-    import uniclip_plugin  # noqa: F401
+    import uniclip_plugin
+    uniclip_plugin.register()  # import alone registers nothing
     from uniclip_plugin.model.slip import SLIP
     torch.manual_seed(0)
     model = open_clip.create_model(NAME, output_dict=True, **kwargs)
@@ -283,16 +284,20 @@ def test_configs_share_towers_with_their_clip_configs() -> None:
 def test_cli_flags_build_the_loss_and_whole_image_transform() -> None:
     import open_clip
 
-    from uniclip_plugin import registry
-    from uniclip_plugin.cli import _plugin_parser, _whole_image_train_transform
-    ours, rest = _plugin_parser().parse_known_args(["--loss", "slip", "--ssl-scale", "0.5", "--ssl-temp", "0.2",
-                                                    "--local-loss"])
+    import argparse
+
+    from uniclip_plugin import integration
+    from uniclip_plugin.cli import plugin_parser
+    ours, rest = plugin_parser().parse_known_args(["--loss", "slip", "--ssl-scale", "0.5", "--ssl-temp", "0.2",
+                                                   "--local-loss"])
     assert rest == ["--local-loss"]
-    ours.local_loss, ours.rank, ours.world_size = True, 0, 1
-    loss = registry.get_loss("slip").build(ours)
+    setup = integration.prepare(ours)
+    loss = setup.build_loss(argparse.Namespace(local_loss=True, rank=0, world_size=1))
     assert (loss.ssl_scale, loss.ssl_temp, loss.local_loss) == (0.5, 0.2, True)
-    _, train, val = _whole_image_train_transform(open_clip.create_model_and_transforms)(NAME)
+    _, train, val = integration.create_model_and_transforms(NAME, setup)
     assert train is val  # views are sampled in forward from the whole image
+    _, train, val = open_clip.create_model_and_transforms(NAME)
+    assert train is not val  # plain open_clip keeps its own training transform
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

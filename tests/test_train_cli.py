@@ -13,9 +13,11 @@ import open_clip
 import pytest
 import torch
 
-import uniclip_plugin  # noqa: F401
+import uniclip_plugin
 from uniclip_plugin.cli import main
 from uniclip_plugin.model.uniclip import UniCLIP
+
+uniclip_plugin.register()  # import alone registers nothing
 
 NAME = "UniCLIP-Tiny-32"
 SAMPLES_PER_EPOCH = 2048

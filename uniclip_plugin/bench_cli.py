@@ -7,27 +7,18 @@
 Stock ``clip_benchmark`` runs in a fresh process that never imports the plugin (CLIP_benchmark #144), so plugin
 configs are unknown there. This entry point registers the plugin, adds ``--model_type uniclip`` (clip_benchmark's
 documented route for new model types: a ``TYPE2FUNC`` entry, PR #50) and runs clip_benchmark's own ``main``. The
-plugin's registration also applies the numpy-2.4 ``accuracy`` fix (ECOSYSTEM.md E4) that zero-shot needs.
+plugin's registration also applies the numpy-2.4 ``accuracy`` fix (docs/UPSTREAM.md E4) that zero-shot needs.
 
 One difference from stock ``clip_benchmark``: on a machine without CUDA, ``eval`` runs in fp32 (``--no_amp`` is
 added), because clip_benchmark's default ``amp`` means bf16 autocast on CPU, which is slow there and gives different
 numbers from ``harness/bench.py`` (fp32). Unchanged caveats: ``--task linear_probe`` asserts CUDA in clip_benchmark
 (use ``harness/bench.py`` for a CPU probe), and ``--num_workers`` must not exceed a set's shard count (clip_benchmark's
-default is 4; our sets have one shard per split).
+default is 4; our evaluation sets have 4 shards per split).
 """
 from __future__ import annotations
 
 import sys
 from typing import Any, Optional
-
-
-def _register_plugin() -> None:
-    """Plugin configs/classes + upstream fixes; optional so the loader also serves stock open_clip models."""
-    try:
-        import uniclip_plugin
-        uniclip_plugin.register()
-    except (ImportError, AttributeError):
-        pass
 
 
 def load_uniclip(model_name: str, pretrained: str, cache_dir: Optional[str], device: Any) -> tuple[Any, Any, Any]:
@@ -43,7 +34,8 @@ def load_uniclip(model_name: str, pretrained: str, cache_dir: Optional[str], dev
         The model in eval mode (stock ``load_open_clip`` leaves it in train mode), its validation transform and
         tokenizer.
     """
-    _register_plugin()
+    from . import register
+    register()
     import open_clip
     model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
                                                                 cache_dir=cache_dir, device=device)
@@ -53,7 +45,8 @@ def load_uniclip(model_name: str, pretrained: str, cache_dir: Optional[str], dev
 
 def register_model_type() -> None:
     """Add ``uniclip`` to clip_benchmark's model types (idempotent)."""
-    _register_plugin()
+    from . import register
+    register()
     from clip_benchmark import models
     models.TYPE2FUNC["uniclip"] = load_uniclip
     if "uniclip" not in models.MODEL_TYPES:

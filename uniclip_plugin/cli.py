@@ -1,8 +1,10 @@
-"""``open_clip`` console script: ``open_clip train --loss {clip,siglip,uniclip_mpnce,...} <open_clip_train flags>``.
+"""``open_clip`` console script: ``open_clip train --loss {clip,siglip,uniclip_mpnce,slip,declip} <open_clip_train
+flags>`` and ``open_clip list``.
 
 Our flags are parsed first (``parse_known_args``); everything else goes to ``open_clip_train.main.main`` unchanged,
 so every open_clip_train flag keeps working. Multi-process: ``torchrun --nproc_per_node N $(which open_clip) -- train
-... --local-loss --gather-with-grad`` (the ``--`` avoids torchrun's ``--logs`` abbreviation clash, E6).
+... --local-loss --gather-with-grad`` (the ``--`` avoids torchrun's ``--logs`` abbreviation clash, docs/UPSTREAM.md
+E6). The method glue is ``integration``; this module only parses, checks and runs.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import argparse
 import glob
 import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -20,37 +22,13 @@ SUBCOMMANDS = {"train": "train a model with open_clip_train and a plugin --loss"
                "list": "list plugin losses and model configs"}
 
 
-def _plugin_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="open_clip train", add_help=False, allow_abbrev=False,
-                                description="Plugin flags (all other flags are open_clip_train's).")
-    p.add_argument("--loss", default="clip", help="training objective (see `open_clip list`)")
-    g = p.add_argument_group("UniCLIP model (deep-merged into the model config's uniclip_cfg)")
-    g.add_argument("--views", type=int, default=None, help="image views per sample (V=1 drops image–image pairs)")
-    g.add_argument("--view-preset", default=None, help="augmentation strengths: simclr | mocov2 | clip_weak | none")
-    g.add_argument("--aug-embed", dest="aug_embed", action="store_true", default=None,
-                   help="use the augmentation-aware embedding (config default)")
-    g.add_argument("--no-aug-embed", dest="aug_embed", action="store_false", help="ablation: no aug-aware embedding")
-    g.add_argument("--aug-fusion", choices=["concat", "add"], default=None)
-    g.add_argument("--domain-similarity", dest="domain_similarity", action="store_true", default=None)
-    g.add_argument("--no-domain-similarity", dest="domain_similarity", action="store_false",
-                   help="ablation: one shared temperature and offset for all domain pairs")
-    g = p.add_argument_group("UniCLIP loss")
-    g.add_argument("--mpnce-objective", default="mpnce", choices=["mpnce", "infonce", "supcon", "milnce"])
-    g.add_argument("--text-text-negatives", dest="text_text_negatives", action="store_true", default=True)
-    g.add_argument("--no-text-text-negatives", dest="text_text_negatives", action="store_false")
-    g.add_argument("--similarity-form", default="shift_scale", choices=["shift_scale", "scale_shift"],
-                   help="shift_scale: s = scale·(cos − offset); scale_shift: s = scale·cos − offset")
-    g.add_argument("--loss-chunk-size", type=int, default=0, help="rows per chunk of the loss (0 = unchunked)")
-    g = p.add_argument_group("SLIP loss")
-    g.add_argument("--ssl-scale", type=float, default=1.0, help="weight of SLIP's SimCLR term (SLIP: 1.0)")
-    g.add_argument("--ssl-temp", type=float, default=0.1, help="temperature of SLIP's SimCLR NT-Xent (SLIP: 0.1)")
-    g = p.add_argument_group("DeCLIP loss (weight 0 switches a term, and its model part, off)")
-    g.add_argument("--declip-mvs-weight", type=float, default=0.4, help="multi-view InfoNCE (DeCLIP: 0.4)")
-    g.add_argument("--declip-simsiam-weight", type=float, default=0.2, help="image SimSiam (DeCLIP: 0.2)")
-    g.add_argument("--declip-mlm-weight", type=float, default=0.2, help="masked language modelling (DeCLIP: 0.2)")
-    g.add_argument("--declip-nns-weight", type=float, default=0.2, help="nearest-neighbour text (DeCLIP: 0.2)")
-    g.add_argument("--declip-no-eda", action="store_true", help="no EDA text view (MVS over (x1,t), (x2,t) only)")
-    return p
+def plugin_parser() -> argparse.ArgumentParser:
+    """The plugin's flags of ``open_clip train`` (everything else is open_clip_train's)."""
+    from . import integration
+    parser = argparse.ArgumentParser(prog="open_clip train", add_help=False, allow_abbrev=False,
+                                     description="Plugin flags (all other flags are open_clip_train's).")
+    integration.add_method_arguments(parser)
+    return parser
 
 
 def _option(rest: list[str], name: str, default: Optional[str] = None) -> Optional[str]:
@@ -61,54 +39,6 @@ def _option(rest: list[str], name: str, default: Optional[str] = None) -> Option
         if tok.startswith(name + "="):
             return tok.split("=", 1)[1]
     return default
-
-
-def _check_train_data(pattern: Optional[str]) -> None:
-    if not pattern:
-        return
-    import braceexpand
-    for source in pattern.split("::"):
-        missing = [p for p in braceexpand.braceexpand(source)
-                   if "://" not in p and not p.startswith("pipe:") and not glob.glob(p)]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise PluginError(f"--train-data: no such file {missing[0]!r}{more}; check the path or brace pattern, "
-                              f"or build data with `python harness/data.py build`")
-
-
-def _model_overrides(ours: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    keys = ("views", "view_preset", "aug_embed", "aug_fusion", "domain_similarity")
-    uni = {k: getattr(ours, k) for k in keys if getattr(ours, k) is not None}
-    overrides = {"uniclip_cfg": uni} if uni else {}
-    if getattr(ours, "loss", None) == "declip":
-        from .losses.declip import declip_model_overrides
-        declip = declip_model_overrides(ours)
-        if declip:
-            overrides["declip_cfg"] = declip
-    return overrides
-
-
-def _check_model_for_loss(spec: Any, model_name: str) -> None:
-    from . import factory, registry
-    cfg = factory.plugin_model_config(model_name)
-    marker = registry.marker_of(cfg) if cfg else None
-    if spec.marker is not None and marker != spec.marker:
-        fitting = [n for n in factory.plugin_model_names() if spec.marker in (factory.plugin_model_config(n) or {})]
-        raise PluginError(f"--loss {spec.name} needs a model with its parts (a config with '{spec.marker}'), got "
-                          f"--model {model_name}; choose one of: {', '.join(fitting)}")
-    if spec.marker is None and marker is not None:
-        raise PluginError(f"--loss {spec.name} trains a plain open_clip model, but {model_name} is a plugin model "
-                          f"('{marker}'); use its --loss or a plain config such as CLIP-Tiny-64")
-
-
-def _whole_image_train_transform(create_fn: Any) -> Any:
-    """Models that sample views in forward must receive the whole image, not open_clip's random crop."""
-    def create_model_and_transforms(*args: Any, **kwargs: Any) -> Any:
-        model, preprocess_train, preprocess_val = create_fn(*args, **kwargs)
-        if isinstance(getattr(model, "views", None), torch.nn.Module) and not kwargs.get("aug_cfg"):
-            preprocess_train = preprocess_val
-        return model, preprocess_train, preprocess_val
-    return create_model_and_transforms
 
 
 def _last_checkpoint(rest: list[str]) -> str:
@@ -126,48 +56,35 @@ def _trains_on_cpu(device: str) -> bool:
     return not (backend is not None and hasattr(backend, "is_available") and backend.is_available())
 
 
+def _prepare_run(ours: argparse.Namespace, rest: list[str]) -> None:
+    """Check the run's flags and install the method into open_clip_train (one run per process)."""
+    from . import integration
+    spec = integration.registry.get_method(ours.loss)
+    integration.check_model(spec, _option(rest, "--model", "RN50") or "RN50")
+    if spec.marker is not None and "--distill-model" in " ".join(rest):
+        raise PluginError(f"--distill is not supported with --loss {spec.name}")
+    integration.check_train_data(_option(rest, "--train-data"))
+    rest.extend(flag for flag in spec.open_clip_train_flags if flag not in rest)
+    ours.seed = int(_option(rest, "--seed", "0") or 0)  # open_clip_train's --seed, for seeded data hooks (EDA)
+    setup = integration.prepare(ours)
+    integration.install_open_clip_train_hooks(setup, log_every=lambda args: args.log_every_n_steps)
+    if _trains_on_cpu(_option(rest, "--device", "cuda") or "cuda"):
+        from .cpu_malloc import keep_freed_memory
+        print(f"open_clip train: {keep_freed_memory()}", file=sys.stderr)
+
+
 def train(argv: list[str]) -> int:
-    """``open_clip train``: parse plugin flags, install the loss, then run open_clip_train's ``main``."""
-    ours, rest = _plugin_parser().parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        _plugin_parser().print_help()
+    """``open_clip train``: parse plugin flags, install the method, then run open_clip_train's ``main``."""
+    wants_help = "-h" in argv or "--help" in argv
+    ours, rest = plugin_parser().parse_known_args(argv)
+    if wants_help:
+        plugin_parser().print_help()
         print("\nopen_clip_train flags:\n")
-    from . import factory, register, registry
+    from . import register
     register()
     import open_clip_train.main as ocm
-
-    if not ("-h" in rest or "--help" in rest):
-        spec = registry.get_loss(ours.loss)
-        model_name = _option(rest, "--model", "RN50")
-        _check_model_for_loss(spec, model_name)
-        if spec.marker is not None and "--distill-model" in " ".join(rest):
-            raise PluginError(f"--distill is not supported with --loss {spec.name}")
-        _check_train_data(_option(rest, "--train-data"))
-        if ours.loss == "siglip" and "--siglip" not in rest:
-            rest.append("--siglip")
-        factory.set_model_overrides(_model_overrides(ours))
-        from .train_hooks import NonFiniteGuard, TrainLossAdapter
-
-        def create_loss(args: argparse.Namespace) -> Any:
-            for key, val in vars(ours).items():
-                setattr(args, key, val)
-            loss = spec.build(args)
-            if spec.marker is None:
-                return loss
-            adapter = TrainLossAdapter(loss, log_every=args.log_every_n_steps, is_master=args.rank == 0)
-            guard.adapter = adapter
-            return adapter
-
-        guard = NonFiniteGuard().install()
-        ocm.create_loss = create_loss
-        if spec.wrap_tokenizer is not None:
-            ours.seed = int(_option(rest, "--seed", "0") or 0)  # open_clip_train's --seed, for seeded data hooks
-            get_tokenizer = ocm.get_tokenizer
-            ocm.get_tokenizer = lambda *a, **kw: spec.wrap_tokenizer(get_tokenizer(*a, **kw), ours)
-        ocm.create_model_and_transforms = _whole_image_train_transform(ocm.create_model_and_transforms)
-        if _trains_on_cpu(_option(rest, "--device", "cuda") or "cuda"):
-            from .cpu_malloc import keep_freed_memory
-            print(f"open_clip train: {keep_freed_memory()}", file=sys.stderr)
+    if not wants_help:
+        _prepare_run(ours, rest)
     try:
         rc = ocm.main(rest)
     except PluginError as err:
@@ -181,9 +98,10 @@ def train(argv: list[str]) -> int:
 
 
 def list_plugins() -> int:
+    """``open_clip list``: the methods and the plugin model configs."""
     from . import factory, register, registry
     register()
-    print("losses: " + ", ".join(registry.list_losses()))
+    print("losses: " + ", ".join(registry.list_methods()))
     print("plugin models: " + ", ".join(factory.plugin_model_names()))
     return 0
 
@@ -196,6 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("usage: open_clip <subcommand> [flags]\n\nsubcommands:")
         for name, text in SUBCOMMANDS.items():
             print(f"  {name:8s} {text}")
+        print("\n`open_clip train --help` lists the plugin flags, then open_clip_train's.")
         return 0
     cmd, rest = argv[0], argv[1:]
     try:

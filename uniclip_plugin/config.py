@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from .errors import PluginError
+from .similarity import SIMILARITY_FORMS
 
 T = TypeVar("T")
 
@@ -37,7 +38,8 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 @dataclass(frozen=True)
 class UniCLIPCfg:
-    """UniCLIP's parts (PAPER.md §1); every switch is an ablation of the paper's design."""
+    """UniCLIP's parts (docs/DESIGN.md, "How the pieces map to the paper"); every switch is an ablation of the paper's
+    design."""
 
     views: int = 2                      # V image views per sample in training; V=1 drops image–image pairs
     view_preset: str = "simclr"         # augmentation strengths (views.VIEW_PRESETS)
@@ -47,11 +49,17 @@ class UniCLIPCfg:
     domain_similarity: bool = True      # one scale and offset per domain pair (II, IT, TT); False: one shared pair
     init_temperature: float = 0.07      # τ at init for every domain pair (scale = 1/τ)
     init_offset: float = 0.0            # offset b at init for every domain pair
+    # how scale and offset make a similarity: "shift_scale" s = scale·(cos − b) | "scale_shift" s = scale·cos − b; the
+    # loss takes the same value (one flag, --similarity-form, sets both)
+    similarity_form: str = "shift_scale"
 
     def __post_init__(self) -> None:
         if self.views < 1:
             raise PluginError(f"uniclip_cfg.views must be ≥ 1, got {self.views}")
         if self.aug_fusion not in ("concat", "add"):
             raise PluginError(f"uniclip_cfg.aug_fusion must be 'concat' or 'add', got {self.aug_fusion!r}")
+        if self.similarity_form not in SIMILARITY_FORMS:
+            raise PluginError(f"uniclip_cfg.similarity_form must be one of {SIMILARITY_FORMS}, got "
+                              f"{self.similarity_form!r}")
         if not 0 < self.init_temperature:
             raise PluginError(f"uniclip_cfg.init_temperature must be > 0, got {self.init_temperature}")

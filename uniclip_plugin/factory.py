@@ -1,19 +1,20 @@
-"""Registration into open_clip's model factory.
+"""Plugin models in open_clip's model factory.
 
-open_clip hard-wires the model class (``factory.py:480-490``). The wrapper below detects a plugin marker in the model
-config and, under a lock, lets open_clip's own ``create_model`` instantiate the plugin class instead of ``CLIP``:
-everything else (precision casting, pretrained loading, preprocess cfg, ``local-dir:`` bundles) stays open_clip's.
-``create_model_and_transforms``, ``create_model_from_pretrained`` and open_clip_train resolve ``create_model`` as a
-factory global, so they all go through the wrapper.
+open_clip 3.3.0 hard-wires the model class in ``create_model`` (``factory.py:480-490``: CLIP, CustomTextCLIP or CoCa;
+no hook, open_clip #1020). For a config that carries a plugin marker (``uniclip_cfg``, ``slip_cfg``, ``declip_cfg``),
+:func:`create_model` builds the method's class itself with open_clip's own helpers (config registry, precision and
+device casting, ``load_checkpoint``, preprocess config); every other name goes to open_clip's ``create_model``
+unchanged. Options arrive as arguments (``uniclip_cfg={"views": 1}``, deep-merged into the config's marker dict),
+never through module state. :func:`install` routes ``open_clip.create_model`` (and so ``create_model_and_transforms``,
+``create_model_from_pretrained`` and open_clip_train, which look it up as a factory global) through this function.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-import threading
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import open_clip
 import open_clip.factory as ocf
@@ -21,18 +22,10 @@ import torch
 
 from . import registry
 from .config import deep_merge
+from .errors import PluginError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_SWAP_LOCK = threading.RLock()
 _ORIGINAL_CREATE_MODEL = ocf.create_model
-# Overrides deep-merged into plugin configs (the CLI's ablation flags); {marker: {key: value}}.
-_MODEL_OVERRIDES: dict[str, dict[str, Any]] = {}
-
-
-def set_model_overrides(overrides: dict[str, dict[str, Any]]) -> None:
-    """Set config overrides applied to every plugin model built afterwards (e.g. ``{"uniclip_cfg": {"views": 1}}``)."""
-    _MODEL_OVERRIDES.clear()
-    _MODEL_OVERRIDES.update(overrides)
 
 
 def plugin_model_config(model_name: str) -> Optional[dict]:
@@ -48,10 +41,10 @@ def plugin_model_config(model_name: str) -> Optional[dict]:
         cfg = ocf._MODEL_CONFIGS.get(model_name.replace("/", "-"))  # the module attribute: it gets rebound
     if not cfg or registry.marker_of(cfg) is None:
         return None
-    return cfg
+    return json.loads(json.dumps(cfg))  # a copy
 
 
-def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of a local checkpoint without materialising it (mmap / safetensors header)."""
     if path.endswith(".safetensors"):
         from safetensors import safe_open
@@ -62,46 +55,104 @@ def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
 
-def architecture_from_checkpoint(marker: str, path: str) -> dict[str, Any]:
-    """UniCLIP options that change the weights, read off a checkpoint: a run trained with ``--no-aug-embed``,
-    ``--aug-fusion add`` or ``--no-domain-similarity`` then loads by its base config name."""
-    hook = getattr(registry.model_class_for(marker), "architecture_from_shapes", None)
-    if hook is not None and os.path.isfile(path):  # plugin classes that read their own switches (DeCLIP)
-        return hook(_checkpoint_shapes(path))
-    if marker != "uniclip_cfg" or not os.path.isfile(path):
+def options_from_checkpoint(marker: str, path: Optional[str]) -> dict[str, Any]:
+    """Marker options that change the weights, read off the checkpoint at ``path`` (a run trained with
+    ``--no-aug-embed`` then loads by its base config name)."""
+    reader = registry.method_for_marker(marker).options_from_checkpoint
+    if reader is None or not path or not os.path.isfile(path):
         return {}
-    shapes = _checkpoint_shapes(path)
-    if "logit_scale" not in shapes:
-        return {}
-    arch: dict[str, Any] = {"domain_similarity": (math.prod(shapes["logit_scale"]) == 3),
-                            "aug_embed": "aug_embed.encoder.0.weight" in shapes}
-    if arch["aug_embed"]:
-        arch["aug_hidden"] = shapes["aug_embed.encoder.0.weight"][0]
-        arch["aug_fusion"] = "concat" if "aug_embed.fuse.weight" in shapes else "add"
-    return arch
+    return reader(checkpoint_shapes(path))
 
 
-def create_model(model_name: str, *args: Any, **kwargs: Any) -> Any:
-    """Drop-in for ``open_clip.create_model`` that builds plugin classes from marked configs."""
+def _checkpoint_path(model_name: str, pretrained: Optional[str]) -> tuple[Optional[str], dict]:
+    """(weights file, preprocess overrides) for a plugin model: a ``local-dir:`` bundle's weights, or a file."""
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):])
+        bundle = json.loads((folder / "open_clip_config.json").read_text())
+        return ocf._find_checkpoint_in_dir(folder), bundle.get("preprocess_cfg", {})
+    if not pretrained:
+        return None, {}
+    if os.path.isfile(pretrained):
+        return pretrained, {}
+    raise PluginError(f"pretrained {pretrained!r} for {model_name} is not a checkpoint file (plugin models have "
+                      f"no pretrained tags)")
+
+
+def _model_config(model_name: str, cfg: dict, checkpoint: Optional[str], kwargs: dict[str, Any],
+                  forced: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments: the JSON config, open_clip's ``force_*`` overrides, the marker options read off the
+    checkpoint, then the caller's kwargs (marker dicts deep-merged: open_clip's own update is shallow)."""
+    marker = registry.marker_of(cfg)
+    if forced.get("force_quick_gelu"):
+        cfg["quick_gelu"] = True
+    for key, section, field in (("force_patch_dropout", "vision_cfg", "patch_dropout"),
+                                ("force_image_size", "vision_cfg", "image_size"),
+                                ("force_context_length", "text_cfg", "context_length")):
+        if forced.get(key) is not None:
+            cfg[section][field] = forced[key]
+    cfg[marker] = deep_merge(deep_merge(cfg.get(marker, {}), options_from_checkpoint(marker, checkpoint)),
+                             kwargs.pop(marker, None) or {})
+    return {**cfg, **kwargs}
+
+
+def _build(model_name: str, cfg: dict, pretrained: Optional[str], precision: str, device: Union[str, torch.device],
+           output_dict: Optional[bool], weights_only: bool, require_pretrained: bool, forced: dict[str, Any],
+           kwargs: dict[str, Any]) -> torch.nn.Module:
+    checkpoint, preprocess = _checkpoint_path(model_name, pretrained)
+    if require_pretrained and checkpoint is None:
+        raise PluginError(f"{model_name}: pretrained weights are required but none were given")
+    model_cfg = _model_config(model_name, cfg, checkpoint, kwargs, forced)
+    model_class = registry.method_for_marker(registry.marker_of(cfg)).model_class
+    model = model_class(**model_cfg, cast_dtype=ocf.get_cast_dtype(precision))
+    ocf._set_model_device_and_precision(model, torch.device(device), precision, False)
+    if checkpoint is not None:
+        ocf.load_checkpoint(model, checkpoint, strict=True, weights_only=weights_only)
+    if output_dict and hasattr(model, "output_dict"):
+        model.output_dict = True
+    final = ocf.merge_preprocess_dict(asdict(ocf.PreprocessCfg()), preprocess)
+    final["size"] = model.visual.image_size
+    ocf.set_model_preprocess_cfg(model, ocf.merge_preprocess_dict(final, forced.get("force_preprocess_cfg") or {}))
+    return model
+
+
+def create_model(model_name: str, pretrained: Optional[str] = None, precision: str = "fp32",
+                 device: Union[str, torch.device] = "cpu", jit: bool = False, force_quick_gelu: bool = False,
+                 force_custom_text: bool = False, force_patch_dropout: Optional[float] = None,
+                 force_image_size: Any = None, force_preprocess_cfg: Optional[dict] = None,
+                 force_context_length: Optional[int] = None, cache_dir: Optional[str] = None,
+                 output_dict: Optional[bool] = None, require_pretrained: bool = False, weights_only: bool = True,
+                 load_weights: bool = True, pretrained_image: bool = False, pretrained_text: bool = True,
+                 pretrained_image_path: Optional[str] = None, pretrained_text_path: Optional[str] = None,
+                 **model_kwargs: Any) -> torch.nn.Module:
+    """Drop-in for ``open_clip.create_model``: plugin classes for marked configs, open_clip's own otherwise.
+
+    Plugin models take ``pretrained`` as a checkpoint file (or a ``local-dir:`` bundle as ``model_name``) and the
+    marker options as a kwarg (``uniclip_cfg={...}``); ``jit``, ``force_custom_text`` and tower weight paths are
+    refused for them.
+    """
     cfg = plugin_model_config(model_name)
     if cfg is None:
-        return _ORIGINAL_CREATE_MODEL(model_name, *args, **kwargs)
-    marker = registry.marker_of(cfg)
-    pretrained = kwargs.get("pretrained", args[0] if args else None)
-    merged = deep_merge(cfg.get(marker, {}), _MODEL_OVERRIDES.get(marker, {}))
-    if isinstance(pretrained, str):
-        merged = deep_merge(merged, architecture_from_checkpoint(marker, pretrained))
-    kwargs[marker] = deep_merge(merged, kwargs.get(marker, {}))  # open_clip's own update is shallow
-    with _SWAP_LOCK:
-        ocf.CLIP = registry.model_class_for(marker)
-        try:
-            return _ORIGINAL_CREATE_MODEL(model_name, *args, **kwargs)
-        finally:
-            ocf.CLIP = open_clip.model.CLIP
+        return _ORIGINAL_CREATE_MODEL(
+            model_name, pretrained, load_weights=load_weights, precision=precision, device=device, jit=jit,
+            force_quick_gelu=force_quick_gelu, force_custom_text=force_custom_text,
+            force_patch_dropout=force_patch_dropout, force_image_size=force_image_size,
+            force_preprocess_cfg=force_preprocess_cfg, force_context_length=force_context_length, cache_dir=cache_dir,
+            output_dict=output_dict, require_pretrained=require_pretrained, weights_only=weights_only,
+            pretrained_image=pretrained_image, pretrained_text=pretrained_text,
+            pretrained_image_path=pretrained_image_path, pretrained_text_path=pretrained_text_path, **model_kwargs)
+    # pretrained_image / pretrained_text only concern timm / HF towers, which plugin configs do not use
+    if jit or force_custom_text or pretrained_image_path or pretrained_text_path:
+        raise PluginError(f"{model_name}: jit, force_custom_text and pretrained_image_path / pretrained_text_path are "
+                          f"not supported for plugin models")
+    forced = {"force_quick_gelu": force_quick_gelu, "force_patch_dropout": force_patch_dropout,
+              "force_image_size": force_image_size, "force_context_length": force_context_length,
+              "force_preprocess_cfg": force_preprocess_cfg}
+    return _build(model_name, cfg, pretrained if load_weights else None, precision, device, output_dict,
+                  weights_only, require_pretrained, forced, dict(model_kwargs))
 
 
 def install() -> None:
-    """Register the bundled configs and route open_clip's factory through the wrapper (idempotent)."""
+    """Register the bundled configs and route open_clip's factory through :func:`create_model` (idempotent)."""
     if MODEL_CONFIG_DIR not in ocf._MODEL_CONFIG_PATHS:
         ocf.add_model_config(MODEL_CONFIG_DIR)
     ocf.create_model = create_model
@@ -109,6 +160,5 @@ def install() -> None:
 
 
 def plugin_model_names() -> list[str]:
+    """Registered model configs that carry a plugin marker."""
     return sorted(n for n in ocf._MODEL_CONFIGS if plugin_model_config(n) is not None)
-
-

@@ -1,68 +1,95 @@
-"""Method registry: ``--loss`` name -> loss builder and the model-config marker the loss needs.
+"""Method registry: one :class:`MethodSpec` per ``--loss`` value, registered by decorator (as timm registers models).
 
-Model classes register themselves under their config marker (``uniclip_cfg``, ``slip_cfg``, ``declip_cfg``); the
-factory wrapper looks the class up from the marker found in a model config. Unknown names raise a ``PluginError``
-listing the valid ones.
+A method is one unit: its CLI flags, the model-config marker its models carry and their class, how its loss is built,
+its tokenizer wrapper, how its options are read back from a checkpoint, whether its model renders views from whole
+images, and whether its loss always needs the exact global batch. The specs live in ``uniclip_plugin.methods`` (one
+module per method); this module holds only the type and the private tables, with read-only accessors. Unknown names
+raise a ``PluginError`` listing the valid ones; registering a name twice with another spec is an error.
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
 from .errors import PluginError
 
+Shapes = Mapping[str, tuple[int, ...]]
+
 
 @dataclass(frozen=True)
-class LossSpec:
-    name: str                                              # the --loss value
-    build: Callable[[argparse.Namespace], nn.Module]       # open_clip_train args (+ plugin options) -> loss module
-    marker: Optional[str]                                  # model-config key the model must carry; None: plain CLIP
-    description: str = ""
-    # Optional (tokenizer, args) -> tokenizer used by the data pipeline, for methods that need more than one token
-    # row per caption (DeCLIP's EDA caption): it must return [N, R, context] for R rows per caption.
+class MethodSpec:
+    """Everything the trainers, the factory and the harness need to know about one method."""
+
+    name: str                                                   # the --loss value
+    description: str                                            # one line for `open_clip list` and --help
+    build_loss: Callable[[argparse.Namespace], nn.Module]       # parsed args (+ rank, world_size, ...) -> loss
+    model_prefix: str = "CLIP"                                  # model configs of the method: <prefix>-Tiny-32, ...
+    marker: Optional[str] = None                                # model-config key its models carry; None: plain CLIP
+    model_class: Optional[type] = None                          # class open_clip builds for configs with the marker
+    # adds the method's flags to a parser group; every flag defaults to None = "not given" (the config / loss default)
+    add_arguments: Optional[Callable[[Any], None]] = None
+    # parsed args -> keys deep-merged into the model config's marker dict (flags that change the model)
+    model_overrides: Optional[Callable[[argparse.Namespace], dict[str, Any]]] = None
+    # parsed args -> extra model constructor kwargs (SigLIP's initial scale and bias)
+    model_kwargs: Optional[Callable[[argparse.Namespace], dict[str, Any]]] = None
+    # (tokenizer, args) -> tokenizer used by the data pipeline (DeCLIP: caption + EDA caption rows)
     wrap_tokenizer: Optional[Callable[[Callable, argparse.Namespace], Callable]] = None
+    # parameter shapes of a checkpoint -> marker keys that change the weights (a run trained with an ablation flag
+    # then loads by its base config name)
+    options_from_checkpoint: Optional[Callable[[Shapes], dict[str, Any]]] = None
+    whole_image_input: bool = False    # the model renders its views in forward: the loader must give whole images
+    exact_global_loss: bool = False    # the loss gathers with gradient whatever --local-loss / --gather-with-grad say
+    # extra open_clip_train argv the method needs (SigLIP: --siglip)
+    open_clip_train_flags: tuple[str, ...] = ()
 
 
-_LOSSES: dict[str, LossSpec] = {}
-_MODEL_CLASSES: dict[str, type] = {}
+_METHODS: dict[str, MethodSpec] = {}
+_BY_MARKER: dict[str, MethodSpec] = {}
 
 
-def register_loss(spec: LossSpec, overwrite: bool = False) -> None:
-    if spec.name in _LOSSES and not overwrite and _LOSSES[spec.name] != spec:
-        raise PluginError(f"loss {spec.name!r} is already registered")
-    _LOSSES[spec.name] = spec
+def register_method(factory: Callable[[], MethodSpec]) -> Callable[[], MethodSpec]:
+    """Decorator: register the spec returned by ``factory`` (called once, at decoration)."""
+    spec = factory()
+    old = _METHODS.get(spec.name)
+    if old is not None and old != spec:
+        raise PluginError(f"method {spec.name!r} is already registered (by {old.description!r})")
+    if spec.marker is not None:
+        owner = _BY_MARKER.get(spec.marker)
+        if owner is not None and owner.model_class is not spec.model_class:
+            raise PluginError(f"model-config marker {spec.marker!r} is already registered to {owner.name!r}")
+        _BY_MARKER.setdefault(spec.marker, spec)
+    _METHODS[spec.name] = spec
+    return factory
 
 
-def register_model_class(marker: str, cls: type) -> None:
-    if marker in _MODEL_CLASSES and _MODEL_CLASSES[marker] is not cls:
-        raise PluginError(f"model-config marker {marker!r} is already registered to {_MODEL_CLASSES[marker].__name__}")
-    _MODEL_CLASSES[marker] = cls
+def list_methods() -> list[str]:
+    """Registered ``--loss`` values, sorted."""
+    return sorted(_METHODS)
 
 
-def list_losses() -> list[str]:
-    return sorted(_LOSSES)
-
-
-def get_loss(name: str) -> LossSpec:
-    if name not in _LOSSES:
-        raise PluginError(f"unknown --loss {name!r}; choices: {', '.join(list_losses())}")
-    return _LOSSES[name]
+def get_method(name: str) -> MethodSpec:
+    """The spec of ``--loss name``; a ``PluginError`` listing the choices if unknown."""
+    if name not in _METHODS:
+        raise PluginError(f"unknown --loss {name!r}; choices: {', '.join(list_methods())}")
+    return _METHODS[name]
 
 
 def markers() -> list[str]:
-    return sorted(_MODEL_CLASSES)
+    """Model-config markers of the registered plugin model classes."""
+    return sorted(_BY_MARKER)
 
 
 def marker_of(model_cfg: Mapping) -> Optional[str]:
     """The plugin marker key present in an open_clip model config, or None for a plain open_clip model."""
-    found = [m for m in _MODEL_CLASSES if m in model_cfg]
+    found = [m for m in _BY_MARKER if m in model_cfg]
     if len(found) > 1:
         raise PluginError(f"model config carries several plugin markers {found}; keep one")
     return found[0] if found else None
 
 
-def model_class_for(marker: str) -> type:
-    return _MODEL_CLASSES[marker]
+def method_for_marker(marker: str) -> MethodSpec:
+    """The (first registered) method whose models carry ``marker``."""
+    return _BY_MARKER[marker]

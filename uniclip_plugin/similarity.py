@@ -8,10 +8,14 @@ Pure functions: no parameters, no torch.distributed.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 DOMAIN_IMAGE, DOMAIN_TEXT = 0, 1
 PAIR_II, PAIR_IT, PAIR_TT = 0, 1, 2
+NUM_DOMAIN_PAIRS = 3
+MAX_LOG_SCALE = math.log(100.0)  # scales are clamped to [1, 100] (open_clip's logit-scale range)
 SIMILARITY_FORMS = ("shift_scale", "scale_shift")
 
 # _PAIR_OF[dom_u, dom_v] = dom_u + dom_v: the 2×2 domain table of the three domain pairs.

@@ -37,7 +37,10 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
+
+from .errors import PluginError
 
 AUG_PARAM_NAMES = ("crop_y0", "crop_x0", "crop_h", "crop_w", "flip", "jitter_applied", "brightness", "contrast",
                    "saturation", "hue", "grayscale", "blur_sigma")
@@ -410,3 +413,29 @@ class MultiViewAugment(nn.Module):
         out = apply_aug_params(raw, params, self.out_size or (height, width), max_blur_sigma=max_sigma)
         out = torch.addcmul(-(mean / std).unsqueeze(1), out, (1.0 / std).unsqueeze(1))     # (x − mean) / std
         return out.to(images.dtype), params
+
+
+def normalization_stats(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the data pipeline normalised with (set on ``visual.preprocess_cfg`` by open_clip's factory)."""
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    return tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), tuple(cfg.get("std", OPENAI_DATASET_STD))
+
+
+class InForwardViews(nn.Module):
+    """Builds the V training views inside ``forward`` (on the batch's device and dtype); no parameters."""
+
+    def __init__(self, preset: str):
+        super().__init__()
+        if preset not in VIEW_PRESETS:
+            raise PluginError(f"unknown view preset {preset!r}; choices: {sorted(VIEW_PRESETS)}")
+        self.preset = preset
+        self._augment: dict[tuple, MultiViewAugment] = {}  # plain dict: not a submodule, not in the state dict
+
+    def forward(self, images: torch.Tensor, views: int, visual: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``views`` views of each normalised image ``[B, 3, H, W]`` with ``visual``'s normalisation: ``([B, V, 3, H,
+        W], [B, V, 12])`` as :meth:`MultiViewAugment.forward` returns them."""
+        mean, std = normalization_stats(visual)
+        key = (images.device, mean, std)
+        if key not in self._augment:
+            self._augment[key] = MultiViewAugment(VIEW_PRESETS[self.preset], mean, std).to(images.device)
+        return self._augment[key](images, views)

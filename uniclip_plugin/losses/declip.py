@@ -1,4 +1,4 @@
-"""DeCLIP's objective: 0.4·MVS + 0.2·SimSiam + 0.2·MLM + 0.2·NNS (PAPER.md §4.1).
+"""DeCLIP's objective: 0.4·MVS + 0.2·SimSiam + 0.2·MLM + 0.2·NNS.
 
 Follows Sense-GVT/DeCLIP ``prototype/solver/declip_solver.py`` (``ClsSolver.train``) with
 ``prototype/loss_functions/loss.py`` (``ClipInfoCELoss``, ``SimsiamLoss``) and the logits of
@@ -63,8 +63,9 @@ class DeCLIPLoss(nn.Module):
         rank, world_size: this process in the default process group.
     """
 
-    def __init__(self, mvs_weight: float = 0.4, simsiam_weight: float = 0.2, mlm_weight: float = 0.2,
-                 nns_weight: float = 0.2, local_loss: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(self, mvs_weight: float = DEFAULT_WEIGHTS["mvs"], simsiam_weight: float = DEFAULT_WEIGHTS["simsiam"],
+                 mlm_weight: float = DEFAULT_WEIGHTS["mlm"], nns_weight: float = DEFAULT_WEIGHTS["nns"],
+                 local_loss: bool = False, rank: int = 0, world_size: int = 1):
         super().__init__()
         self.weights = {"mvs": float(mvs_weight), "simsiam": float(simsiam_weight), "mlm": float(mlm_weight),
                         "nns": float(nns_weight)}
@@ -127,40 +128,3 @@ class DeCLIPLoss(nn.Module):
                                                   self._required("mlm", mlm_labels, "mlm_labels"))
         out["logit_scale"] = logit_scale.detach()
         return out
-
-
-def build_declip_loss(args: Any) -> DeCLIPLoss:
-    """``--loss declip``: weights from ``--declip-*-weight``; ``rank``/``world_size``/``local_loss`` from
-    open_clip_train."""
-    return DeCLIPLoss(
-        mvs_weight=getattr(args, "declip_mvs_weight", DEFAULT_WEIGHTS["mvs"]),
-        simsiam_weight=getattr(args, "declip_simsiam_weight", DEFAULT_WEIGHTS["simsiam"]),
-        mlm_weight=getattr(args, "declip_mlm_weight", DEFAULT_WEIGHTS["mlm"]),
-        nns_weight=getattr(args, "declip_nns_weight", DEFAULT_WEIGHTS["nns"]),
-        local_loss=getattr(args, "local_loss", False),
-        rank=getattr(args, "rank", 0),
-        world_size=getattr(args, "world_size", 1),
-    )
-
-
-def declip_wrap_tokenizer(tokenizer: Any, args: Any) -> Any:
-    """``LossSpec.wrap_tokenizer`` of ``--loss declip``: caption + EDA caption → ``[N, 2, ctx]`` (``text_aug``),
-    seeded by ``--seed``; ``--declip-no-eda`` keeps the plain tokenizer (``[N, ctx]``: no EDA view). Checks for
-    WordNet here, in the main process, so a missing install fails before training starts."""
-    if getattr(args, "declip_no_eda", False):
-        return tokenizer
-    from ..text_aug import EDA, EDATokenizer
-    eda = EDA()
-    eda.check()
-    return EDATokenizer(tokenizer, seed=int(getattr(args, "seed", 0) or 0), eda=eda)
-
-
-def declip_model_overrides(args: Any) -> dict[str, Any]:
-    """``declip_cfg`` switches implied by the CLI: a term with weight 0 loses its model part (no unused parameters
-    under DDP, no wasted compute)."""
-    overrides: dict[str, Any] = {}
-    for term in ("simsiam", "mlm", "nns"):
-        weight = getattr(args, f"declip_{term}_weight", None)
-        if weight is not None and float(weight) == 0.0:
-            overrides[term] = False
-    return overrides

@@ -1,4 +1,4 @@
-r"""SLIP's objective (PAPER.md §3): CLIP InfoNCE + ``ssl_scale`` · SimCLR NT-Xent, after ``facebookresearch/SLIP``
+r"""SLIP's objective: CLIP InfoNCE + ``ssl_scale`` · SimCLR NT-Xent, after ``facebookresearch/SLIP``
 ``losses.py`` (``CLIPLoss``, ``SIMCLRLoss``, ``SLIPLoss``).
 
 With rows ``R`` (this rank's samples under ``local_loss``, else the whole global batch), columns the gathered global
@@ -31,6 +31,8 @@ from torch import nn
 from ..distributed import gather_rows_with_grad
 
 SELF_MASK = 1e9  # SLIP's mask value (losses.py: ``F.one_hot(labels, total) * 1e9``)
+SSL_SCALE = 1.0  # SLIP's weight of the SimCLR term (main.py ``--ssl-scale``)
+SSL_TEMP = 0.1   # SLIP's NT-Xent temperature (main.py ``--ssl-temp``)
 
 
 def clip_infonce(img_rows: torch.Tensor, txt_rows: torch.Tensor, img_cols: torch.Tensor, txt_cols: torch.Tensor,
@@ -61,7 +63,7 @@ def simclr_ntxent(q_a: torch.Tensor, q_b: torch.Tensor, k_a: torch.Tensor, k_b: 
 
 
 def slip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-              ssl_embed_1: torch.Tensor, ssl_embed_2: torch.Tensor, *, ssl_scale: float = 1.0, ssl_temp: float = 0.1,
+              ssl_embed_1: torch.Tensor, ssl_embed_2: torch.Tensor, *, ssl_scale: float = SSL_SCALE, ssl_temp: float = SSL_TEMP,
               local_loss: bool = True, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
     """SLIP's loss on one rank's outputs; the equations are in the module docstring.
 
@@ -111,7 +113,7 @@ class SLIPLoss(nn.Module):
     ``local_loss`` defaults to False like open_clip_train's flag; the gather always carries the gradient.
     """
 
-    def __init__(self, ssl_scale: float = 1.0, ssl_temp: float = 0.1, local_loss: bool = False, rank: int = 0,
+    def __init__(self, ssl_scale: float = SSL_SCALE, ssl_temp: float = SSL_TEMP, local_loss: bool = False, rank: int = 0,
                  world_size: int = 1):
         super().__init__()
         _check_options(ssl_scale, ssl_temp, rank, world_size)
@@ -133,9 +135,9 @@ class SLIPLoss(nn.Module):
 
 def _check_options(ssl_scale: float, ssl_temp: float, rank: int, world_size: int) -> None:
     if not ssl_temp > 0:
-        raise ValueError(f"ssl_temp must be > 0 (SLIP: 0.1), got {ssl_temp}")
+        raise ValueError(f"ssl_temp must be > 0 (SLIP: {SSL_TEMP}), got {ssl_temp}")
     if not ssl_scale >= 0:
-        raise ValueError(f"ssl_scale must be ≥ 0 (SLIP: 1.0), got {ssl_scale}")
+        raise ValueError(f"ssl_scale must be ≥ 0 (SLIP: {SSL_SCALE}), got {ssl_scale}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
 

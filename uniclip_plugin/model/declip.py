@@ -41,11 +41,10 @@ from torch import nn
 from ..config import from_dict
 from ..errors import PluginError
 from ..nns import NNMemoryBank
+from ..similarity import MAX_LOG_SCALE
 from ..text_aug import EOT_TOKEN_ID, IGNORE_INDEX, MASK_TOKEN_ID, SOT_TOKEN_ID, mask_tokens
-from ..views import VIEW_PRESETS
-from .uniclip import InForwardViews
+from ..views import VIEW_PRESETS, InForwardViews
 
-LN_100 = float(np.log(100.0))
 IMAGE_VIEWS = 2
 
 
@@ -228,7 +227,7 @@ class DeCLIP(CLIP):
     # ---------------------------------------------------------------------------------------------------- forward
 
     def clamped_logit_scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=LN_100).exp().reshape(())
+        return self.logit_scale.clamp(max=MAX_LOG_SCALE).exp().reshape(())
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
         if not self.training or image is None or text is None:

@@ -16,7 +16,6 @@ Deviations from SLIP's code, each for a reason:
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -30,10 +29,8 @@ from torch import nn
 
 from ..config import from_dict
 from ..errors import PluginError
-from ..views import VIEW_PRESETS
-from .uniclip import InForwardViews
-
-LN_100 = math.log(100.0)
+from ..similarity import MAX_LOG_SCALE
+from ..views import VIEW_PRESETS, InForwardViews
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,7 @@ class SLIP(CLIP):
         ssl_1, ssl_2 = self.ssl_head(pooled[batch:2 * batch], pooled[2 * batch:])
         out = {
             "image_features": F.normalize(projected[:batch], dim=-1),                  # [B, D]
-            "logit_scale": self.logit_scale.clamp(0, LN_100).exp(),                    # [] (or [1] under DeepSpeed)
+            "logit_scale": self.logit_scale.clamp(0, MAX_LOG_SCALE).exp(),              # [] (or [1] under DeepSpeed)
             "ssl_embed_1": ssl_1,                                                      # [B, E]
             "ssl_embed_2": ssl_2,                                                      # [B, E]
         }

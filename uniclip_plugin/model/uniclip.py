@@ -11,41 +11,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP
 from torch import nn
 
 from ..aug_embed import AugmentationAwareEmbedding
 from ..config import UniCLIPCfg, from_dict
-from ..views import VIEW_PRESETS, MultiViewAugment, identity_aug_params
-
-LN_100 = math.log(100.0)
-NUM_DOMAIN_PAIRS = 3  # II, IT, TT (similarity.PAIR_*)
-PAIR_IT = 1
-
-
-def normalization_stats(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the data pipeline normalised with (set on ``visual.preprocess_cfg`` by open_clip's factory)."""
-    cfg = getattr(visual, "preprocess_cfg", None) or {}
-    return tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), tuple(cfg.get("std", OPENAI_DATASET_STD))
-
-
-class InForwardViews(nn.Module):
-    """Builds the V training views inside ``forward`` (on the batch's device and dtype); no parameters."""
-
-    def __init__(self, preset: str):
-        super().__init__()
-        if preset not in VIEW_PRESETS:
-            raise ValueError(f"unknown view preset {preset!r}; choices: {sorted(VIEW_PRESETS)}")
-        self.preset = preset
-        self._augment: dict[tuple, MultiViewAugment] = {}  # plain dict: not a submodule, not in the state dict
-
-    def forward(self, images: torch.Tensor, views: int, visual: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = normalization_stats(visual)
-        key = (images.device, mean, std)
-        if key not in self._augment:
-            self._augment[key] = MultiViewAugment(VIEW_PRESETS[self.preset], mean, std).to(images.device)
-        return self._augment[key](images, views)
+from ..similarity import MAX_LOG_SCALE, NUM_DOMAIN_PAIRS, PAIR_IT, domain_logits
+from ..views import InForwardViews, identity_aug_params
 
 
 class UniCLIP(CLIP):
@@ -85,7 +57,7 @@ class UniCLIP(CLIP):
 
     def domain_similarity_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scales [3], offsets [3]) per domain pair, scales clamped to [1, 100] inside forward."""
-        scales = self.logit_scale.clamp(0, LN_100).exp().expand(NUM_DOMAIN_PAIRS)
+        scales = self.logit_scale.clamp(0, MAX_LOG_SCALE).exp().expand(NUM_DOMAIN_PAIRS)
         offsets = self.logit_bias.expand(NUM_DOMAIN_PAIRS)
         return scales, offsets
 
@@ -126,8 +98,13 @@ class UniCLIP(CLIP):
         return image_features, text_features, scales[PAIR_IT]
 
     def get_logits(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image–text logits ``([N_img, N_txt], [N_txt, N_img])`` with the image–text pair's scale and offset, in the
+        model's ``uniclip_cfg.similarity_form`` (``similarity.domain_logits``)."""
         scales, offsets = self.domain_similarity_params()
         image_features = self.encode_image(image, normalize=True)
         text_features = self.encode_text(text, normalize=True)
-        image_logits = scales[PAIR_IT] * (image_features @ text_features.T - offsets[PAIR_IT])
+        image_dom = torch.zeros(image_features.shape[0], dtype=torch.long, device=image_features.device)
+        text_dom = torch.ones(text_features.shape[0], dtype=torch.long, device=text_features.device)
+        image_logits = domain_logits(image_features, image_dom, text_features, text_dom, scales, offsets,
+                                     self.uniclip_cfg.similarity_form)
         return image_logits, image_logits.T

@@ -1,0 +1,218 @@
+"""The glue between the plugin and its two trainers, ``open_clip train`` (open_clip_train) and the DeepSpeed trainer.
+
+Both call :func:`add_method_arguments` (``--loss`` and every method's flags), :func:`prepare` (parsed args -> a
+:class:`Setup`: the method, the model kwargs, the loss, the tokenizer wrapper, the input transform rule) and
+:func:`create_model_and_transforms`. The model options travel as arguments (``uniclip_cfg={...}``), never through
+module state. ``open_clip train`` additionally installs :func:`install_open_clip_train_hooks`, the only place that
+rebinds open_clip_train's module globals (``create_loss``, ``get_tokenizer``, ``create_model_and_transforms``), for the
+one run of that process.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from . import registry
+from .config import deep_merge
+from .errors import PluginError
+from .registry import MethodSpec
+
+# open_clip_train args that open_clip's create_loss reads; set when a loss is built outside open_clip_train
+_CREATE_LOSS_DEFAULTS = {"distill": False, "horovod": False, "siglip": False, "loss_dist_impl": None,
+                         "coca_caption_loss_weight": 2.0, "coca_contrastive_loss_weight": 1.0,
+                         "local_loss": False, "gather_with_grad": False, "rank": 0, "world_size": 1, "model": ""}
+
+
+def _load_methods() -> None:
+    from . import methods  # noqa: F401  (registers the built-in specs)
+
+
+def method_flags() -> dict[str, list[str]]:
+    """``{method: [argparse dests of its flags]}`` for every registered method."""
+    _load_methods()
+    owned: dict[str, list[str]] = {}
+    for name in registry.list_methods():
+        spec = registry.get_method(name)
+        parser = argparse.ArgumentParser(add_help=False)
+        if spec.add_arguments is not None:
+            spec.add_arguments(parser)
+        owned[name] = [a.dest for a in parser._actions]
+    return owned
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--loss`` and one argument group per method with its flags (all defaulting to None = not given)."""
+    _load_methods()
+    parser.add_argument("--loss", default="clip", choices=registry.list_methods(),
+                        help="training objective (default clip): " + "; ".join(
+                            f"{n}: {registry.get_method(n).description}" for n in registry.list_methods()))
+    for name in registry.list_methods():
+        spec = registry.get_method(name)
+        if spec.add_arguments is not None:
+            spec.add_arguments(parser.add_argument_group(f"--loss {name} ({spec.description})"))
+
+
+def check_flags(spec: MethodSpec, args: argparse.Namespace) -> None:
+    """A flag of another method given with ``--loss spec.name`` is an error, not silently ignored."""
+    for method, dests in method_flags().items():
+        if method == spec.name:
+            continue
+        given = [d for d in dests if getattr(args, d, None) is not None and d not in method_flags().get(spec.name, [])]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise PluginError(f"{flag} is a flag of --loss {method}, not of --loss {spec.name}; drop it or use "
+                              f"--loss {method}")
+
+
+def check_model(spec: MethodSpec, model_name: str) -> None:
+    """The model must carry the method's marker (a plugin loss needs its model's parts), and a plain loss a plain
+    model."""
+    from . import factory
+    cfg = factory.plugin_model_config(model_name)
+    marker = registry.marker_of(cfg) if cfg else None
+    if spec.marker is not None and marker != spec.marker:
+        fitting = [n for n in factory.plugin_model_names() if spec.marker in (factory.plugin_model_config(n) or {})]
+        raise PluginError(f"--loss {spec.name} needs a model with its parts (a config with '{spec.marker}'), got "
+                          f"--model {model_name}; choose one of: {', '.join(fitting)}")
+    if spec.marker is None and marker is not None:
+        raise PluginError(f"--loss {spec.name} trains a plain open_clip model, but {model_name} is a plugin model "
+                          f"('{marker}'); use its --loss or a plain config such as CLIP-Tiny-64")
+
+
+def check_train_data(pattern: Optional[str]) -> None:
+    """Every local shard of a ``--train-data`` pattern (``::``-separated sources, brace patterns) must exist."""
+    if not pattern:
+        return
+    import braceexpand
+    for source in pattern.split("::"):
+        missing = [p for p in braceexpand.braceexpand(source)
+                   if "://" not in p and not p.startswith("pipe:") and not glob.glob(p)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise PluginError(f"--train-data: no such file {missing[0]!r}{more}; check the path or brace pattern, "
+                              f"or build data with `python harness/data.py build` (`uniclip-data build`)")
+
+
+@dataclass
+class Setup:
+    """What a trainer needs of the chosen method, from the parsed flags."""
+
+    spec: MethodSpec
+    args: argparse.Namespace                                    # the parsed plugin flags
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs ({marker: options}, the method's)
+    loss: Optional[nn.Module] = None                            # built by prepare() when rank / world size are given
+
+    @property
+    def whole_image_input(self) -> bool:
+        return self.spec.whole_image_input
+
+    def build_loss(self, train_args: argparse.Namespace) -> nn.Module:
+        """The method's loss for a trainer's args (rank, world size, ``--local-loss``, ...) plus the plugin flags."""
+        merged = argparse.Namespace(**{**_CREATE_LOSS_DEFAULTS, **vars(train_args), **vars(self.args)})
+        return self.spec.build_loss(merged)
+
+    def wrap_tokenizer(self, tokenizer: Callable) -> Callable:
+        """The data pipeline's tokenizer (DeCLIP: caption + EDA caption rows); the plain one for other methods."""
+        if self.spec.wrap_tokenizer is None:
+            return tokenizer
+        return self.spec.wrap_tokenizer(tokenizer, self.args)
+
+
+def prepare(args: argparse.Namespace, *, rank: Optional[int] = None, world_size: int = 1,
+            exact_global_loss: bool = False) -> Setup:
+    """Turn parsed args (``--loss`` and the method flags; ``--seed`` if the method seeds data hooks) into a Setup.
+
+    Args:
+        args: parsed flags; ``args.loss`` names the method.
+        rank, world_size: when ``rank`` is given the loss is built now (``Setup.loss``); else call ``build_loss``.
+        exact_global_loss: build the loss as local rows × all gathered columns with gradient (``--local-loss
+            --gather-with-grad``), the exact global-batch loss; the DeepSpeed trainer always does.
+
+    Raises:
+        PluginError: an unknown method, or a flag of another method.
+    """
+    spec = registry.get_method(args.loss)
+    check_flags(spec, args)
+    kwargs: dict[str, Any] = {}
+    if spec.marker is not None and spec.model_overrides is not None:
+        overrides = spec.model_overrides(args)
+        if overrides:
+            kwargs[spec.marker] = overrides
+    if spec.model_kwargs is not None:
+        kwargs.update(spec.model_kwargs(args))
+    setup = Setup(spec, args, kwargs)
+    if rank is not None:
+        train_args = argparse.Namespace(rank=rank, world_size=world_size)
+        if exact_global_loss:
+            train_args.local_loss = train_args.gather_with_grad = True
+        setup.loss = setup.build_loss(train_args)
+    return setup
+
+
+def merge_model_kwargs(setup: Optional[Setup], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the setup's model kwargs under them (marker dicts deep-merged, the caller's values win)."""
+    merged = dict(setup.model_kwargs) if setup is not None else {}
+    for key, value in kwargs.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both else value
+    return merged
+
+
+def whole_image_transforms(model_name: str, setup: Optional[Setup], transforms: tuple[Any, Any],
+                           aug_cfg: Any = None) -> tuple[Any, Any]:
+    """``(train, val)`` transforms: models that render their views in forward get the whole image for training too
+    (open_clip's random crop would crop before the views do), unless the user set ``--aug-cfg``."""
+    from . import factory
+    spec = setup.spec if setup is not None else None
+    cfg = factory.plugin_model_config(model_name)
+    if spec is None and cfg is not None:
+        spec = registry.method_for_marker(registry.marker_of(cfg))
+    train, val = transforms
+    if spec is not None and spec.whole_image_input and cfg is not None and not aug_cfg:
+        train = val
+    return train, val
+
+
+def create_model_and_transforms(model_name: str, setup: Optional[Setup] = None, **kwargs: Any) -> tuple[Any, Any, Any]:
+    """``open_clip.create_model_and_transforms`` with the setup's model kwargs and the whole-image training
+    transform of models that render their views in forward."""
+    from . import register
+    register()
+    import open_clip
+    model, train, val = open_clip.create_model_and_transforms(model_name, **merge_model_kwargs(setup, kwargs))
+    train, val = whole_image_transforms(model_name, setup, (train, val), kwargs.get("aug_cfg"))
+    return model, train, val
+
+
+def install_open_clip_train_hooks(setup: Setup, log_every: Callable[[argparse.Namespace], int]) -> Any:
+    """Route one ``open_clip_train.main.main`` run through the method: its loss (with metric logging and the
+    non-finite guard), tokenizer and model kwargs. Returns the installed non-finite guard."""
+    import open_clip_train.main as ocm
+
+    from .train_hooks import NonFiniteGuard, TrainLossAdapter
+    guard = NonFiniteGuard().install()
+    upstream_create_model_and_transforms = ocm.create_model_and_transforms
+    upstream_get_tokenizer = ocm.get_tokenizer
+
+    def create_loss(args: argparse.Namespace) -> nn.Module:
+        loss = setup.build_loss(args)
+        if setup.spec.marker is None:
+            return loss
+        guard.adapter = TrainLossAdapter(loss, log_every=log_every(args), is_master=args.rank == 0)
+        return guard.adapter
+
+    def create_model_and_transforms(model_name: str, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
+        model, train, val = upstream_create_model_and_transforms(model_name, *args,
+                                                                 **merge_model_kwargs(setup, kwargs))
+        train, val = whole_image_transforms(model_name, setup, (train, val), kwargs.get("aug_cfg"))
+        return model, train, val
+
+    ocm.create_loss = create_loss
+    ocm.create_model_and_transforms = create_model_and_transforms
+    if setup.spec.wrap_tokenizer is not None:
+        ocm.get_tokenizer = lambda *a, **kw: setup.wrap_tokenizer(upstream_get_tokenizer(*a, **kw))
+    return guard
