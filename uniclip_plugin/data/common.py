@@ -1,4 +1,8 @@
-"""Shared pieces of the data builder: the one-line error type, image rendering and atomic webdataset writers."""
+"""Shared pieces of the data builder: the one-line error type, image rendering and webdataset writers.
+
+File writes that must not be seen half-done go through :mod:`uniclip_plugin.io`; a whole set is written to a temp
+folder and swapped into place with :func:`fresh_tmp_dir` / :func:`publish_dir`. See ``docs/DATA.md``.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +16,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 
 from PIL import Image
 
+from uniclip_plugin.errors import PluginError
+
 # Integer member mtime: a float one (webdataset's default, time.time()) makes tarfile write a pax header per member,
 # which doubles the time to read a shard back (fmnist train: 4.2 vs 1.9 s per 15k samples); fixed: shards reproducible.
 SHARD_MTIME = 1704067200  # 2024-01-01T00:00:00Z
@@ -23,7 +29,7 @@ T = TypeVar("T")
 EVAL_SHARDS = 4
 
 
-class DataError(Exception):
+class DataError(PluginError):
     """A problem the user can fix (missing client, unreachable registry, ...); printed as one line, no traceback."""
 
 
@@ -123,16 +129,13 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temp name + rename, so readers never see half a file."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def json_text(obj: Any) -> str:
+    """The builder's JSON file format (``manifest.json``, ``sizes.json``, cache markers): indent 2, UTF-8 kept.
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """``write_text_atomic`` of pretty-printed JSON."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    Written with :func:`uniclip_plugin.io.write_text_atomic`; ``io.write_json_atomic`` escapes non-ASCII text and
+    indents by 1, which would change the files.
+    """
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def fresh_tmp_dir(final: Path) -> Path:

@@ -1,7 +1,8 @@
 """Multi-style emoji: pre-training items (Noto, Twemoji, Fluent 3D) and the held-out OpenMoji evaluation sets.
 
 All styles name their files by Unicode code points; they are joined to OpenMoji's ``openmoji.json`` (the caption
-source: CLDR ``annotation``, ``tags`` as keywords, ``group``, ``subgroups``) on the normalised hexcode.
+source: CLDR ``annotation``, ``tags`` as keywords, ``group``, ``subgroups``) on the normalised hexcode. Counts and
+split policy: ``docs/DATA.md``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .common import (ImageItem, Skipped, _imap, fresh_tmp_dir, make_image_sample, progress, publish_dir,
-                     write_set_metadata, write_split)
+from .common import (
+    ImageItem,
+    Skipped,
+    _imap,
+    fresh_tmp_dir,
+    make_image_sample,
+    progress,
+    publish_dir,
+    write_set_metadata,
+    write_split,
+)
 
 # The 9 CLDR groups; OpenMoji's "extras-openmoji", "extras-unicode" and "component" have no counterpart in the
 # other styles (or are not emoji on their own), so they are left out everywhere.
@@ -70,7 +80,7 @@ def overlap(meta: dict[str, dict], styles: dict[str, dict[str, Path]]) -> dict[s
 
 
 def heldout_concepts(meta: dict[str, dict], styles: dict[str, dict[str, Path]]) -> list[str]:
-    """Concepts without skin tone present in all four styles (DATA.md: 1,852), sorted.
+    """Concepts without skin tone present in all four styles (``docs/DATA.md``: 1,852), sorted.
 
     Requiring the pre-training styles too means every held-out concept was seen in pre-training in other styles:
     the sets measure cross-style transfer, not novel concepts.
@@ -116,6 +126,23 @@ def _lookup(key: str, images: dict[str, bytes], members: dict[str, dict[str, Any
     return {"__key__": key, "png": images[key], **members[key]}
 
 
+def _render_heldout(concepts: list[str], styles: dict[str, dict[str, Path]], res: int, skipped: Skipped,
+                    jobs: int) -> dict[str, bytes]:
+    """PNG bytes of each concept's OpenMoji image, rendered once for all three sets; undecodable ones are counted."""
+    items = [ImageItem(k, str(styles[HELDOUT_STYLE][k]), HELDOUT_STYLE, ()) for k in concepts]
+    images: dict[str, bytes] = {}
+    bar = progress(len(items), "held-out OpenMoji")
+    for item, sample in zip(items, _imap(functools.partial(make_image_sample, res=res), items, jobs),
+                            strict=True):
+        bar.update(1)
+        if sample is None:
+            skipped.add(HELDOUT_STYLE)
+        else:
+            images[item.key] = sample["png"]
+    bar.close()
+    return images
+
+
 def build_heldout(wds_dir: Path, meta: dict[str, dict], styles: dict[str, dict[str, Path]], res: int,
                   skipped: Skipped, jobs: int = 1) -> dict[str, Any]:
     """The three held-out OpenMoji sets under ``wds_dir``, each written to a temp folder and renamed.
@@ -131,17 +158,7 @@ def build_heldout(wds_dir: Path, meta: dict[str, dict], styles: dict[str, dict[s
     Returns:
         Counts: concepts, per split of each set, classes, per group.
     """
-    concepts = heldout_concepts(meta, styles)
-    items = [ImageItem(k, str(styles[HELDOUT_STYLE][k]), HELDOUT_STYLE, ()) for k in concepts]
-    images: dict[str, bytes] = {}
-    bar = progress(len(items), "held-out OpenMoji")
-    for item, sample in zip(items, _imap(functools.partial(make_image_sample, res=res), items, jobs)):
-        bar.update(1)
-        if sample is None:
-            skipped.add(HELDOUT_STYLE)
-        else:
-            images[item.key] = sample["png"]
-    bar.close()
+    images = _render_heldout(heldout_concepts(meta, styles), styles, res, skipped, jobs)
     keys = sorted(images)
     wds_dir.mkdir(parents=True, exist_ok=True)
     no_skip = lambda key: None  # noqa: E731 - images are already decoded

@@ -3,11 +3,10 @@
 Every source lands in the cache as ``<archive>`` (kept, so a deleted extraction is rebuilt without the network) plus
 an extracted folder ``<key>/`` and a marker ``<key>.complete.json`` written last. A present marker means no work;
 a present archive means no download. Downloads go to a temp folder first and are renamed into the cache, so an
-interrupted download never looks like a finished archive.
+interrupted download never looks like a finished archive. The sources and their pinned versions: ``docs/DATA.md``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote
 
-from .common import DataError, sha256_of, write_json_atomic
+from uniclip_plugin.io import write_text_atomic
+
+from .common import DataError, json_text, sha256_of
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _finish(cache: Path, src: Source, archive: Path, tmp: Path, version: str) ->
     os.replace(tmp, root)
     info = {"key": src.key, "registry": src.registry, "package": src.package, "version": version,
             "archive": archive.name, "sha256": sha256_of(archive), "licence": src.licence}
-    write_json_atomic(cache / f"{src.key}.complete.json", info)
+    write_text_atomic(cache / f"{src.key}.complete.json", json_text(info))  # written last: marks the work done
     return info
 
 

@@ -1,7 +1,7 @@
 """A CPU process group for the 2-process tests and benchmarks (``mp.spawn`` workers): one thread, gloo, torn down
 cleanly.
 
-Imports torch only, so spawned children stay light (see ``harness/light_import.py``).
+Imports torch only, so spawned children stay light.
 """
 from __future__ import annotations
 

@@ -10,9 +10,7 @@ Every tar is written to a temp name and renamed, so an interrupted build never l
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import Any, Iterable
 
 from PIL import Image, ImageDraw
 
-from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, publish_dir
+from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, png_bytes, publish_dir
+from uniclip_plugin.io import atomic_path, write_text_atomic
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),
            "purple": (140, 40, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "cyan": (20, 200, 210)}
@@ -53,14 +52,8 @@ def draw_shape(shape: str, colour: str, res: int, rng: random.Random) -> Image.I
     return img
 
 
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_tar_atomic(path: Path, samples: Iterable[dict[str, Any]]) -> int:
-    """Write webdataset samples to ``path`` via a temp file + rename (readers never see a partial tar).
+    """Write webdataset samples to ``path`` through :func:`uniclip_plugin.io.atomic_path` (never a partial tar).
 
     Args:
         path: final tar path.
@@ -71,13 +64,12 @@ def write_tar_atomic(path: Path, samples: Iterable[dict[str, Any]]) -> int:
         The number of samples written.
     """
     import webdataset as wds
-    tmp = path.with_name(f".tmp-{path.name}")
     count = 0
-    with wds.TarWriter(str(tmp), mtime=SHARD_MTIME) as sink:
-        for sample in samples:
-            sink.write(sample)
-            count += 1
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with wds.TarWriter(str(tmp), mtime=SHARD_MTIME) as sink:  # closed (complete) before the rename
+            for sample in samples:
+                sink.write(sample)
+                count += 1
     return count
 
 
@@ -113,7 +105,7 @@ def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int
     for i in range(n_samples):
         shape, colour = _concept(rng)
         caption = rng.choice(PHRASINGS).format(c=colour, s=shape)
-        sample = {"__key__": f"{i:06d}", "png": _png(draw_shape(shape, colour, res, rng)), "txt": caption,
+        sample = {"__key__": f"{i:06d}", "png": png_bytes(draw_shape(shape, colour, res, rng)), "txt": caption,
                   "json": json.dumps({"shape": shape, "colour": colour, "keywords": [colour, shape]})}
         if i < corrupt_images:
             sample["png"] = b"\x89PNG this is not an image"
@@ -126,9 +118,7 @@ def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int
         path = out / f"shard-{k:06d}.tar"
         sizes[path.name] = write_tar_atomic(path, samples[k * per_shard:(k + 1) * per_shard])
         shards.append(str(path))
-    tmp = out / ".tmp-sizes.json"
-    tmp.write_text(json.dumps(sizes))
-    os.replace(tmp, out / "sizes.json")
+    write_text_atomic(out / "sizes.json", json.dumps(sizes))
     return {"pattern": str(out / f"shard-{{000000..{n_shards - 1:06d}}}.tar"), "shards": shards,
             "n_samples": n_samples}
 
@@ -164,7 +154,7 @@ def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_p
         for label, shape in enumerate(SHAPES):
             for i in range(n_per_class):
                 colour = rng.choice(list(COLOURS))
-                samples.append({"__key__": f"{shape}{i:04d}", "png": _png(draw_shape(shape, colour, res, rng)),
+                samples.append({"__key__": f"{shape}{i:04d}", "png": png_bytes(draw_shape(shape, colour, res, rng)),
                                 "cls": label})
         rng.shuffle(samples)
         _write_split(tmp, split, samples)
@@ -174,7 +164,7 @@ def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_p
     tmp = fresh_tmp_dir(retrieval_dir)
     samples = []
     for i, (shape, colour) in enumerate((s, c) for s in SHAPES for c in COLOURS):
-        samples.append({"__key__": f"r{i:04d}", "png": _png(draw_shape(shape, colour, res, rng)),
+        samples.append({"__key__": f"r{i:04d}", "png": png_bytes(draw_shape(shape, colour, res, rng)),
                         "txt": f"a {colour} {shape}\na picture of a {colour} {shape}"})
     _write_split(tmp, "test", samples)
     (tmp / "dataset_type.txt").write_text("retrieval\n")
@@ -183,6 +173,14 @@ def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write generated pre-training shards and evaluation sets under ``--out``; print their paths as JSON.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0).
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=512)
