@@ -1,4 +1,4 @@
-"""`python harness/perf.py`: performance measurements and targets (the code lives in ``uniclip_plugin.perf``; installed as `uniclip-perf`)."""
+"""`python harness/perf.py`: performance measurements and targets (the code lives in ``uniclip_plugin.perf``)."""
 import sys
 
 from uniclip_plugin.perf.cli import main

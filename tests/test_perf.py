@@ -1,14 +1,18 @@
-"""Smoke test of harness/perf.py's measurements at tiny sizes: structure and positivity only, never timings (the
-targets are checked by running ``python harness/perf.py``, not by unit tests)."""
+"""Smoke test of the measurements of ``uniclip_plugin.perf`` (``harness/perf.py``) at tiny sizes: structure and
+positivity only, never timings (the targets are checked by running ``python harness/perf.py``, not by unit tests)."""
 from __future__ import annotations
 
 import math
 import sys
 
 import pytest
+import torch
 
-import uniclip_plugin  # noqa: F401  (registers the plugin models and losses)
-from uniclip_plugin.perf import perf
+import uniclip_plugin
+from uniclip_plugin.perf import accelerator, allocator, efficiency, loader, loss_memory, options, report, steps, threads
+from uniclip_plugin.perf.settings import Settings
+
+uniclip_plugin.register()  # the plugin models and losses
 
 SIZE, BATCH = "Tiny-32", 4
 
@@ -19,13 +23,13 @@ def _positive(x: object) -> bool:
 
 @pytest.fixture(scope="module")
 def costs() -> dict[str, float]:
-    return perf.tower_costs(f"CLIP-{SIZE}", BATCH, iters=1, warmup=0)
+    return steps.tower_costs(f"CLIP-{SIZE}", BATCH, iters=1, warmup=0)
 
 
 def test_tower_costs_and_method_steps(costs: dict[str, float]) -> None:
     assert set(costs) == {"image", "text"} and all(_positive(v) for v in costs.values())
-    rows, medians = perf.method_steps(SIZE, BATCH, iters=1, costs=costs, warmup=0)
-    assert medians == costs and list(rows) == list(perf.METHODS)
+    rows, medians = steps.method_steps(SIZE, BATCH, iters=1, costs=costs, warmup=0)
+    assert medians == costs and list(rows) == list(steps.METHODS)
     for row in rows.values():
         for key in ("step_s", "samples_per_s", "bound", "ratio_to_clip", "ratio_over_bound"):
             assert _positive(float(row[key])), (key, row)
@@ -39,52 +43,52 @@ def test_tower_costs_and_method_steps(costs: dict[str, float]) -> None:
 
 
 def test_one_round_robin_times_towers_steps_and_extras() -> None:
-    extra = {f"uniclip:{k}": f for k, f in perf.part_passes("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH).items()}
-    rows, medians = perf.method_steps(SIZE, BATCH, iters=1, warmup=0, methods=("clip", "uniclip_mpnce"), extra=extra)
+    extra = {f"uniclip:{k}": f for k, f in steps.part_passes("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH).items()}
+    rows, medians = steps.method_steps(SIZE, BATCH, iters=1, warmup=0, methods=("clip", "uniclip_mpnce"), extra=extra)
     assert list(rows) == ["clip", "uniclip_mpnce"]
     assert set(medians) == {"image", "text", "image_x2", "uniclip:views", "uniclip:aug_embed", "uniclip:loss",
                             "uniclip:optimizer"}
     assert all(_positive(v) for v in medians.values())
     uni = rows["uniclip_mpnce"]
-    assert uni["bound"] == pytest.approx(perf.bound_of(2, 1, medians))
+    assert uni["bound"] == pytest.approx(steps.bound_of(2, 1, medians))
     assert uni["towers_s"] == pytest.approx(medians["image_x2"] + medians["text"])
     assert uni["exact_bound"] == pytest.approx(uni["towers_s"] / (medians["image"] + medians["text"]))
     assert rows["clip"]["exact_bound"] == pytest.approx(1.0) and _positive(uni["ratio_over_exact_bound"])
 
 
 def test_declip_batch_uses_the_wrap_tokenizer() -> None:
-    images, texts = perf.method_batch("declip", f"DeCLIP-{SIZE}", BATCH)
+    images, texts = steps.method_batch("declip", f"DeCLIP-{SIZE}", BATCH)
     assert tuple(images.shape[:2]) == (BATCH, 3) and texts.dim() == 3 and tuple(texts.shape[:2]) == (BATCH, 2)
-    _, plain = perf.method_batch("clip", f"CLIP-{SIZE}", BATCH)
+    _, plain = steps.method_batch("clip", f"CLIP-{SIZE}", BATCH)
     assert plain.dim() == 2 and plain.shape[0] == BATCH
 
 
 def test_step_parts_views_and_options() -> None:
-    uni = perf.step_parts("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH, iters=1, warmup=0)
+    uni = steps.step_parts("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH, iters=1, warmup=0)
     assert set(uni) == {"views", "aug_embed", "loss", "optimizer"} and all(_positive(v) for v in uni.values())
-    clip = perf.step_parts("clip", f"CLIP-{SIZE}", BATCH, iters=1, warmup=0)
+    clip = steps.step_parts("clip", f"CLIP-{SIZE}", BATCH, iters=1, warmup=0)
     assert set(clip) == {"loss", "optimizer"} and all(_positive(v) for v in clip.values())
-    assert _positive(perf.augment_time(BATCH, 2, 64, iters=1, warmup=0))
-    opts = perf.option_steps(f"UniCLIP-{SIZE}", BATCH, iters=1, plain_s=1.0, full=False, warmup=0)
+    assert _positive(steps.augment_time(BATCH, 2, 64, iters=1, warmup=0))
+    opts = options.option_steps(f"UniCLIP-{SIZE}", BATCH, iters=1, plain_s=1.0, full=False, warmup=0)
     for name in ("grad_checkpointing", "bf16_autocast"):
         assert _positive(opts[name]["step_s"]) and _positive(opts[name]["ratio_to_plain"])
     assert "not measured in --quick" in opts["torchcompile"]["note"]
 
 
 def test_loader_throughput(tmp_path) -> None:
-    r = perf.loader_throughput(f"UniCLIP-{SIZE}", BATCH, n_samples=16, workers=2, res=32, tmp_dir=str(tmp_path))
+    r = loader.loader_throughput(f"UniCLIP-{SIZE}", BATCH, n_samples=16, workers=2, res=32, tmp_dir=str(tmp_path))
     assert r["epoch0_samples"] == r["epoch1_samples"] == 16
     assert _positive(r["samples_per_s"]) and _positive(r["epoch0_samples_per_s"])
 
 
 def test_loss_point() -> None:
-    r = perf.loss_point(8, 2, 8, 3, iters=1)
+    r = loss_memory.loss_point(8, 2, 8, 3, iters=1)
     assert _positive(r["seconds"]) and r["saved_bytes"] > 0 and r["peak_extra_bytes"] >= 0
 
 
 @pytest.mark.multiproc
 def test_two_process_gather_loss_time() -> None:
-    assert _positive(perf.gather_loss_time(8, 2, 8, iters=1))
+    assert _positive(loss_memory.gather_loss_time(8, 2, 8, iters=1))
 
 
 def test_data_efficiency_interpolates_and_reports_not_reached() -> None:
@@ -93,33 +97,34 @@ def test_data_efficiency_interpolates_and_reports_not_reached() -> None:
               "uniclip": {"0": [{"epoch": 1, "step": 20, "seconds": 1.0, "val_r1": 30.0},
                                 {"epoch": 2, "step": 40, "seconds": 2.0, "val_r1": 50.0}],
                           "1": [{"epoch": 1, "step": 100, "seconds": 1.0, "val_r1": 39.0}]}}
-    eff = perf.data_efficiency(curves)
+    eff = efficiency.data_efficiency(curves)
     assert eff["seeds"]["0"]["steps"] == pytest.approx(30.0) and eff["seeds"]["0"]["fraction"] == pytest.approx(0.3)
     assert eff["seeds"]["1"]["steps"] is None and eff["seeds"]["1"]["fraction"] is None
     assert eff["mean"] is None
     del curves["uniclip"]["1"]
-    assert perf.data_efficiency(curves)["mean"] == pytest.approx(0.3)
-    assert perf.data_efficiency({"clip": {}})["mean"] is None
+    assert efficiency.data_efficiency(curves)["mean"] == pytest.approx(0.3)
+    assert efficiency.data_efficiency({"clip": {}})["mean"] is None
 
 
-def test_accelerator_section_runs_its_steps_on_cpu_and_reports_no_gpu(capsys: pytest.CaptureFixture) -> None:
-    """The GPU comparison's code path, run on CPU with the tiny configs (the GPU numbers come from perf.py itself)."""
-    rows = perf.accelerator_compare("cpu", models=(("clip", f"CLIP-{SIZE}"), ("uniclip_mpnce", f"UniCLIP-{SIZE}")),
-                                    batch=BATCH, iters=1, warmup=1, dtype=None)
+def test_accelerator_section_runs_its_steps_on_cpu_and_reports_no_gpu() -> None:
+    """The GPU comparison's code path, run on CPU with the tiny configs (the GPU numbers come from harness/perf.py
+    itself)."""
+    rows = accelerator.accelerator_compare("cpu", models=(("clip", f"CLIP-{SIZE}"),
+                                                          ("uniclip_mpnce", f"UniCLIP-{SIZE}")),
+                                           batch=BATCH, iters=1, warmup=1, dtype=None)
     assert list(rows) == ["clip", "uniclip_mpnce"]
     for row in rows.values():
         assert _positive(row["step_s"]) and _positive(row["samples_per_s"]) and row["peak_allocated_bytes"] is None
         assert "views_sync_free" not in row  # the sync check needs CUDA's sync debug mode
-    perf.print_accelerator(rows, "cpu", BATCH, "fp32")
-    assert "UniCLIP / CLIP step time on cpu" in capsys.readouterr().out
-    if not perf.torch.cuda.is_available():
-        results: dict = {}
-        assert perf.run_accelerator_section(results, None) is None
+    assert "UniCLIP / CLIP step time on cpu" in report.accelerator_table(rows, "cpu", BATCH, "fp32")
+    if not torch.cuda.is_available():
+        results = accelerator.measure(Settings(), {})
         assert "no GPU" in results["accelerator"]["note"]
+        assert "no GPU on this machine" in report.render_accelerator(Settings(), results)
 
 
 def test_allocator_ab_runs_both_processes() -> None:
-    ab = perf.malloc_ab(SIZE, BATCH, iters=1, methods=("clip", "uniclip_mpnce"))
+    ab = allocator.malloc_ab(SIZE, BATCH, iters=1, methods=("clip", "uniclip_mpnce"))
     assert ab["default"]["allocator"] == "glibc defaults"
     if sys.platform.startswith("linux"):  # glibc's mallopt
         assert "keeps freed memory" in ab["tuned"]["allocator"], ab["tuned"]["allocator"]
@@ -129,17 +134,10 @@ def test_allocator_ab_runs_both_processes() -> None:
 
 
 def test_train_threads_times_open_clip_train_steps_per_thread_count() -> None:
-    rows = perf.train_threads(configs=(("clip", "CLIP-Tiny-32", 16),), steps=8, thread_counts=(1, 2))
+    rows = threads.train_threads(configs=(("clip", "CLIP-Tiny-32", 16),), steps=8, thread_counts=(1, 2))
     assert len(rows) == 1 and rows[0]["model"] == "CLIP-Tiny-32"
-    for threads in (1, 2):
-        measured = rows[0][f"threads_{threads}"]
+    for count in (1, 2):
+        measured = rows[0][f"threads_{count}"]
         assert measured["logged_steps"] >= 3  # steps 2, 4, 6, 8 logged; the first is left out as warm-up
         assert 0 < measured["step_s"] < measured["wall_s"] and 0 <= measured["data_s"] <= measured["step_s"]
 
-
-def test_logged_step_seconds_parses_open_clip_train_lines(tmp_path) -> None:
-    log = tmp_path / "out.log"
-    log.write_text("Train Epoch: 0 [32/64 (50%)] Data (t): 0.010 Batch (t): 0.250, 128.0/s\n"
-                   "Train Epoch: 0 [64/64 (100%)] Data (t): 0.004 Batch (t): 1.5, 21.3/s\n")
-    assert perf._logged_step_seconds(log) == [0.25, 1.5]
-    assert perf._logged_step_seconds(log, "Data") == [0.010, 0.004]
