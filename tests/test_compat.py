@@ -35,7 +35,7 @@ def _iterate_train_pipeline(pattern: str, n: int) -> list:
 
 
 def test_e1_e2_dependencies_import_and_missing_ones_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    code = "import open_clip_train.main, clip_benchmark.cli"  # E1 (pandas) and E2 (requests) broke these imports
+    code = "import open_clip_train.main, clip_benchmark.cli"  # docs/UPSTREAM.md E1 (pandas), E2 (requests)
     subprocess.run([sys.executable, "-c", code], check=True)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pandas" else real(name, *a))

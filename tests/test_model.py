@@ -41,7 +41,7 @@ def test_factory_builds_plugin_class_and_leaves_clip_alone() -> None:
     assert type(open_clip.create_model("CLIP-Tiny-32")) is open_clip.CLIP
     assert model.visual.preprocess_cfg["size"] == (32, 32)
     assert open_clip.factory.CLIP is open_clip.model.CLIP  # the class swap is undone
-    assert all(p.dim() > 0 for p in model.parameters())  # no 0-dim parameters (DeepSpeed D1)
+    assert all(p.dim() > 0 for p in model.parameters())  # no 0-dim parameters (docs/UPSTREAM.md D1)
     assert model.logit_scale.shape == (3,) and model.logit_bias.shape == (3,)
 
 

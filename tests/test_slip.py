@@ -1,5 +1,6 @@
-"""SLIP (PAPER.md §3): the loss against naive float64 loops written from SLIP's ``losses.py``, its gradient, the model's
-one-pass training forward and plain-CLIP eval, 2 gloo ranks == 1 process, the CLI errors, and ``open_clip train``.
+"""SLIP (docs/METHODS.md §SLIP): the loss against naive float64 loops written from SLIP's ``losses.py``, its gradient,
+the model's one-pass training forward and plain-CLIP eval, 2 gloo ranks == 1 process, the CLI errors, and
+``open_clip train``.
 
 Only torch and pytest are imported at the top: ``mp.spawn`` children re-import this module, and the package import
 (open_clip + registration) would cost each of them several seconds (see tests/test_distributed_loss.py).

@@ -1,4 +1,4 @@
-"""Augmentation-aware embedding (PAPER.md §1.4, inferred AugSelf-style design).
+"""Augmentation-aware embedding (docs/METHODS.md §UniCLIP.4, inferred AugSelf-style design).
 
 The image tower's embedding ``h`` of a view and that view's augmentation parameters ``a`` are fused into the universal
 space: ``concat``: ``z = W [h ; e(a)]``; ``add``: ``z = h + e(a)``, with ``e`` a 2-layer MLP on the normalised

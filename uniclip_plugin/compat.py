@@ -1,7 +1,28 @@
-"""Every upstream fix and monkey-patch of the plugin, one function per bug (ECOSYSTEM.md E1–E6, D1).
+"""Every upstream fix of the plugin, one function per bug (docs/UPSTREAM.md: E1–E6 and "Other fixes").
 
 Each function is idempotent, names the upstream reference, and has a test in ``tests/test_compat.py`` that fails
-without it. ``apply_all()`` applies them all; ``uniclip_plugin.register()`` calls it.
+without it. ``apply_all()`` applies them all; ``uniclip_plugin.register()`` calls it. The DeepSpeed pitfalls D1–D6
+are handled in ``uniclip_plugin/ds/`` and the plugin models, not here.
+
+The plugin's other hooks into upstream, so the whole patch list reads in one place:
+
+* ``uniclip_plugin/factory.py`` ``install()``: rebinds ``open_clip.create_model`` and ``open_clip.factory.create_model``
+  (so ``create_model_and_transforms`` / ``create_model_from_pretrained`` and open_clip_train use it: plugin classes for
+  configs with a ``uniclip_cfg``/``slip_cfg``/``declip_cfg`` marker, open_clip's own otherwise) and adds the plugin
+  model configs (``open_clip.add_model_config``). open_clip 3.3.0 hard-wires the model class and has no plugin hook.
+* ``uniclip_plugin/integration.py`` ``install_open_clip_train_hooks()``: rebinds ``open_clip_train.main.create_loss``,
+  ``get_tokenizer`` (methods that wrap the tokenizer: DeCLIP's EDA) and ``create_model_and_transforms`` for one
+  ``open_clip train`` run (open_clip_train has no loss registry).
+* ``uniclip_plugin/train_hooks.py`` ``NonFiniteGuard.install()``: a global optimizer step pre-hook
+  (``torch.optim.optimizer.register_optimizer_step_pre_hook``) that stops before a step with a non-finite loss or
+  gradient; installed by ``open_clip train`` only.
+* ``uniclip_plugin/bench_cli.py``: adds ``uniclip`` to clip_benchmark's ``models.TYPE2FUNC``/``MODEL_TYPES`` and sets
+  ``sys.argv`` for clip_benchmark's CLI while it runs (restored afterwards); ``uniclip-benchmark`` only.
+
+``import uniclip_plugin`` applies none of this. ``uniclip_plugin.register()`` (idempotent) applies ``apply_all()`` and
+``factory.install()``; every console script calls it at start, and the package's model functions
+(``uniclip_plugin.create_model`` etc.) on first use. The ``open_clip train`` and ``uniclip-benchmark`` hooks are
+installed by those commands.
 """
 from __future__ import annotations
 

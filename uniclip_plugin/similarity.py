@@ -2,7 +2,7 @@
 
 Ordering (docs/DESIGN.md): rows ``[0, B·V)`` are image views, sample-major (row r belongs to sample r // V, view
 r % V, i.e. ``image_features.reshape(B·V, D)``); rows ``[B·V, B·V + B)`` are texts. Domain ids: 0 image, 1 text; a
-pair's index is ``dom_u + dom_v``: 0 II, 1 IT, 2 TT (PAPER.md §1.1, §1.3).
+pair's index is ``dom_u + dom_v``: 0 II, 1 IT, 2 TT (docs/METHODS.md §UniCLIP.1, §UniCLIP.3).
 
 Pure functions: no parameters, no torch.distributed.
 """
@@ -70,7 +70,7 @@ def domain_logits(z_rows: torch.Tensor, dom_rows: torch.Tensor, z_cols: torch.Te
 
     With ``d = dom_u + dom_v`` (0 II, 1 IT, 2 TT) and ``cos = z_u · z_v`` (the features are L2-normalised):
 
-    * ``shift_scale`` (default, PAPER.md §1.3): ``s(u, v) = scale_d · (cos − offset_d)``
+    * ``shift_scale`` (default, docs/METHODS.md §UniCLIP.3): ``s(u, v) = scale_d · (cos − offset_d)``
     * ``scale_shift``: ``s(u, v) = scale_d · cos − offset_d``
 
     Computed with autocast off in float32 whatever the input dtype (bf16/fp16 logits lose the ranking of close

@@ -50,7 +50,7 @@ IMAGE_VIEWS = 2
 
 @dataclass(frozen=True)
 class DeCLIPCfg:
-    """DeCLIP's parts (PAPER.md §4), carried by the ``declip_cfg`` key of a model config."""
+    """DeCLIP's parts (docs/METHODS.md §DeCLIP), carried by the ``declip_cfg`` key of a model config."""
 
     view_preset: str = "mocov2"             # the two image views' augmentation (views.VIEW_PRESETS)
     simsiam: bool = True                    # SimSiam projector/predictor on the image embeddings

@@ -35,7 +35,7 @@ from ..views import VIEW_PRESETS, InForwardViews
 
 @dataclass(frozen=True)
 class SLIPCfg:
-    """SLIP's parts (PAPER.md §3); defaults are SLIP's ViT-B recipe (``main.py``: ``--ssl-mlp-dim 4096``,
+    """SLIP's parts (docs/METHODS.md §SLIP); defaults are SLIP's ViT-B recipe (``main.py``: ``--ssl-mlp-dim 4096``,
     ``--ssl-emb-dim 256``), used by SLIP-ViT-B-32. The tiny configs scale the head with the backbone: hidden 4·width,
     output = width (SLIP-Tiny-32: 256/64, SLIP-Tiny-64: 512/128)."""
 
@@ -78,7 +78,7 @@ class SLIP(CLIP):
     Training forward (``model.train()``): per image, one CLIP view (``clip_view_preset``) and two SSL views
     (``ssl_view_preset``) are sampled in forward and encoded in ONE image-tower pass over ``3·B`` images (view-major:
     CLIP views, SSL view 1, SSL view 2). Outputs: ``image_features [B, D]`` (normalised CLIP-view embedding),
-    ``text_features [B, D]``, ``logit_scale []`` (exp'd, clamped to ≤ 100 inside forward, DeepSpeed D3),
+    ``text_features [B, D]``, ``logit_scale []`` (exp'd, clamped to ≤ 100 inside forward, docs/UPSTREAM.md D3),
     ``ssl_embed_1``, ``ssl_embed_2`` ``[B, ssl_emb_dim]`` (head outputs, un-normalised: the loss normalises, as SLIP's
     ``SIMCLRLoss``). The head reads the pooled backbone feature BEFORE ``visual.proj`` (SLIP: the timm ViT's
     ``num_classes=0`` output, i.e. the final-norm CLS token), width ``vision_cfg.width``.

@@ -27,7 +27,8 @@ class UniCLIP(CLIP):
     image-tower pass (ZeRO-3 fails on repeated forwards, DeepSpeed #5321); outputs are batch-first (docs/DESIGN.md):
     ``image_features [B,V,D]``, ``text_features [B,D]``, ``aug_params [B,V,12]``, ``logit_scale []`` (image–text
     scale), ``logit_bias [2,3]`` (scales and offsets per domain pair II, IT, TT). Scales are clamped to ≤ 100 inside
-    forward (DeepSpeed overwrites in-place clamps, D3). Eval forward is plain CLIP (identity-augmentation embedding).
+    forward (DeepSpeed overwrites in-place clamps, docs/UPSTREAM.md D3). Eval forward is plain CLIP
+    (identity-augmentation embedding).
     """
 
     def __init__(
@@ -48,7 +49,7 @@ class UniCLIP(CLIP):
         cfg = from_dict(UniCLIPCfg, uniclip_cfg, "uniclip_cfg")
         self.uniclip_cfg = cfg
         num_params = NUM_DOMAIN_PAIRS if cfg.domain_similarity else 1
-        # [P] vectors, never 0-dim (DeepSpeed D1); open_clip_train's clamp_(0, ln 100) covers every entry.
+        # [P] vectors, never 0-dim (docs/UPSTREAM.md D1); open_clip_train's clamp_(0, ln 100) covers every entry.
         self.logit_scale = nn.Parameter(torch.full([num_params], math.log(1.0 / cfg.init_temperature)))
         self.logit_bias = nn.Parameter(torch.full([num_params], float(cfg.init_offset)))
         self.aug_embed = (AugmentationAwareEmbedding(embed_dim, cfg.aug_hidden, cfg.aug_fusion)
