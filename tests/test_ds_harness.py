@@ -1,8 +1,9 @@
-"""DeepSpeed harness (``harness/train.py``) on CPU: ZeRO-1/2/3 exactness, kill-and-resume, export, bf16, errors.
+"""DeepSpeed trainer (``uniclip_plugin.ds``, script ``harness/train.py``) on CPU: ZeRO-1/2/3 exactness,
+kill-and-resume, export, bf16, errors.
 
 Multi-rank tests launch 2 CPU ranks with ``deepspeed --num_gpus 2`` (gloo, ``DS_ACCELERATOR=cpu``) in a subprocess.
 The exactness checks run in ONE launch of this file as a worker script (``python tests/test_ds_harness.py --out D``
-under the launcher), which builds every (loss, stage) engine through the harness's own functions in turn; the test
+under the launcher), which builds every (loss, stage) engine through the trainer's own functions in turn; the test
 process then recomputes each step in one process on the global batch and compares.
 
 Random in-forward views and the 1-vs-2-process comparison: each rank seeds torch with ``1000 + rank`` right before its
@@ -23,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 import pytest
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 B_LOCAL = 4
 # AdamW's first update is lr·g/(|g|+eps). A parameter whose true gradient is 0 (attention key biases: softmax ignores
@@ -92,7 +93,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _step_args(loss: str, model: str) -> argparse.Namespace:
-    from uniclip_plugin.ds.train import build_parser
+    from uniclip_plugin.ds.cli import build_parser
     return build_parser().parse_args(["--model", model, "--loss", loss, "--lr", str(LR), "--wd", str(WD),
                                       "--eps", str(EPS), "--beta1", "0.9", "--beta2", "0.98", "--warmup", "1",
                                       "--seed", "0"])
@@ -122,85 +123,93 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- worker (run by the launcher)
-def _worker(out_dir: Path) -> None:
-    """Per rank: one optimiser step per (loss, ZeRO stage) through the harness's functions, plus a checkpoint, the
-    engine's eval encodings, a bf16 ZeRO-2 dtype and gradient-overflow probe, and a non-finite-loss probe."""
+def _engine_for(loss: str, model_name: str, config: str, rank: int) -> tuple[Any, Any, tuple]:
+    """A DeepSpeed engine built through the trainer's own functions, at the full LR for its first step."""
     import deepspeed
-    import torch.distributed as dist
     from open_clip_train.scheduler import cosine_lr
 
-    import uniclip_plugin  # noqa: F401
-    import uniclip_plugin.losses.mpnce as mpnce
-    from uniclip_plugin.ds import checkpoint as ckpt
+    from uniclip_plugin import integration
+    from uniclip_plugin.ds.build import build_model, check_model_and_loss, param_groups
     from uniclip_plugin.ds.config import load_config, prepare_config
-    from uniclip_plugin.ds.train import (HarnessError, NonFiniteLoss, SkipWatcher, build_model, check_model_and_loss,
-                               init_distributed, loss_namespace, model_kwargs_for_loss, param_groups, run_meta,
-                               train_step, write_params)
     from uniclip_plugin.train_hooks import TrainLossAdapter
+    args = _step_args(loss, model_name)
+    args.name = f"{loss}-{Path(config).stem}"
+    check_model_and_loss(args)
+    cfg = prepare_config(load_config(REPO / "deepspeed_configs" / config), world_size=WORLD, batch_size=B_LOCAL,
+                         lr=LR, betas=(args.beta1, args.beta2), eps=EPS, weight_decay=WD, on_cpu=True)
+    setup = integration.prepare(args, rank=rank, world_size=WORLD, exact_global_loss=True)
+    loss_fn = TrainLossAdapter(setup.loss, log_every=10**9, is_master=False)
+    model, _, _ = build_model(args, setup)
+    groups, layout = param_groups(model, WD)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=cfg)
+    cosine_lr(engine.optimizer, LR, 1, 10)(0)  # warmup 1: the first step runs at the full LR
+    return engine, loss_fn, (args, cfg, layout)
 
-    init_distributed(no_cpu_shm_comm=True)
-    rank = dist.get_rank()
+
+def _full_params(engine: Any) -> dict[str, torch.Tensor]:
+    import deepspeed
+    params = list(engine.module.parameters())
+    zero3 = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3):
+        return {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
+
+
+def _capture_grads(engine: Any) -> dict[str, torch.Tensor]:
+    """Make ``engine.step`` record every full gradient first; returns the dict it fills."""
+    grads: dict[str, torch.Tensor] = {}
+    real_step = engine.step
+
+    def step_capturing_grads(*a: Any, **kw: Any) -> Any:
+        from deepspeed.utils import safe_get_full_grad  # every rank (a collective under ZeRO-1/2/3)
+        grads.update({n: safe_get_full_grad(p).detach().float().clone() for n, p in engine.module.named_parameters()})
+        return real_step(*a, **kw)
+
+    engine.step = step_capturing_grads
+    return grads
+
+
+def _save_run(engine: Any, out_dir: Path, run: tuple, rank: int) -> None:
+    """The checkpoint the export test reads (``ckpt.save_checkpoint`` is a collective: all ranks)."""
+    import torch.distributed as dist
+
+    from uniclip_plugin.ds import checkpoint as ckpt
+    from uniclip_plugin.ds.setup import run_meta, write_params
+    args, cfg, layout = run
+    run_dir = out_dir / "runs" / args.name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_params(run_dir, args)
+    dist.barrier()
+    state = ckpt.TrainState(step=1, epoch=0, step_in_epoch=1, steps_per_epoch=10, total_steps=10)
+    ckpt.save_checkpoint(engine, run_dir / "checkpoints", state, run_meta(args, cfg, layout, WORLD),
+                         rank=rank, keep=1, barrier=dist.barrier)
+
+
+def _zero_case(out_dir: Path, loss: str, model_name: str, stage: int, rank: int) -> dict:
+    """One step of (loss, ZeRO stage) on this rank's half of the global batch, its checkpoint and eval encodings."""
+    from uniclip_plugin.ds.step import train_step
+    images, texts = _global_batch(model_name)
+    probe_images, probe_texts = _probe(model_name)
     part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    engine, loss_fn, run = _engine_for(loss, model_name, f"zero{stage}.json", rank)
+    grads = _capture_grads(engine)
+    torch.manual_seed(VIEW_SEED + rank)
+    t0 = time.time()
+    value = train_step(engine, loss_fn, images[part], texts[part], 0)
+    step_s = time.time() - t0
+    params = _full_params(engine)
+    _save_run(engine, out_dir, run, rank)
+    engine.eval()
+    with torch.no_grad():
+        enc = engine(probe_images, probe_texts)
+    return {"loss": value, "params": params, "grads": grads, "step_s": step_s,
+            "image_features": enc["image_features"].float(), "text_features": enc["text_features"].float()}
 
-    def engine_for(loss: str, model_name: str, config: str) -> tuple[Any, Any, Any]:
-        args = _step_args(loss, model_name)
-        args.name = f"{loss}-{Path(config).stem}"
-        spec = check_model_and_loss(args)
-        cfg = prepare_config(load_config(REPO / "deepspeed_configs" / config), world_size=WORLD, batch_size=B_LOCAL,
-                             lr=LR, betas=(args.beta1, args.beta2), eps=EPS, weight_decay=WD, on_cpu=True)
-        ns = loss_namespace(args, rank, WORLD)
-        loss_fn = TrainLossAdapter(spec.build(ns), log_every=10**9, is_master=False)
-        model, _, _ = build_model(args, model_kwargs_for_loss(ns))
-        groups, layout = param_groups(model, WD)
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=cfg)
-        cosine_lr(engine.optimizer, LR, 1, 10)(0)  # warmup 1: the first step runs at the full LR
-        return engine, loss_fn, (args, cfg, layout)
 
-    def full_params(engine: Any) -> dict[str, torch.Tensor]:
-        params = list(engine.module.parameters())
-        zero3 = engine.zero_optimization_stage() == 3
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3):
-            return {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
-
-    results: dict[str, Any] = {}
-    for loss, model_name in CASES:
-        images, texts = _global_batch(model_name)
-        probe_images, probe_texts = _probe(model_name)
-        for stage in STAGES:
-            engine, loss_fn, (args, cfg, layout) = engine_for(loss, model_name, f"zero{stage}.json")
-            grads: dict[str, torch.Tensor] = {}
-            real_step = engine.step
-
-            def step_capturing_grads(*a: Any, _step: Any = real_step, _grads: dict = grads, _engine: Any = engine,
-                                     **kw: Any) -> Any:
-                from deepspeed.utils import safe_get_full_grad  # every rank (a collective under ZeRO-1/2/3)
-                _grads.update({n: safe_get_full_grad(p).detach().float().clone()
-                               for n, p in _engine.module.named_parameters()})
-                return _step(*a, **kw)
-
-            engine.step = step_capturing_grads
-            torch.manual_seed(VIEW_SEED + rank)
-            t0 = time.time()
-            value = train_step(engine, loss_fn, images[part], texts[part], 0)
-            step_s = time.time() - t0
-            params = full_params(engine)
-            # The checkpoint and eval encodings of the export check (ckpt.save_checkpoint is a collective: all ranks).
-            run_dir = out_dir / "runs" / args.name
-            if rank == 0:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_params(run_dir, args)
-            dist.barrier()
-            state = ckpt.TrainState(step=1, epoch=0, step_in_epoch=1, steps_per_epoch=10, total_steps=10)
-            ckpt.save_checkpoint(engine, run_dir / "checkpoints", state, run_meta(args, cfg, layout, WORLD),
-                                 rank=rank, keep=1, barrier=dist.barrier)
-            engine.eval()
-            with torch.no_grad():
-                enc = engine(probe_images, probe_texts)
-            results[f"{loss}/zero{stage}"] = {"loss": value, "params": params, "grads": grads, "step_s": step_s,
-                                              "image_features": enc["image_features"].float(),
-                                              "text_features": enc["text_features"].float()}
-            del engine
-    # bf16 ZeRO-2: the model runs in bf16, the loss's logits must be fp32.
+def _bf16_dtypes(engine: Any, loss_fn: Any, images: torch.Tensor, texts: torch.Tensor) -> dict:
+    """Six bf16 ZeRO-2 steps: the model runs in bf16, the loss's logits must be fp32."""
+    import uniclip_plugin.losses.mpnce as mpnce
+    from uniclip_plugin.ds.step import train_step
     seen: dict[str, list[str]] = {"outputs": [], "loss_inputs": [], "logits": []}
     original = mpnce.domain_logits
 
@@ -214,33 +223,44 @@ def _worker(out_dir: Path) -> None:
         seen["loss_inputs"].append(str(inputs["image_features"].dtype))
 
     mpnce.domain_logits = spy_logits
-    engine, loss_fn, _ = engine_for("uniclip_mpnce", "UniCLIP-Tiny-32", "zero2_bf16.json")
-    images, texts = _global_batch("UniCLIP-Tiny-32")
-    bf16_losses = [train_step(engine, loss_fn, images[part], texts[part], s, spy_outputs) for s in range(6)]
-    mpnce.domain_logits = original
+    try:
+        losses = [train_step(engine, loss_fn, images, texts, s, spy_outputs) for s in range(6)]
+    finally:
+        mpnce.domain_logits = original
+    return {**seen, "losses": losses}
+
+
+def _overflow(engine: Any, loss_fn: Any, images: torch.Tensor, texts: torch.Tensor) -> dict:
+    """Overflowing gradients with a finite loss: DeepSpeed 0.19 skips the step silently (#8415); the trainer's
+    SkipWatcher must log each skip and stop on a streak."""
+    from uniclip_plugin.ds.errors import HarnessError
+    from uniclip_plugin.ds.step import SkipWatcher, train_step
     skipped_before = engine.skipped_steps
-    # Overflowing gradients with a finite loss: DeepSpeed 0.19 skips the step silently (#8415); the harness's
-    # SkipWatcher must log each skip and stop on a streak.
     watch = SkipWatcher(max_consecutive=2)
     hook = next(p for p in engine.module.parameters() if p.dim() > 1).register_hook(lambda g: g * float("inf"))
-    before = full_params(engine)
+    before = _full_params(engine)
     applied, stop_message = [], None
     for s in range(6, 8):
-        train_step(engine, loss_fn, images[part], texts[part], s)
+        train_step(engine, loss_fn, images, texts, s)
         applied.append(engine.was_step_applied())
         try:
             watch.update(engine.was_step_applied(), s)
         except HarnessError as err:
             stop_message = str(err)
     hook.remove()
-    unchanged = max((full_params(engine)[k] - before[k]).abs().max().item() for k in before)
-    results["bf16"] = {**seen, "losses": bf16_losses, "skipped_before_overflow": skipped_before,
-                       "overflow_applied": applied, "overflow_skipped": engine.skipped_steps - skipped_before,
-                       "overflow_stop": stop_message, "overflow_max_change": unchanged}
-    del engine
-    # A NaN image on ONE rank: every rank stops before the optimiser step and the weights stay as they were.
-    engine, loss_fn, _ = engine_for("uniclip_mpnce", "UniCLIP-Tiny-32", "zero2.json")
-    before = full_params(engine)
+    unchanged = max((_full_params(engine)[k] - before[k]).abs().max().item() for k in before)
+    return {"skipped_before_overflow": skipped_before, "overflow_applied": applied,
+            "overflow_skipped": engine.skipped_steps - skipped_before, "overflow_stop": stop_message,
+            "overflow_max_change": unchanged}
+
+
+def _nonfinite(rank: int) -> dict:
+    """A NaN image on ONE rank: every rank stops before the optimiser step and the weights stay as they were."""
+    from uniclip_plugin.ds.step import NonFiniteLoss, train_step
+    engine, loss_fn, _ = _engine_for("uniclip_mpnce", "UniCLIP-Tiny-32", "zero2.json", rank)
+    images, texts = _global_batch("UniCLIP-Tiny-32")
+    part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    before = _full_params(engine)
     bad = images[part].clone()
     if rank == 0:
         bad[0] = float("nan")
@@ -249,23 +269,47 @@ def _worker(out_dir: Path) -> None:
         message = None
     except NonFiniteLoss as err:
         message = str(err)
-    after = full_params(engine)
-    results["nonfinite"] = {"message": message, "max_change": max((after[k] - before[k]).abs().max().item()
-                                                                  for k in before)}
+    after = _full_params(engine)
+    return {"message": message, "max_change": max((after[k] - before[k]).abs().max().item() for k in before)}
+
+
+def _worker(out_dir: Path) -> None:
+    """Per rank: one optimiser step per (loss, ZeRO stage) through the trainer's functions, plus a checkpoint, the
+    engine's eval encodings, a bf16 ZeRO-2 dtype and gradient-overflow probe, and a non-finite-loss probe."""
+    import torch.distributed as dist
+
+    import uniclip_plugin
+    from uniclip_plugin.ds.distributed import init_distributed
+    uniclip_plugin.register()
+    init_distributed(no_cpu_shm_comm=True)
+    rank = dist.get_rank()
+    results: dict[str, Any] = {}
+    for loss, model_name in CASES:
+        for stage in STAGES:
+            results[f"{loss}/zero{stage}"] = _zero_case(out_dir, loss, model_name, stage, rank)
+    engine, loss_fn, _ = _engine_for("uniclip_mpnce", "UniCLIP-Tiny-32", "zero2_bf16.json", rank)
+    images, texts = _global_batch("UniCLIP-Tiny-32")
+    part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    results["bf16"] = {**_bf16_dtypes(engine, loss_fn, images[part], texts[part]),
+                       **_overflow(engine, loss_fn, images[part], texts[part])}
+    del engine
+    results["nonfinite"] = _nonfinite(rank)
     torch.save(results, out_dir / f"worker_rank{rank}.pt")
 
 
 def _reference_step(loss: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                           dict[str, torch.Tensor], float, torch.Tensor]:
     """One AdamW step in one process on the global batch, with rank r's views on half r (see the module docstring)."""
-    import uniclip_plugin  # noqa: F401
-    from uniclip_plugin.ds.train import (build_model, check_model_and_loss, loss_inputs, loss_namespace, model_kwargs_for_loss,
-                               param_groups)
+    import uniclip_plugin
+    from uniclip_plugin import integration
+    from uniclip_plugin.ds.build import build_model, check_model_and_loss, param_groups
+    from uniclip_plugin.ds.step import loss_inputs
+    uniclip_plugin.register()
     args = _step_args(loss, model_name)
-    spec = check_model_and_loss(args)
-    ns = loss_namespace(args, 0, 1)
-    loss_fn = spec.build(ns)
-    model, _, _ = build_model(args, model_kwargs_for_loss(ns))
+    check_model_and_loss(args)
+    setup = integration.prepare(args, rank=0, world_size=1, exact_global_loss=True)
+    loss_fn = setup.loss
+    model, _, _ = build_model(args, setup)
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     groups, _ = param_groups(model, WD)
@@ -314,9 +358,12 @@ def test_config_fills_auto_and_checks_batch_arithmetic() -> None:
 
 
 def test_param_groups_follow_open_clip_train_and_no_zero_dim_params() -> None:
-    import uniclip_plugin  # noqa: F401
-    from uniclip_plugin.ds.train import build_model, param_groups
-    model, _, _ = build_model(_step_args("clip", "CLIP-Tiny-32"))
+    import uniclip_plugin
+    from uniclip_plugin import integration
+    from uniclip_plugin.ds.build import build_model, param_groups
+    uniclip_plugin.register()
+    args = _step_args("clip", "CLIP-Tiny-32")
+    model, _, _ = build_model(args, integration.prepare(args))
     assert model.logit_scale.shape == (1,)  # stock CLIP's 0-dim scale reshaped for DeepSpeed (D1)
     assert all(p.dim() > 0 for p in model.parameters())
     groups, (no_decay, decay) = param_groups(model, 0.2)
@@ -375,7 +422,8 @@ def test_an_incomplete_checkpoint_is_never_latest(tmp_path: Path) -> None:
 
 
 def test_skip_watcher_logs_each_skip_and_stops_on_a_streak(caplog: pytest.LogCaptureFixture) -> None:
-    from uniclip_plugin.ds.train import HarnessError, SkipWatcher
+    from uniclip_plugin.ds.errors import HarnessError
+    from uniclip_plugin.ds.step import SkipWatcher
     watch = SkipWatcher(max_consecutive=3)
     for step, applied in enumerate([True, False, False, True, False, False]):
         watch.update(applied, step)
@@ -451,8 +499,9 @@ def test_one_step_under_zero_1_2_3_equals_single_process(loss: str, model_name: 
 def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_results: tuple[Path, list[dict]]) -> None:
     import open_clip
 
-    import uniclip_plugin  # noqa: F401
-    from uniclip_plugin.ds.train import export_run
+    import uniclip_plugin
+    from uniclip_plugin.ds.export import export_run
+    uniclip_plugin.register()
     out_dir, ranks = worker_results
     worst = 0.0
     for loss, model_name in CASES:

@@ -1,4 +1,4 @@
-"""Step-level, atomic DeepSpeed checkpoints for ``harness/train.py`` and the export to a plain open_clip checkpoint.
+"""Step-level, atomic DeepSpeed checkpoints of the trainer, and the consolidation its export reads.
 
 Layout of ``<run>/checkpoints/``::
 
@@ -10,10 +10,10 @@ Layout of ``<run>/checkpoints/``::
     zero_to_fp32.py              DeepSpeed's converter (copied by DeepSpeed)
 
 Atomicity: every rank writes into ``step_N.tmp``; after a barrier (all ranks finished) rank 0 renames the directory
-to ``step_N`` and only then replaces ``LATEST`` (temp file + ``os.replace``). A run killed at any moment leaves
-``LATEST`` on a complete checkpoint; a stale ``*.tmp`` directory is deleted at the next start. DeepSpeed's own
-``latest`` file is not written (``save_latest=False``). Multi-node runs need the checkpoint directory on a
-filesystem every node sees (DeepSpeed needs that too).
+to ``step_N`` and only then replaces ``LATEST`` (``uniclip_plugin.io``: temp file + ``os.replace``). A run killed at
+any moment leaves ``LATEST`` on a complete checkpoint; a stale ``*.tmp`` directory is deleted at the next start.
+DeepSpeed's own ``latest`` file is not written (``save_latest=False``). Multi-node runs need the checkpoint directory
+on a filesystem every node sees (DeepSpeed needs that too).
 
 Queue state (DeCLIP's nearest-neighbour queue and the like): any submodule that overrides ``nn.Module``'s
 ``get_extra_state``/``set_extra_state`` has that state saved per rank and restored on resume, so a queue that differs
@@ -36,13 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from uniclip_plugin.errors import PluginError
+from uniclip_plugin.io import write_text_atomic
+
 LATEST = "LATEST"
 TAG_PREFIX = "step_"
 TMP_SUFFIX = ".tmp"
 META_FILE = "harness_meta.json"
 
 
-class CheckpointError(Exception):
+class CheckpointError(PluginError):
     """A checkpoint problem the user can fix (printed as one ``train.py: error:`` line)."""
 
 
@@ -138,15 +141,6 @@ def _to_cpu(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------- save/load
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def clean_stale(ckpt_dir: Path) -> list[str]:
     """Remove ``*.tmp`` checkpoint directories left by a run killed while saving (rank 0, before training)."""
     removed = []
@@ -194,11 +188,11 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, meta: dict, 
     barrier()  # every rank's files are complete before the checkpoint becomes visible
     final = ckpt_dir / tag
     if rank == 0:
-        _atomic_write_text(ckpt_dir / tmp_tag / META_FILE, json.dumps(full_meta, indent=2, default=str))
+        write_text_atomic(ckpt_dir / tmp_tag / META_FILE, json.dumps(full_meta, indent=2, default=str))
         if final.exists():  # the same step saved twice (a step save that is also an epoch end)
             shutil.rmtree(final)
         os.replace(ckpt_dir / tmp_tag, final)
-        _atomic_write_text(ckpt_dir / LATEST, tag + "\n")
+        write_text_atomic(ckpt_dir / LATEST, tag + "\n")
         if keep > 0:
             done = sorted(p for p in ckpt_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and not p.name.endswith(TMP_SUFFIX))
             for old in done[:-keep]:
@@ -234,7 +228,7 @@ def read_meta(ckpt_dir: Path, tag: str) -> dict:
 
 
 def check_compatible(meta: dict, current: dict) -> None:
-    """Refuse a resume DeepSpeed would reject with an obscure message (ECOSYSTEM.md D5, DeepSpeed #3810)."""
+    """Refuse a resume DeepSpeed would reject with an obscure message (docs/UPSTREAM.md D5, DeepSpeed #3810)."""
     if meta["world_size"] != current["world_size"]:
         raise CheckpointError(f"the checkpoint was written by {meta['world_size']} ranks and this run has "
                               f"{current['world_size']}; resume with {meta['world_size']} ranks (or convert it with "
@@ -305,14 +299,6 @@ def match_shapes(sd: dict[str, Any], reference: dict[str, torch.Tensor]) -> dict
             value = value.reshape(ref.shape)
         out[key] = value
     return out
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same directory, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def log_resume(meta: dict, ckpt: Path) -> None:

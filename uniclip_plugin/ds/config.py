@@ -1,12 +1,13 @@
-"""DeepSpeed config handling for ``harness/train.py``: load a JSON config, fill its ``"auto"`` fields from the CLI and
-check it before any process group exists, so a bad config fails as one line on rank 0 instead of a traceback per rank.
+"""DeepSpeed config handling for the trainer (``harness/train.py``): load a JSON config, fill its ``"auto"`` fields
+from the CLI and check it before any process group exists, so a bad config fails as one line on rank 0 instead of a
+traceback per rank.
 
 Rules (docs/DEEPSPEED.md):
 
 * ``"auto"`` batch fields come from ``--batch-size`` (per rank, open_clip_train's meaning) or ``--global-batch-size``;
   explicit values must agree with them and with the world size (``train_batch_size = micro × accumulation × world``).
 * ``gradient_clipping`` must be written in the config: DeepSpeed 0.19 defaults it to 1.0 while open_clip does not clip
-  (ECOSYSTEM.md D2, updates were silently scaled ×0.038). ``--grad-clip-norm`` overrides it.
+  (docs/UPSTREAM.md D2, updates were silently scaled ×0.038). ``--grad-clip-norm`` overrides it.
 * The optimizer must be ``AdamW``; its ``"auto"`` hyper-parameters come from ``--lr/--beta1/--beta2/--eps/--wd``.
   The harness passes open_clip_train's two parameter groups itself (no weight decay for gains, biases, logit scale).
 * No ``scheduler`` section: the harness drives the LR with open_clip_train's ``cosine_lr``/``const_lr``.
@@ -21,10 +22,12 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from uniclip_plugin.errors import PluginError
+
 AUTO = "auto"
 
 
-class ConfigError(Exception):
+class ConfigError(PluginError):
     """A DeepSpeed-config problem the user can fix; ``train.py`` prints it as one ``train.py: error:`` line."""
 
 
