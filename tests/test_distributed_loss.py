@@ -24,6 +24,9 @@ import importlib
 WORLD, B_LOCAL, V, D = 2, 4, 2, 8
 OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")  # = losses.mpnce.OBJECTIVES (asserted below)
 CHUNKS = (0, 3)  # unchunked and chunked (3 does not divide the 12 local rows)
+# the options that change which pairs count and how they are weighted (per-pair objectives)
+PAIR_OPTIONS = ({"text_positives": "caption"}, {"balance": "group", "group_weights": (1.0, 0.4)},
+                {"text_positives": "caption", "balance": "group", "group_weights": (0.6, 1.0)})
 
 
 def _inputs() -> tuple[torch.Tensor, ...]:
@@ -56,6 +59,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 results[f"{objective}/{chunk}"] = _run(
                     mpnce.universal_contrastive_loss, local, objective=objective, chunk_size=chunk, local_loss=True,
                     gather_with_grad=True, rank=rank, world_size=WORLD)
+        for i, options in enumerate(PAIR_OPTIONS):
+            for chunk in CHUNKS:
+                results[f"options{i}/{chunk}"] = _run(
+                    mpnce.universal_contrastive_loss, local, chunk_size=chunk, local_loss=True, gather_with_grad=True,
+                    rank=rank, world_size=WORLD, **options)
         # Rows = every gathered element (open_clip without --local-loss): each rank computes the global loss.
         results["global_rows"] = _run(mpnce.universal_contrastive_loss, local, local_loss=False, gather_with_grad=True,
                                       rank=rank, world_size=WORLD)
@@ -93,6 +101,15 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
                 assert _rel_err(torch.cat([g[k] for g in got]) / WORLD, want[k]) <= 1e-5, (objective, chunk, k)
             for k in (3, 4):  # scales, offsets: DDP's mean over ranks
                 assert _rel_err(sum(g[k] for g in got) / WORLD, want[k]) <= 1e-5, (objective, chunk, k)
+    for i, options in enumerate(PAIR_OPTIONS):
+        want = _run(universal_contrastive_loss, features, **options)
+        for chunk in CHUNKS:
+            got = [r[f"options{i}/{chunk}"] for r in ranks]
+            assert _rel_err(sum(g[0] for g in got) / WORLD, want[0]) <= 1e-5, (options, chunk)
+            for k in (1, 2):
+                assert _rel_err(torch.cat([g[k] for g in got]) / WORLD, want[k]) <= 1e-5, (options, chunk, k)
+            for k in (3, 4):
+                assert _rel_err(sum(g[k] for g in got) / WORLD, want[k]) <= 1e-5, (options, chunk, k)
     want = _run(universal_contrastive_loss, features)
     for r in ranks:
         assert _rel_err(r["global_rows"][0], want[0]) <= 1e-5        # every rank: the global loss

@@ -353,3 +353,98 @@ def test_bad_inputs_are_clear_errors() -> None:
         UniversalContrastiveLoss()(img, txt, None, logit_bias=torch.ones(3))
     with pytest.raises(RuntimeError, match="no initialised process group"):
         universal_contrastive_loss(img, txt, s, o, rank=0, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Caption-view positives and group-balanced MP-NCE (per-pair objectives)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def naive_pair_loss(img: torch.Tensor, txt: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, objective: str,
+                    text_positives: str, balance: str, weights: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """Loops from the definitions: positives are same-sample pairs, minus the text's pairs with views ≥ 1 when only
+    the caption view (view 0) pairs with the text; those pairs are then neither positive nor negative. ``count``:
+    mean over every positive pair; ``group``: w_it · mean over IT pairs + w_ii · mean over II pairs."""
+    b, v, _ = img.shape
+    elems = [(img[i, k], i, 0, k) for i in range(b) for k in range(v)] + [(txt[i], i, 1, 0) for i in range(b)]
+
+    def s(a: int, c: int) -> torch.Tensor:
+        (za, _, da, _), (zc, _, dc, _) = elems[a], elems[c]
+        return scales[da + dc] * (torch.dot(za, zc) - offsets[da + dc])
+
+    def pairs_with_text(a: int, c: int) -> bool:
+        (_, _, da, ka), (_, _, dc, kc) = elems[a], elems[c]
+        return da != dc and (text_positives == "all" or (ka if da == 0 else kc) == 0)
+
+    groups: dict[str, list[torch.Tensor]] = {"it": [], "ii": []}
+    for u, (_, iu, du, _) in enumerate(elems):
+        pos = [p for p, (_, ip, dp, _) in enumerate(elems)
+               if p != u and ip == iu and (du == dp == 0 or pairs_with_text(u, p))]
+        neg = [n for n, (_, i_n, _, _) in enumerate(elems) if i_n != iu]
+        for p in pos:
+            cands = neg if objective == "mpnce" else [n for n in neg if elems[n][2] == elems[p][2]]
+            term = -torch.log(torch.exp(s(u, p)) / (torch.exp(s(u, p)) + sum(torch.exp(s(u, n)) for n in cands)))
+            groups["it" if elems[p][2] != du else "ii"].append(term)
+    every = groups["it"] + groups["ii"]
+    if balance == "count":
+        loss = torch.stack(every).mean()
+    else:
+        loss = weights[0] * torch.stack(groups["it"]).mean()
+        if groups["ii"]:
+            loss = loss + weights[1] * torch.stack(groups["ii"]).mean()
+    out = {"loss": loss, "loss_it": torch.stack(groups["it"]).mean(),
+           "prob_it": torch.stack([torch.exp(-t) for t in groups["it"]]).mean()}
+    if groups["ii"]:
+        out.update(loss_ii=torch.stack(groups["ii"]).mean(),
+                   prob_ii=torch.stack([torch.exp(-t) for t in groups["ii"]]).mean())
+    return out
+
+
+@pytest.mark.parametrize("objective", ["mpnce", "infonce"])
+@pytest.mark.parametrize("views", [1, 2, 3])
+@pytest.mark.parametrize("text_positives", ["all", "caption"])
+@pytest.mark.parametrize("balance", ["count", "group"])
+def test_caption_positives_and_group_balance_match_the_naive_reference(objective: str, views: int,
+                                                                        text_positives: str, balance: str) -> None:
+    for seed in range(3):
+        img, txt = _features(4, views, 6, seed)
+        scales, offsets = _params(True, seed)
+        weights = (1.0, 0.5) if seed % 2 else (0.7, 1.3)
+        want = naive_pair_loss(img, txt, scales, offsets, objective, text_positives, balance, weights)
+        for chunk in (0, 5):
+            got = universal_contrastive_loss(img, txt, scales, offsets, objective=objective, chunk_size=chunk,
+                                             text_positives=text_positives, balance=balance, group_weights=weights)
+            assert abs(got["contrastive_loss"].item() - want["loss"].item()) <= 1e-10, (seed, chunk)
+            for key in ("loss_it", "prob_it", "loss_ii", "prob_ii"):
+                assert (key in got) == (key in want), key
+                if key in want:
+                    assert abs(got[key].item() - want[key].item()) <= 1e-6, (key, seed, chunk)
+
+
+@pytest.mark.parametrize("chunk", [0, 4], ids=["unchunked", "chunked"])
+def test_gradcheck_of_caption_positives_and_group_balance(chunk: int) -> None:
+    img, txt = _features(3, 3, 4, seed=5)
+    scales, offsets = _params(True, 5)
+    inputs = tuple(t.clone().requires_grad_() for t in (img, txt, scales, offsets))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, d: _loss(a, b, c, d, chunk_size=chunk, text_positives="caption", balance="group",
+                                 group_weights=(1.0, 0.3)), inputs)
+
+
+def test_the_paper_settings_are_the_defaults_and_equal_the_count_weighted_mean() -> None:
+    img, txt = _features(5, 2, 8, seed=2)
+    scales, offsets = _params(True, 2)
+    default = _loss(img, txt, scales, offsets)
+    explicit = _loss(img, txt, scales, offsets, text_positives="all", balance="count")
+    assert torch.equal(default, explicit)
+
+
+def test_new_options_are_refused_where_they_have_no_meaning() -> None:
+    img, txt = _features(3, 2, 4, seed=1)
+    scales, offsets = _params(True, 1)
+    for objective in ("supcon", "milnce"):
+        with pytest.raises(ValueError, match="per-pair objective"):
+            _loss(img, txt, scales, offsets, objective=objective, balance="group")
+    with pytest.raises(ValueError, match="text_positives"):
+        UniversalContrastiveLoss(text_positives="first")
+    with pytest.raises(ValueError, match="group_weights"):
+        UniversalContrastiveLoss(balance="group", group_weights=(0.0, 0.0))

@@ -1,4 +1,4 @@
-r"""MP-NCE over the universal image+text space (UniCLIP, PAPER.md §1.2) and its ablation objectives.
+r"""MP-NCE over the universal image+text space (UniCLIP, docs/METHODS.md §UniCLIP.2) and its ablation objectives.
 
 Universal set U: every image view and every text of the global batch, ``M = (V+1)·N`` elements for N samples with V
 views each (ordering in ``similarity.py``). For an anchor u of sample i:
@@ -26,8 +26,8 @@ II / IT / TT) and ``𝒫 = {(u, p) : u ∈ rows, p ∈ P(u)}`` the ordered posit
 
 Rows and columns: the columns are always the gathered global set; the rows are this rank's elements
 (``local_loss`` or one process), else every gathered element. Memory is therefore ``(V+1)·B_local × M`` logits, never
-``M × M`` (USERS.md P14). Every rank has the same number of pairs, so the mean over ranks of the local losses is the
-global loss.
+``M × M`` (docs/UPSTREAM.md P14). Every rank has the same number of pairs, so the mean over ranks of the local losses is
+the global loss.
 
 Chunked path (``chunk_size > 0``): rows are processed in chunks inside one custom autograd Function that computes each
 chunk's loss *and its gradient* in the forward pass (closed-form ``∂ℓ/∂s``, then the similarity's backward on that
@@ -38,6 +38,7 @@ gradients are checked against autograd of the unchunked path in tests/test_mpnce
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -51,6 +52,8 @@ from ..similarity import PAIR_II, PAIR_IT, PAIR_TT, SIMILARITY_FORMS, domain_log
 
 OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")
 _PAIR_OBJECTIVES = ("mpnce", "infonce")  # averaged over positive pairs; the others over anchors
+TEXT_POSITIVES = ("all", "caption")      # the text's positives: every view (the paper) or view 0, the caption view
+BALANCES = ("count", "group")            # mean over all positive pairs (the paper) or per group (IT, II), weighted
 _NEG_INF = float("-inf")
 
 
@@ -65,6 +68,9 @@ class _Block:
     pos_idx: torch.Tensor       # [c, V] columns of its positives (same sample, not self)
     pos_is_text: torch.Tensor   # [c, V] bool: positive is a text
     text_from: int              # first text row of the block (rows are image views, then texts)
+    pos_coef: torch.Tensor      # [c, V] weight of each positive pair in the loss (0: not a positive, see _Layout)
+    pos_is_it: torch.Tensor     # [c, V] bool: an image–text positive pair
+    pos_is_ii: torch.Tensor     # [c, V] bool: an image–image positive pair
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,17 @@ class _Layout:
     row_batch: int
     row_offset: int
     col_batch: int
+    text_views: int = 0             # views 0..text_views-1 pair with the text (0: every view)
+    coef_it: float = 1.0            # weight of one image–text positive pair (pair objectives)
+    coef_ii: float = 1.0            # weight of one image–image positive pair
+
+    @property
+    def caption_views(self) -> int:
+        return self.text_views or self.views
+
+    def pair_counts(self) -> tuple[int, int]:
+        """(image–text, image–image) ordered positive pairs of the rows: 2·N·T and N·V·(V−1) for N row samples."""
+        return 2 * self.row_batch * self.caption_views, self.row_batch * self.views * (self.views - 1)
 
     @property
     def rows(self) -> int:
@@ -95,8 +112,18 @@ class _Layout:
         self_pos = torch.where(is_text, torch.full_like(r, v), r % v)                             # [c]
         keep = torch.arange(v + 1, device=device)[None, :] != self_pos[:, None]                   # V per row
         pos = same[keep].view(stop - start, v)
-        return _Block(same, same.gather(1, self_pos[:, None]), pos, pos >= self.image_cols,
-                      min(max(image_rows - start, 0), stop - start))
+        pos_is_text = pos >= self.image_cols
+        # image–text pairs: an image row's text slot (the last), or any slot of a text row
+        slot = torch.arange(v, device=device)[None, :]
+        is_it = pos_is_text | is_text[:, None]
+        # which image view the IT pair involves: the row's own view, or the slot's view for text rows
+        view_of_pair = torch.where(is_text[:, None], slot, (r % v)[:, None])
+        valid = ~is_it | (view_of_pair < self.caption_views)
+        # float64 (a Python-float where() would give float32: 1/N off by 1e-7); cast to the logits' dtype at use
+        coef = torch.where(is_it, torch.tensor(self.coef_it, dtype=torch.float64, device=device),
+                           torch.tensor(self.coef_ii, dtype=torch.float64, device=device)) * valid
+        return _Block(same, same.gather(1, self_pos[:, None]), pos, pos_is_text,
+                      min(max(image_rows - start, 0), stop - start), coef, is_it & valid, ~is_it)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -143,25 +170,38 @@ def _pair_lse(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str
     return filled, torch.where(blk.pos_is_text, lse_txt[:, None], lse_img[:, None]), (lse_img, lse_txt)
 
 
-def _block_loss(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool) -> torch.Tensor:
-    """Sum over the block of the per-pair (mpnce, infonce) or per-anchor (supcon, milnce) losses; differentiable."""
+@torch.no_grad()
+def _pair_stats(margin: torch.Tensor, blk: _Block) -> torch.Tensor:
+    """``[Σ ℓ over IT pairs, Σ ℓ over II pairs, Σ p over IT pairs, Σ p over II pairs]`` of a block, with the pair
+    loss ``ℓ = softplus(margin)`` and the positive's probability ``p = σ(−margin) = e^{−ℓ}``."""
+    loss, prob = F.softplus(margin), torch.sigmoid(-margin)
+    it, ii = blk.pos_is_it.to(margin.dtype), blk.pos_is_ii.to(margin.dtype)
+    return torch.stack([(loss * it).sum(), (loss * ii).sum(), (prob * it).sum(), (prob * ii).sum()])
+
+
+def _block_loss(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Sum over the block of the per-pair (mpnce, infonce, weighted by the pair coefficients) or per-anchor (supcon,
+    milnce) losses, differentiable; and the pair objectives' detached group statistics (``_pair_stats``)."""
     pos = logits.gather(1, blk.pos_idx)                                                        # [c, V]
-    if objective in _PAIR_OBJECTIVES:
+    if objective in _PAIR_OBJECTIVES:  # Σ coef · ℓ: the coefficients already hold the normalisation
         _, lse, _ = _pair_lse(logits, blk, layout, objective, tt)
-        return F.softplus(lse - pos).sum()
+        margin = lse - pos
+        return (blk.pos_coef.to(margin.dtype) * F.softplus(margin)).sum(), _pair_stats(margin.detach(), blk)
     log_denom = torch.logsumexp(_excluded(logits, blk.self_idx, blk, layout, tt), dim=1)      # [c], never empty
     if objective == "supcon":
-        return (log_denom - pos.mean(dim=1)).sum()
-    return (log_denom - torch.logsumexp(pos, dim=1)).sum()                                     # milnce
+        return (log_denom - pos.mean(dim=1)).sum(), None
+    return (log_denom - torch.logsumexp(pos, dim=1)).sum(), None                               # milnce
 
 
 @torch.no_grad()
 def _block_loss_and_grad(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Σ losses of the block, ∂Σ/∂logits [c, M])`` in closed form.
+                         ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(Σ losses of the block, ∂Σ/∂logits [c, M], group statistics or None)`` in closed form.
 
     With ``λ`` a logsumexp over a candidate set S and ``σ`` the sigmoid:
-    mpnce/infonce ``∂/∂s_up = −σ(λ_up − s_up)``, ``∂/∂s_un = Σ_{p: n competes with p} σ(λ_up − s_up)·e^{s_un − λ_up}``;
+    mpnce/infonce (pair coefficient c_up) ``∂/∂s_up = −c_up σ(λ_up − s_up)``,
+    ``∂/∂s_un = Σ_{p: n competes with p} c_up σ(λ_up − s_up)·e^{s_un − λ_up}``;
     supcon ``∂/∂s_ua = e^{s_ua − λ_u} − 1{a∈P(u)}/|P(u)|``;
     milnce ``∂/∂s_ua = e^{s_ua − λ_u} − 1{a∈P(u)}·softmax_P(s_u)_a``.
     """
@@ -170,7 +210,7 @@ def _block_loss_and_grad(logits: torch.Tensor, blk: _Block, layout: _Layout, obj
     if objective in _PAIR_OBJECTIVES:
         grad, lse, per_domain = _pair_lse(logits, blk, layout, objective, tt)                 # grad: a fresh copy
         margin = lse - pos
-        weight = torch.sigmoid(margin)                                                         # [c, V]
+        weight = torch.sigmoid(margin) * blk.pos_coef.to(margin.dtype)                                          # [c, V]
         if per_domain is None:  # mpnce: one competing set per anchor
             grad.sub_(lse[:, :1].clamp(min=tiny)).exp_().mul_(weight.sum(dim=1, keepdim=True))
         else:                   # infonce: the image-domain and text-domain softmaxes of the anchor
@@ -179,16 +219,16 @@ def _block_loss_and_grad(logits: torch.Tensor, blk: _Block, layout: _Layout, obj
                 part = grad[:, cols]
                 part.sub_(lse_d[:, None].clamp(min=tiny)).exp_().mul_((weight * is_d).sum(dim=1, keepdim=True))
         grad.scatter_add_(1, blk.pos_idx, -weight)
-        return F.softplus(margin).sum(), grad
+        return (blk.pos_coef.to(margin.dtype) * F.softplus(margin)).sum(), grad, _pair_stats(margin, blk)
     grad = _excluded(logits, blk.self_idx, blk, layout, tt)
     log_denom = torch.logsumexp(grad, dim=1)                                                   # [c]
     grad.sub_(log_denom[:, None]).exp_()                                                       # softmax over A(u)
     if objective == "supcon":
         grad.scatter_add_(1, blk.pos_idx, torch.full_like(pos, -1.0 / layout.views))
-        return (log_denom - pos.mean(dim=1)).sum(), grad
+        return (log_denom - pos.mean(dim=1)).sum(), grad, None
     log_pos = torch.logsumexp(pos, dim=1)                                                      # milnce
     grad.scatter_add_(1, blk.pos_idx, -(pos - log_pos[:, None]).exp())
-    return (log_denom - log_pos).sum(), grad
+    return (log_denom - log_pos).sum(), grad, None
 
 
 @dataclass(frozen=True)
@@ -229,15 +269,18 @@ class _ChunkedLoss(torch.autograd.Function):
         d_cols = torch.zeros_like(cols) if need_cols else None
         d_slope_t, d_icpt_t = torch.zeros_like(slope_t), torch.zeros_like(icpt_t)
         total = torch.zeros((), dtype=dtype, device=z_rows.device)
+        stats = torch.zeros(4, dtype=dtype, device=z_rows.device)
         rows = z_rows.shape[0]
         for start in range(0, rows, spec.chunk_size):
             stop = min(start + spec.chunk_size, rows)
             chunk = z_rows[start:stop].detach().to(dtype)                                        # [c, D]
             logits = domain_logits(chunk, dom_rows[start:stop], cols, dom_cols, sc.detach(), of.detach(), spec.form)
-            value, grad = _block_loss_and_grad(logits, layout.block(start, stop, z_rows.device), layout,
-                                               spec.objective, spec.text_text_negatives)
+            value, grad, block_stats = _block_loss_and_grad(logits, layout.block(start, stop, z_rows.device), layout,
+                                                            spec.objective, spec.text_text_negatives)
             del logits
             total += value
+            if block_stats is not None:
+                stats += block_stats
             if not (need_rows or need_cols or need_params):
                 continue
             d_slope = chunk.new_zeros(stop - start, 2)                                           # per row, per b
@@ -263,11 +306,12 @@ class _ChunkedLoss(torch.autograd.Function):
             d_sc = torch.zeros_like(sc) if d_sc is None else d_sc
             d_of = torch.zeros_like(of) if d_of is None else d_of
         ctx.save_for_backward(d_rows, d_cols, d_sc if need_sc else None, d_of if need_of else None)
-        return total
+        ctx.mark_non_differentiable(stats)
+        return total, stats
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_total: torch.Tensor, _grad_stats: Any) -> tuple[Optional[torch.Tensor], ...]:
         grads = tuple(None if g is None else (grad_total * g).to(dtype)
                       for g, dtype in zip(ctx.saved_tensors, ctx.dtypes))
         return (*grads, None, None, None, None)
@@ -277,7 +321,9 @@ class _ChunkedLoss(torch.autograd.Function):
 # Public API
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _check_options(objective: str, similarity_form: str, chunk_size: int, rank: int, world_size: int) -> None:
+def _check_options(objective: str, similarity_form: str, chunk_size: int, rank: int, world_size: int,
+                   text_positives: str = "all", balance: str = "count",
+                   group_weights: tuple[float, float] = (1.0, 1.0)) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if similarity_form not in SIMILARITY_FORMS:
@@ -286,6 +332,39 @@ def _check_options(objective: str, similarity_form: str, chunk_size: int, rank: 
         raise ValueError(f"chunk_size must be an int ≥ 0 (0 = unchunked), got {chunk_size!r}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
+    if text_positives not in TEXT_POSITIVES:
+        raise ValueError(f"text_positives must be one of {TEXT_POSITIVES}, got {text_positives!r}")
+    if balance not in BALANCES:
+        raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+    if len(group_weights) != 2 or min(group_weights) < 0 or sum(group_weights) <= 0:
+        raise ValueError(f"group_weights must be two weights ≥ 0 (image–text, image–image), not both 0, got "
+                         f"{group_weights!r}")
+    if objective not in _PAIR_OBJECTIVES and (text_positives != "all" or balance != "count"):
+        raise ValueError(f"text_positives={text_positives!r} and balance={balance!r} need a per-pair objective "
+                         f"{_PAIR_OBJECTIVES}; {objective} averages over anchors with every view a positive")
+
+
+def _with_coefficients(layout: _Layout, text_positives: str, balance: str,
+                       group_weights: tuple[float, float]) -> _Layout:
+    """The layout with the caption views and the weight of one pair of each group: ``1/(all pairs)`` for ``count``
+    (the mean over positive pairs), ``w_g/(pairs of g)`` for ``group`` (each group's mean, then weighted)."""
+    layout = dataclasses.replace(layout, text_views=1 if text_positives == "caption" else 0)
+    n_it, n_ii = layout.pair_counts()
+    if balance == "count":
+        return dataclasses.replace(layout, coef_it=1.0 / (n_it + n_ii), coef_ii=1.0 / (n_it + n_ii))
+    w_it, w_ii = group_weights
+    return dataclasses.replace(layout, coef_it=w_it / n_it, coef_ii=w_ii / n_ii if n_ii else 0.0)
+
+
+def _group_metrics(stats: Optional[torch.Tensor], layout: _Layout) -> dict[str, torch.Tensor]:
+    """Each group's mean pair loss and mean positive probability, over this call's rows."""
+    if stats is None:
+        return {}
+    n_it, n_ii = layout.pair_counts()
+    out = {"loss_it": stats[0] / n_it, "prob_it": stats[2] / n_it}
+    if n_ii:
+        out.update(loss_ii=stats[1] / n_ii, prob_ii=stats[3] / n_ii)
+    return {k: v.detach().float() for k, v in out.items()}
 
 
 def _check_inputs(image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor,
@@ -325,11 +404,26 @@ def _metrics(image_features: torch.Tensor, text_features: torch.Tensor, scales: 
     return out
 
 
+def _rows_and_layout(image_features: torch.Tensor, text_features: torch.Tensor, z_cols: torch.Tensor,
+                     dom_cols: torch.Tensor, local_loss: bool, rank: int, world_size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, _Layout]:
+    """This call's row elements and the row/column layout (one process, local rows, or every gathered row)."""
+    batch, views, _ = image_features.shape
+    global_batch = z_cols.shape[0] // (views + 1)
+    if world_size == 1:
+        return z_cols, dom_cols, _Layout(views, batch, 0, batch)
+    if local_loss:
+        z_rows, _, dom_rows = universal_embeddings(image_features, text_features)        # [(V+1)·B, D]
+        return z_rows, dom_rows, _Layout(views, batch, rank * batch, global_batch)
+    return z_cols, dom_cols, _Layout(views, global_batch, 0, global_batch)
+
+
 def universal_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor,
                                offsets: torch.Tensor, *, objective: str = "mpnce", text_text_negatives: bool = True,
                                similarity_form: str = "shift_scale", chunk_size: int = 0, local_loss: bool = True,
-                               gather_with_grad: bool = True, rank: int = 0, world_size: int = 1
-                               ) -> dict[str, torch.Tensor]:
+                               gather_with_grad: bool = True, rank: int = 0, world_size: int = 1,
+                               text_positives: str = "all", balance: str = "count",
+                               group_weights: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
     """MP-NCE (or an ablation objective) over the universal space; the equations are in the module docstring.
 
     Args:
@@ -345,39 +439,41 @@ def universal_contrastive_loss(image_features: torch.Tensor, text_features: torc
             only matters when ``world_size > 1``.
         gather_with_grad: differentiable all-gather (needed for the exact global-batch gradient).
         rank: this process's rank; world_size: number of ranks (1 = no gather).
+        text_positives: ``all`` (the paper: every view is a positive of its text) or ``caption`` (only view 0, the
+            caption view; the other views of the sample are then neither positives nor negatives of the text).
+        balance: ``count`` (the paper: the mean over all positive pairs) or ``group`` (the mean over the image–text
+            pairs and the mean over the image–image pairs, combined with ``group_weights``). Pair objectives only.
+        group_weights: ``(w_it, w_ii)`` of ``balance="group"``.
 
     Returns:
         ``{"contrastive_loss": scalar float32 (float64 for float64 features)}`` plus detached metrics, none ending in
-        ``_loss``: ``pos_cos_it``, ``pos_cos_ii`` (V ≥ 2 only), ``scale_{ii,it,tt}``, ``offset_{ii,it,tt}``.
+        ``_loss``: ``pos_cos_it``, ``pos_cos_ii`` (V ≥ 2 only), ``scale_{ii,it,tt}``, ``offset_{ii,it,tt}`` and, for
+        the pair objectives, each group's mean pair loss and positive probability ``loss_it``, ``prob_it``,
+        ``loss_ii``, ``prob_ii`` (over this call's rows).
 
     Raises:
         ValueError: malformed shapes, V < 1, or an unknown option (the message names the valid choices).
     """
-    _check_options(objective, similarity_form, chunk_size, rank, world_size)
+    _check_options(objective, similarity_form, chunk_size, rank, world_size, text_positives, balance, group_weights)
     _check_inputs(image_features, text_features, scales, offsets)
-    batch, views, _ = image_features.shape
     all_img, all_txt = gather_universal(image_features, text_features, rank=rank, world_size=world_size,
                                         gather_with_grad=gather_with_grad)
-    global_batch = all_img.shape[0]
     z_cols, _, dom_cols = universal_embeddings(all_img, all_txt)                         # [M, D], [M]
-    if world_size == 1:
-        z_rows, dom_rows, layout = z_cols, dom_cols, _Layout(views, batch, 0, batch)
-    elif local_loss:
-        z_rows, _, dom_rows = universal_embeddings(image_features, text_features)        # [(V+1)·B, D]
-        layout = _Layout(views, batch, rank * batch, global_batch)
-    else:
-        z_rows, dom_rows, layout = z_cols, dom_cols, _Layout(views, global_batch, 0, global_batch)
+    z_rows, dom_rows, layout = _rows_and_layout(image_features, text_features, z_cols, dom_cols, local_loss, rank,
+                                                world_size)
+    layout = _with_coefficients(layout, text_positives, balance, group_weights)
     spec = _Spec(objective, text_text_negatives, similarity_form, chunk_size)
     with torch.autocast(device_type=z_rows.device.type, enabled=False):  # float32 logsumexp/softplus under AMP
         if chunk_size > 0:
-            total = _ChunkedLoss.apply(z_rows, z_cols, scales, offsets, dom_rows, dom_cols, layout, spec)
+            total, stats = _ChunkedLoss.apply(z_rows, z_cols, scales, offsets, dom_rows, dom_cols, layout, spec)
+            stats = stats if objective in _PAIR_OBJECTIVES else None
         else:
             logits = domain_logits(z_rows, dom_rows, z_cols, dom_cols, scales, offsets, similarity_form)  # [R, M]
-            total = _block_loss(logits, layout.block(0, layout.rows, z_rows.device), layout, objective,
-                                text_text_negatives)
+            total, stats = _block_loss(logits, layout.block(0, layout.rows, z_rows.device), layout, objective,
+                                       text_text_negatives)
         metrics = _metrics(image_features, text_features, scales, offsets)
-    count = layout.rows * views if objective in _PAIR_OBJECTIVES else layout.rows
-    return {"contrastive_loss": total / count, **metrics}
+    loss = total if objective in _PAIR_OBJECTIVES else total / layout.rows  # pair coefficients hold the mean
+    return {"contrastive_loss": loss, **metrics, **_group_metrics(stats, layout)}
 
 
 class UniversalContrastiveLoss(nn.Module):
@@ -396,12 +492,15 @@ class UniversalContrastiveLoss(nn.Module):
 
     def __init__(self, objective: str = "mpnce", text_text_negatives: bool = True, similarity_form: str = "shift_scale",
                  chunk_size: int = 0, local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, text_positives: str = "all", balance: str = "count",
+                 group_weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
-        _check_options(objective, similarity_form, chunk_size, rank, world_size)
+        group_weights = tuple(float(w) for w in group_weights)  # type: ignore[assignment]
+        _check_options(objective, similarity_form, chunk_size, rank, world_size, text_positives, balance, group_weights)
         self.objective, self.text_text_negatives, self.similarity_form = objective, text_text_negatives, similarity_form
         self.chunk_size, self.local_loss, self.gather_with_grad = chunk_size, local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
+        self.text_positives, self.balance, self.group_weights = text_positives, balance, group_weights
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: Optional[torch.Tensor],
                 logit_bias: torch.Tensor, output_dict: bool = False, **_: Any) -> Any:
@@ -414,11 +513,13 @@ class UniversalContrastiveLoss(nn.Module):
             image_features, text_features, logit_bias[0], logit_bias[1], objective=self.objective,
             text_text_negatives=self.text_text_negatives, similarity_form=self.similarity_form,
             chunk_size=self.chunk_size, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
-            rank=self.rank, world_size=self.world_size)
+            rank=self.rank, world_size=self.world_size, text_positives=self.text_positives, balance=self.balance,
+            group_weights=self.group_weights)
         return out if output_dict else out["contrastive_loss"]
 
     def extra_repr(self) -> str:
         return (f"objective={self.objective!r}, text_text_negatives={self.text_text_negatives}, "
                 f"similarity_form={self.similarity_form!r}, chunk_size={self.chunk_size}, "
                 f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
-                f"rank={self.rank}, world_size={self.world_size}")
+                f"rank={self.rank}, world_size={self.world_size}, text_positives={self.text_positives!r}, "
+                f"balance={self.balance!r}, group_weights={self.group_weights}")

@@ -106,7 +106,6 @@ class SLIP(CLIP):
         self.slip_cfg = cfg
         self.vision_width = _check_vision_tower(self.visual)
         self.image_mlp = build_ssl_head(self.vision_width, cfg.ssl_mlp_dim, cfg.ssl_emb_dim)
-        # An nn.Module named ``views``: the CLI then feeds whole images (cli._whole_image_train_transform).
         self.views = nn.ModuleDict({"clip": InForwardViews(cfg.clip_view_preset),
                                     "ssl": InForwardViews(cfg.ssl_view_preset)})
 
