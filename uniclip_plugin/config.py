@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Optional, TypeVar, Union
 
 from .errors import PluginError
 from .similarity import SIMILARITY_FORMS
@@ -36,30 +36,70 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
+AUG_FUSIONS = ("concat", "add", "film")
+EVAL_AUG_PARAMS = ("identity", "caption_mean")
+TT_OFFSETS = ("learned", "fixed")
+
+
 @dataclass(frozen=True)
 class UniCLIPCfg:
-    """UniCLIP's parts (docs/DESIGN.md, "How the pieces map to the paper"); every switch is an ablation of the paper's
-    design."""
+    """UniCLIP's parts (docs/METHODS.md §UniCLIP); every switch is an ablation of the paper's design."""
 
     views: int = 2                      # V image views per sample in training; V=1 drops image–image pairs
-    view_preset: str = "simclr"         # augmentation strengths (views.VIEW_PRESETS)
+    view_preset: str = "simclr"         # augmentation strengths of every view (views.VIEW_PRESETS)
+    # one preset per view instead (length V), e.g. ("clip", "simclr"): view 0 a caption view, view 1 a strong view
+    view_presets: Optional[tuple[str, ...]] = None
+    # side of the image the loader gives for training (resize + centre crop, no random crop); the views are cut from
+    # it and rendered at the model's input size. 0: the input size (views re-sampled from the shrunk image)
+    source_size: int = 0
     aug_embed: bool = True              # augmentation-aware embedding (False: views embed like plain CLIP)
-    aug_fusion: str = "concat"          # "concat": W[h; e(a)]  |  "add": h + e(a)
+    # "concat": z = W[h; e(a)] | "add": z = h + e(a) | "film": z = h·(1 + γ(a)) + β(a), [γ; β] = e(a)
+    aug_fusion: str = "concat"
     aug_hidden: int = 256               # hidden width of the augmentation-encoder MLP
+    # parameters fed to the augmentation embedding at evaluation: the identity view, or the mean parameters of the
+    # caption view's preset (view 0's)
+    eval_aug_params: str = "identity"
     domain_similarity: bool = True      # one scale and offset per domain pair (II, IT, TT); False: one shared pair
-    init_temperature: float = 0.07      # τ at init for every domain pair (scale = 1/τ)
+    # τ at init (scale = 1/τ): one value for every domain pair, or three (II, IT, TT)
+    init_temperature: Union[float, tuple[float, ...]] = 0.07
     init_offset: float = 0.0            # offset b at init for every domain pair
+    offset_bound: float = 0.0           # offsets confined to (−bound, bound) by bound·tanh; 0: unbounded
+    # "fixed": the text–text offset stays at init (text–text pairs are never positive, nothing pulls it back)
+    tt_offset: str = "learned"
     # how scale and offset make a similarity: "shift_scale" s = scale·(cos − b) | "scale_shift" s = scale·cos − b; the
     # loss takes the same value (one flag, --similarity-form, sets both)
     similarity_form: str = "shift_scale"
 
     def __post_init__(self) -> None:
+        _check_choice("aug_fusion", self.aug_fusion, AUG_FUSIONS)
+        _check_choice("similarity_form", self.similarity_form, SIMILARITY_FORMS)
+        _check_choice("eval_aug_params", self.eval_aug_params, EVAL_AUG_PARAMS)
+        _check_choice("tt_offset", self.tt_offset, TT_OFFSETS)
         if self.views < 1:
             raise PluginError(f"uniclip_cfg.views must be ≥ 1, got {self.views}")
-        if self.aug_fusion not in ("concat", "add"):
-            raise PluginError(f"uniclip_cfg.aug_fusion must be 'concat' or 'add', got {self.aug_fusion!r}")
-        if self.similarity_form not in SIMILARITY_FORMS:
-            raise PluginError(f"uniclip_cfg.similarity_form must be one of {SIMILARITY_FORMS}, got "
-                              f"{self.similarity_form!r}")
-        if not 0 < self.init_temperature:
-            raise PluginError(f"uniclip_cfg.init_temperature must be > 0, got {self.init_temperature}")
+        if self.view_presets is not None and len(self.view_presets) != self.views:
+            raise PluginError(f"uniclip_cfg.view_presets names {len(self.view_presets)} presets for {self.views} "
+                              f"views; give one per view")
+        temps = self.temperatures()
+        if len(temps) != 3 or min(temps) <= 0:
+            raise PluginError(f"uniclip_cfg.init_temperature must be one value > 0 or three (II, IT, TT), got "
+                              f"{self.init_temperature}")
+        if self.source_size < 0 or self.offset_bound < 0:
+            raise PluginError("uniclip_cfg.source_size and offset_bound must be ≥ 0 (0: off)")
+        if self.offset_bound and abs(self.init_offset) >= self.offset_bound:
+            raise PluginError(f"uniclip_cfg.init_offset {self.init_offset} must lie inside ±offset_bound "
+                              f"{self.offset_bound}")
+
+    def temperatures(self) -> tuple[float, ...]:
+        """τ at init per domain pair (II, IT, TT)."""
+        t = self.init_temperature
+        return (float(t),) * 3 if isinstance(t, (int, float)) else tuple(float(v) for v in t)
+
+    def presets(self) -> tuple[str, ...]:
+        """The preset of each view."""
+        return self.view_presets or (self.view_preset,) * self.views
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PluginError(f"uniclip_cfg.{key} must be one of {choices}, got {value!r}")

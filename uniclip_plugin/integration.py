@@ -50,6 +50,11 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", default="clip", choices=registry.list_methods(),
                         help="training objective (default clip): " + "; ".join(
                             f"{n}: {registry.get_method(n).description}" for n in registry.list_methods()))
+    in_forward = [n for n in registry.list_methods() if registry.get_method(n).whole_image_input]
+    views = parser.add_argument_group(f"views rendered in forward ({', '.join(in_forward)})")
+    views.add_argument("--view-source-size", type=int, default=None, metavar="PX",
+                       help="side of the training image the views are cut from (resize + centre crop; the views are "
+                            "rendered at the model's input size); default: the model config's, else the input size")
     for name in registry.list_methods():
         spec = registry.get_method(name)
         if spec.add_arguments is not None:
@@ -138,10 +143,15 @@ def prepare(args: argparse.Namespace, *, rank: Optional[int] = None, world_size:
     spec = registry.get_method(args.loss)
     check_flags(spec, args)
     kwargs: dict[str, Any] = {}
-    if spec.marker is not None and spec.model_overrides is not None:
-        overrides = spec.model_overrides(args)
-        if overrides:
-            kwargs[spec.marker] = overrides
+    overrides = spec.model_overrides(args) if spec.model_overrides is not None else {}
+    source = getattr(args, "view_source_size", None)
+    if source is not None:
+        if not spec.whole_image_input:
+            raise PluginError(f"--view-source-size is for methods that render views in forward, not --loss "
+                              f"{spec.name}")
+        overrides["source_size"] = source
+    if spec.marker is not None and overrides:
+        kwargs[spec.marker] = overrides
     if spec.model_kwargs is not None:
         kwargs.update(spec.model_kwargs(args))
     setup = Setup(spec, args, kwargs)
@@ -162,19 +172,23 @@ def merge_model_kwargs(setup: Optional[Setup], kwargs: dict[str, Any]) -> dict[s
     return merged
 
 
-def whole_image_transforms(model_name: str, setup: Optional[Setup], transforms: tuple[Any, Any],
-                           aug_cfg: Any = None) -> tuple[Any, Any]:
-    """``(train, val)`` transforms: models that render their views in forward get the whole image for training too
-    (open_clip's random crop would crop before the views do), unless the user set ``--aug-cfg``."""
-    from . import factory
-    spec = setup.spec if setup is not None else None
-    cfg = factory.plugin_model_config(model_name)
-    if spec is None and cfg is not None:
-        spec = registry.method_for_marker(registry.marker_of(cfg))
+def whole_image_transforms(model: nn.Module, transforms: tuple[Any, Any], aug_cfg: Any = None) -> tuple[Any, Any]:
+    """``(train, val)`` transforms. Models that render their views in forward (``view_source_size``) get the whole
+    image for training, not open_clip's random crop: resized and centre-cropped to their source size (the input
+    size unless set larger, then the views are cut from the larger image), unless the user set ``--aug-cfg``."""
     train, val = transforms
-    if spec is not None and spec.whole_image_input and cfg is not None and not aug_cfg:
-        train = val
-    return train, val
+    source = getattr(model, "view_source_size", None)
+    if source is None or aug_cfg:
+        return train, val
+    if _side(source) == _side(model.visual.image_size):
+        return val, val
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    cfg = PreprocessCfg(**{**model.visual.preprocess_cfg, "size": _side(source)})
+    return image_transform_v2(cfg, is_train=False), val
+
+
+def _side(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def create_model_and_transforms(model_name: str, setup: Optional[Setup] = None, **kwargs: Any) -> tuple[Any, Any, Any]:
@@ -184,7 +198,7 @@ def create_model_and_transforms(model_name: str, setup: Optional[Setup] = None, 
     register()
     import open_clip
     model, train, val = open_clip.create_model_and_transforms(model_name, **merge_model_kwargs(setup, kwargs))
-    train, val = whole_image_transforms(model_name, setup, (train, val), kwargs.get("aug_cfg"))
+    train, val = whole_image_transforms(model, (train, val), kwargs.get("aug_cfg"))
     return model, train, val
 
 
@@ -208,7 +222,7 @@ def install_open_clip_train_hooks(setup: Setup, log_every: Callable[[argparse.Na
     def create_model_and_transforms(model_name: str, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
         model, train, val = upstream_create_model_and_transforms(model_name, *args,
                                                                  **merge_model_kwargs(setup, kwargs))
-        train, val = whole_image_transforms(model_name, setup, (train, val), kwargs.get("aug_cfg"))
+        train, val = whole_image_transforms(model, (train, val), kwargs.get("aug_cfg"))
         return model, train, val
 
     ocm.create_loss = create_loss

@@ -81,6 +81,8 @@ VIEW_PRESETS: dict[str, ViewAugCfg] = {
     "clip_weak": ViewAugCfg(crop_scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0),  # SLIP CLIP view
     "none": ViewAugCfg(crop_scale=(1.0, 1.0), crop_ratio=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0,
                        blur_p=0.0),                 # identity: whole image (any aspect), nothing else
+    # a caption view: open_clip's train transform (RandomResizedCrop scale 0.9–1, ratio 3/4–4/3), nothing else
+    "clip": ViewAugCfg(crop_scale=(0.9, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0),
 }
 
 
@@ -373,16 +375,19 @@ class MultiViewAugment(nn.Module):
     Holds no parameters; ``mean`` / ``std`` are non-persistent buffers (not in the state dict).
 
     Args:
-        cfg: augmentation strengths (``VIEW_PRESETS``).
+        cfg: augmentation strengths (``VIEW_PRESETS``): one for every view, or a sequence with one per view (a
+            caption view next to strong views); ``forward``'s ``views`` must then equal its length.
         mean: per-channel normalisation mean of the incoming images (open_clip's preprocess).
         std: per-channel normalisation std.
-        out_size: ``(h, w)`` of the views; ``None`` = the input's size.
+        out_size: ``(h, w)`` of the views; ``None`` = the input's size. Crops are fractions of the input, so an
+            input larger than ``out_size`` (the source resolution) is cropped first and then resampled.
     """
 
-    def __init__(self, cfg: ViewAugCfg, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, cfg: ViewAugCfg | Sequence[ViewAugCfg], mean: Sequence[float], std: Sequence[float],
                  out_size: Optional[Sequence[int]] = None):
         super().__init__()
         self.cfg = cfg
+        self.per_view: Optional[tuple[ViewAugCfg, ...]] = None if isinstance(cfg, ViewAugCfg) else tuple(cfg)
         self.out_size = (int(out_size[0]), int(out_size[1])) if out_size is not None else None
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -407,9 +412,13 @@ class MultiViewAugment(nn.Module):
         mean = self.mean.to(device=images.device, dtype=work)
         std = self.std.to(device=images.device, dtype=work)
         raw = torch.addcmul(mean, images.to(work), std).clamp_(0.0, 1.0)                   # [B, 3, H, W] in [0, 1]
-        params = sample_aug_params(batch, views, self.cfg, device=images.device, generator=generator,
-                                   source_aspect=width / height)
-        max_sigma = self.cfg.blur_sigma[1] if self.cfg.blur_p > 0 else 0.0
+        cfgs = self.per_view or (self.cfg,)
+        if self.per_view is not None and views != len(self.per_view):
+            raise ValueError(f"{len(self.per_view)} per-view augmentation configs for {views} views")
+        params = torch.cat([sample_aug_params(batch, 1 if self.per_view else views, c, device=images.device,
+                                              generator=generator, source_aspect=width / height)
+                            for c in cfgs], dim=1)                                      # [B, V, 12], view-major cfgs
+        max_sigma = max((c.blur_sigma[1] if c.blur_p > 0 else 0.0) for c in cfgs)
         out = apply_aug_params(raw, params, self.out_size or (height, width), max_blur_sigma=max_sigma)
         out = torch.addcmul(-(mean / std).unsqueeze(1), out, (1.0 / std).unsqueeze(1))     # (x − mean) / std
         return out.to(images.dtype), params
@@ -422,20 +431,35 @@ def normalization_stats(visual: nn.Module) -> tuple[tuple[float, ...], tuple[flo
 
 
 class InForwardViews(nn.Module):
-    """Builds the V training views inside ``forward`` (on the batch's device and dtype); no parameters."""
+    """Builds the V training views inside ``forward`` (on the batch's device and dtype) at the model's input size;
+    no parameters.
 
-    def __init__(self, preset: str):
+    Args:
+        preset: one ``VIEW_PRESETS`` name for every view, or a sequence with one name per view.
+    """
+
+    def __init__(self, preset: str | Sequence[str]):
         super().__init__()
-        if preset not in VIEW_PRESETS:
-            raise PluginError(f"unknown view preset {preset!r}; choices: {sorted(VIEW_PRESETS)}")
-        self.preset = preset
+        names = (preset,) if isinstance(preset, str) else tuple(preset)
+        unknown = [p for p in names if p not in VIEW_PRESETS]
+        if unknown or not names:
+            raise PluginError(f"unknown view preset {unknown or names!r}; choices: {sorted(VIEW_PRESETS)}")
+        self.preset: str | tuple[str, ...] = preset if isinstance(preset, str) else names
         self._augment: dict[tuple, MultiViewAugment] = {}  # plain dict: not a submodule, not in the state dict
 
     def forward(self, images: torch.Tensor, views: int, visual: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """``views`` views of each normalised image ``[B, 3, H, W]`` with ``visual``'s normalisation: ``([B, V, 3, H,
-        W], [B, V, 12])`` as :meth:`MultiViewAugment.forward` returns them."""
+        """``views`` views of each normalised image ``[B, 3, H, W]`` with ``visual``'s normalisation, rendered at
+        ``visual.image_size`` (the input may be larger: the source resolution): ``([B, V, 3, h, w], [B, V, 12])``
+        as :meth:`MultiViewAugment.forward` returns them."""
         mean, std = normalization_stats(visual)
-        key = (images.device, mean, std)
+        out_size = _pair(getattr(visual, "image_size", images.shape[-2:]))
+        key = (images.device, mean, std, out_size)
         if key not in self._augment:
-            self._augment[key] = MultiViewAugment(VIEW_PRESETS[self.preset], mean, std).to(images.device)
+            cfg = (VIEW_PRESETS[self.preset] if isinstance(self.preset, str)
+                   else tuple(VIEW_PRESETS[p] for p in self.preset))
+            self._augment[key] = MultiViewAugment(cfg, mean, std, out_size).to(images.device)
         return self._augment[key](images, views)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))

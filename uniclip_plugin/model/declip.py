@@ -65,6 +65,8 @@ class DeCLIPCfg:
     mlm_text_embedding_from_masked: bool = True
     mask_token_id: int = MASK_TOKEN_ID      # needs text_cfg.vocab_size > mask_token_id (DeCLIP configs: 49409)
 
+    source_size: int = 0                    # side of the training image the views are cut from (0: input size)
+
     def __post_init__(self) -> None:
         if self.view_preset not in VIEW_PRESETS:
             raise PluginError(f"declip_cfg.view_preset {self.view_preset!r} unknown; choices: {sorted(VIEW_PRESETS)}")
@@ -171,6 +173,7 @@ class DeCLIP(CLIP):
             raise PluginError(f"declip_cfg.mlm needs text_cfg.vocab_size > mask_token_id={cfg.mask_token_id} (the "
                               f"extra <|mask|> row; DeCLIP configs use 49409), got {self.vocab_size}")
         self.views = InForwardViews(cfg.view_preset)
+        self.view_source_size = cfg.source_size or self.visual.image_size  # what the loader gives for training
         self.simsiam_projector = self.simsiam_predictor = None
         if cfg.simsiam:
             self.simsiam_projector = SimSiamProjector(embed_dim, cfg.simsiam_proj_dim, cfg.simsiam_proj_dim)

@@ -46,6 +46,8 @@ class SLIPCfg:
     ssl_views: int = 2                      # SLIP's NT-Xent pairs exactly two views
     ssl_bn_per_view: bool = True            # SLIP: head (and BatchNorm statistics) per view; False: both views at once
 
+    source_size: int = 0                    # side of the training image the views are cut from (0: input size)
+
     def __post_init__(self) -> None:
         for key in ("ssl_mlp_dim", "ssl_emb_dim"):
             if getattr(self, key) < 1:
@@ -108,6 +110,7 @@ class SLIP(CLIP):
         self.image_mlp = build_ssl_head(self.vision_width, cfg.ssl_mlp_dim, cfg.ssl_emb_dim)
         self.views = nn.ModuleDict({"clip": InForwardViews(cfg.clip_view_preset),
                                     "ssl": InForwardViews(cfg.ssl_view_preset)})
+        self.view_source_size = cfg.source_size or self.visual.image_size  # what the loader gives for training
 
     def encode_image_and_backbone(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One image-tower pass: ``(projected [N, D], pooled backbone feature before visual.proj [N, width])``.

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..aug_embed import AugmentationAwareEmbedding
 from ..config import UniCLIPCfg, from_dict
-from ..similarity import MAX_LOG_SCALE, NUM_DOMAIN_PAIRS, PAIR_IT, domain_logits
-from ..views import InForwardViews, identity_aug_params
+from ..similarity import MAX_LOG_SCALE, NUM_DOMAIN_PAIRS, PAIR_IT, PAIR_TT, domain_logits
+from ..views import VIEW_PRESETS, InForwardViews, identity_aug_params, sample_aug_params
 
 
 class UniCLIP(CLIP):
@@ -48,19 +48,39 @@ class UniCLIP(CLIP):
                          output_dict=output_dict)
         cfg = from_dict(UniCLIPCfg, uniclip_cfg, "uniclip_cfg")
         self.uniclip_cfg = cfg
-        num_params = NUM_DOMAIN_PAIRS if cfg.domain_similarity else 1
+        temps = cfg.temperatures() if cfg.domain_similarity else cfg.temperatures()[PAIR_IT:PAIR_IT + 1]
         # [P] vectors, never 0-dim (docs/UPSTREAM.md D1); open_clip_train's clamp_(0, ln 100) covers every entry.
-        self.logit_scale = nn.Parameter(torch.full([num_params], math.log(1.0 / cfg.init_temperature)))
-        self.logit_bias = nn.Parameter(torch.full([num_params], float(cfg.init_offset)))
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / t) for t in temps]))
+        raw_offset = math.atanh(cfg.init_offset / cfg.offset_bound) if cfg.offset_bound else float(cfg.init_offset)
+        self.logit_bias = nn.Parameter(torch.full([len(temps)], raw_offset))
         self.aug_embed = (AugmentationAwareEmbedding(embed_dim, cfg.aug_hidden, cfg.aug_fusion)
                           if cfg.aug_embed else None)
-        self.views = InForwardViews(cfg.view_preset)
+        self.views = InForwardViews(cfg.view_presets or cfg.view_preset)
+        self.view_source_size = cfg.source_size or self.visual.image_size  # what the loader gives for training
+        self._eval_params: dict[torch.device, torch.Tensor] = {}
 
     def domain_similarity_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scales [3], offsets [3]) per domain pair, scales clamped to [1, 100] inside forward."""
+        """(scales [3], offsets [3]) per domain pair: scales clamped to [1, 100] inside forward, offsets bounded by
+        ``offset_bound·tanh`` when set, the text–text offset held at its value when ``tt_offset`` is fixed."""
+        cfg = self.uniclip_cfg
         scales = self.logit_scale.clamp(0, MAX_LOG_SCALE).exp().expand(NUM_DOMAIN_PAIRS)
-        offsets = self.logit_bias.expand(NUM_DOMAIN_PAIRS)
+        offsets = self.logit_bias
+        if cfg.offset_bound:
+            offsets = cfg.offset_bound * torch.tanh(offsets)  # raw at init: atanh(init_offset / bound)
+        offsets = offsets.expand(NUM_DOMAIN_PAIRS)
+        if cfg.tt_offset == "fixed":  # text–text pairs are never positive: nothing would pull its offset back
+            offsets = torch.cat([offsets[:PAIR_TT], offsets[PAIR_TT:].detach()])
         return scales, offsets
+
+    def eval_aug_params(self, batch: int, device: torch.device) -> torch.Tensor:
+        """``[batch, 12]`` parameters fed to the augmentation embedding outside training (``eval_aug_params``)."""
+        if self.uniclip_cfg.eval_aug_params == "identity":
+            return identity_aug_params(batch, 1, device=device).flatten(0, 1)
+        if device not in self._eval_params:  # the caption view's mean parameters: a fixed sample of its preset
+            preset = VIEW_PRESETS[self.uniclip_cfg.presets()[0]]
+            sample = sample_aug_params(4096, 1, preset, generator=torch.Generator().manual_seed(0))
+            self._eval_params[device] = sample.mean(dim=(0, 1)).to(device)
+        return self._eval_params[device].expand(batch, -1)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False,
                      aug_params: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -68,7 +88,7 @@ class UniCLIP(CLIP):
         features = self.visual(image)
         if self.aug_embed is not None:
             if aug_params is None:
-                aug_params = identity_aug_params(image.shape[0], 1, device=image.device).flatten(0, 1)
+                aug_params = self.eval_aug_params(image.shape[0], image.device)
             features = self.aug_embed(features, aug_params)
         return F.normalize(features, dim=-1) if normalize else features
 
