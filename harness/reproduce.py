@@ -1,4 +1,7 @@
-"""`python harness/reproduce.py`: the study (train every method at equal budget, benchmark, write the report) (the code lives in ``uniclip_plugin.study``; installed as `uniclip-study`)."""
+"""`python harness/reproduce.py`: the study (train every method at equal budget, benchmark, write the report).
+
+The code lives in ``uniclip_plugin.study``; installed as `uniclip-study`.
+"""
 import sys
 
 from uniclip_plugin.study.cli import main

@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 
 import uniclip_plugin
-from uniclip_plugin.bench import evaluate as bench
-from uniclip_plugin.bench.report import training_curve
+from uniclip_plugin.bench import cli as bench_cli
+from uniclip_plugin.bench import evaluate, features, models
+from uniclip_plugin.bench.probe import linear_probe
+from uniclip_plugin.runs import RunDir
 from uniclip_plugin.testing.synthetic import build_synthetic_eval, write_tar_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,7 @@ N = 40  # images in the constructed retrieval set
 def test_numpy24_accuracy_fix_is_applied() -> None:
     # E4: zero-shot below goes through clip_benchmark's `accuracy`, which numpy 2.4 breaks; the plugin patches it.
     from clip_benchmark.metrics import zeroshot_classification as zc
+
     from uniclip_plugin import compat
     uniclip_plugin.register()
     assert "numpy24_accuracy" in compat.applied()
@@ -96,13 +99,13 @@ def sets(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_retrieval_recalls_are_one_when_embeddings_coincide(sets: dict[str, Path]) -> None:
-    out = bench.evaluate_model(IdModel(), to_tensor, id_tokenizer, sets["ret"], "zeroshot_retrieval")
+    out = evaluate.evaluate_model(IdModel(), to_tensor, id_tokenizer, sets["ret"], "zeroshot_retrieval")
     assert out == {f"{d}_retrieval_recall@{k}": 1.0 for d in ("image", "text") for k in (1, 5, 10)}
 
 
 def test_retrieval_recalls_are_at_chance_for_random_embeddings(sets: dict[str, Path]) -> None:
     reps = 10
-    runs = [bench.evaluate_model(IdModel(random=True, seed=s), to_tensor, id_tokenizer, sets["ret"],
+    runs = [evaluate.evaluate_model(IdModel(random=True, seed=s), to_tensor, id_tokenizer, sets["ret"],
                                  "zeroshot_retrieval") for s in range(reps)]
     for k in (1, 5, 10):
         # text→image: one positive image among N → chance k/N over 2N·reps queries.
@@ -116,7 +119,7 @@ def test_retrieval_recalls_are_at_chance_for_random_embeddings(sets: dict[str, P
 
 
 def test_zero_shot_accuracy_is_one_on_a_known_answer(sets: dict[str, Path]) -> None:
-    out = bench.evaluate_model(IdModel(), to_tensor, id_tokenizer, sets["cls"], "zeroshot_classification")
+    out = evaluate.evaluate_model(IdModel(), to_tensor, id_tokenizer, sets["cls"], "zeroshot_classification")
     assert out == {"acc1": 1.0, "acc5": 1.0, "mean_per_class_recall": 1.0}
 
 
@@ -124,12 +127,12 @@ def test_linear_probe_separable_and_shuffled() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 600)
     x = np.eye(4)[y] * 3 + 0.1 * rng.standard_normal((600, 4))
-    sep = bench.linear_probe(x[:400], y[:400], x[400:], y[400:])
+    sep = linear_probe(x[:400], y[:400], x[400:], y[400:])
     assert sep["lp_acc1"] >= 0.99 and sep["lp_mean_per_class_recall"] >= 0.99
     # Shuffled labels (train and test permuted independently) carry no information about the features: chance.
     # Permuting only the train labels would not do: with 4 clusters the probe learns a random cluster → label map,
     # whose test accuracy is 0, 0.25, 0.5, ... with large variance rather than chance.
-    shuffled = [bench.linear_probe(x[:400], rng.permutation(y[:400]), x[400:], rng.permutation(y[400:]),
+    shuffled = [linear_probe(x[:400], rng.permutation(y[:400]), x[400:], rng.permutation(y[400:]),
                                    seed=s)["lp_acc1"] for s in range(3)]
     assert abs(np.mean(shuffled) - 0.25) < 4 * math.sqrt(0.25 * 0.75 / (200 * 3)) + 0.02
 
@@ -146,15 +149,15 @@ def test_capped_probe_features_are_the_same_subset_linear_probe_draws(tmp_path: 
     # subset linear_probe(max_train=...) draws from the full split, so both paths give the same probe.
     build_synthetic_eval(tmp_path / "wds", res=16, seed=3, n_per_class=5)
     shapes = tmp_path / "wds" / "synth_shapes"
-    full = bench.extract_features(PixelModel(), to_tensor, shapes, "train")
-    capped = bench.extract_features(PixelModel(), to_tensor, shapes, "train", max_samples=12, seed=4)
+    full = features.extract_features(PixelModel(), to_tensor, shapes, "train")
+    capped = features.extract_features(PixelModel(), to_tensor, shapes, "train", max_samples=12, seed=4)
     keep = np.sort(np.random.default_rng(4).permutation(len(full["x"]))[:12])
     assert len(full["x"]) == 30 and torch.allclose(capped["x"], full["x"][keep])
     assert torch.equal(capped["y"], full["y"][keep])
-    test = bench.extract_features(PixelModel(), to_tensor, shapes, "test")
-    a = bench.linear_probe(full["x"].numpy(), full["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4,
+    test = features.extract_features(PixelModel(), to_tensor, shapes, "test")
+    a = linear_probe(full["x"].numpy(), full["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4,
                            max_train=12)
-    b = bench.linear_probe(capped["x"].numpy(), capped["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4,
+    b = linear_probe(capped["x"].numpy(), capped["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4,
                            max_train=12)
     assert a == b
 
@@ -167,11 +170,11 @@ def test_second_model_reads_the_decoded_images_back_exactly(tmp_path: Path) -> N
     for name, split, cap in (("synth_shapes", "train", 12), ("synth_shapes", "test", None),
                              ("synth_retrieval", "test", None)):
         folder = tmp_path / "wds" / name
-        direct = bench.extract_features(PixelModel(), to_tensor, folder, split, max_samples=cap, seed=4)
-        first = bench.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m1",
+        direct = features.extract_features(PixelModel(), to_tensor, folder, split, max_samples=cap, seed=4)
+        first = features.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m1",
                                        max_samples=cap, seed=4)
         assert list(cache.glob(f"images-{name}-{split}-*.pt")), "decoded images were not cached"
-        second = bench.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m2",
+        second = features.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m2",
                                         max_samples=cap, seed=4)
         for rec in (first, second):
             assert torch.equal(rec["x"], direct["x"])
@@ -202,7 +205,7 @@ def test_run_resolution_latest_checkpoint_and_seed_grouping(tmp_path: Path) -> N
     _ckpt(runs / "clip" / "checkpoints" / "epoch_1.pt", 1)
     _ckpt(runs / "ds" / "export" / "step_5.pt", 0)
     _ckpt(runs / "ds" / "export" / "step_40.pt", 0)
-    got = bench.resolve_models("uniclip,clip,ds,other-seed3=" + str(runs / "clip/checkpoints/epoch_1.pt") + ":X",
+    got = models.resolve_models("uniclip,clip,ds,other-seed3=" + str(runs / "clip/checkpoints/epoch_1.pt") + ":X",
                                runs)
     assert [(r.method, r.run, r.checkpoint.relative_to(runs).as_posix() if r.checkpoint.is_relative_to(runs) else "",
              r.model_config) for r in got] == [
@@ -214,12 +217,12 @@ def test_run_resolution_latest_checkpoint_and_seed_grouping(tmp_path: Path) -> N
         ("other", "other-seed3", "clip/checkpoints/epoch_1.pt", "X"),  # explicit specs group by method too
     ]
     # name=checkpoint without a config reads params.txt two folders up
-    assert bench.resolve_models(f"c={runs}/clip/checkpoints/epoch_1.pt", runs)[0].model_config == "Cfg-clip"
+    assert models.resolve_models(f"c={runs}/clip/checkpoints/epoch_1.pt", runs)[0].model_config == "Cfg-clip"
 
 
 def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     def err(argv: list[str]) -> str:
-        assert bench.main(argv) == 2
+        assert bench_cli.main(argv) == 2
         captured = capsys.readouterr()
         text = captured.err.strip()
         assert len(text.splitlines()) == 1 and text.startswith("bench.py: ") and "Traceback" not in text, text
@@ -255,8 +258,8 @@ def test_training_curve_parses_open_clip_train_log(tmp_path: Path) -> None:
         # the DeepSpeed harness (harness/train.py) logs the same prefix
         "2026-01-01 00:00:03 | INFO | Train Epoch: 2 [128/256 (50%)] step 10/12 Loss: 0.3000 LR: 1.000e-04 9.0 "
         "samples/s\n")
-    assert training_curve(log) == [(64, 4.1), (512, 0.35), (640, 0.3)]
-    assert training_curve(tmp_path / "missing.log") == []
+    assert RunDir(tmp_path).loss_curve() == [(64, 4.1), (512, 0.35), (640, 0.3)]
+    assert RunDir(tmp_path / "missing").loss_curve() == []
 
 
 # ------------------------------------------------------------------------------------------------------ end to end
@@ -299,7 +302,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _save_run(runs, "clip", "BenchTiny-32", 2)
     build_synthetic_eval(root / "data" / "wds", res=32, seed=1, n_per_class=5)
     out = root / "results"
-    rc = bench.main(["--models", "uniclip,clip", "--runs-dir", str(runs), "--data", str(root / "data"),
+    rc = bench_cli.main(["--models", "uniclip,clip", "--runs-dir", str(runs), "--data", str(root / "data"),
                      "--out", str(out), "--batch-size", "32"])
     assert rc == 0
     return {"root": root, "runs": runs, "data": root / "data", "out": out}
@@ -362,11 +365,11 @@ def test_changed_checkpoint_at_same_path_does_not_reuse_stale_features(workspace
     _save_run(runs, "clip", "BenchTiny-32", 7, log=False)  # retrained in place: same path, new weights
     args = ["--models", "clip", "--runs-dir", str(runs), "--data", str(data), "--tasks", "zeroshot",
             "--datasets", "synth_shapes"]
-    assert bench.main(args + ["--out", str(out)]) == 0
+    assert bench_cli.main(args + ["--out", str(out)]) == 0
     after = {p.name for p in cache.glob("synth_shapes-test-*.pt")}
     assert len(after - before) == 1  # a new cache entry for the new content
     fresh_out = workspace["root"] / "fresh"
-    assert bench.main(args + ["--out", str(fresh_out), "--no-cache"]) == 0
+    assert bench_cli.main(args + ["--out", str(fresh_out), "--no-cache"]) == 0
     new = json.loads((out / "json" / "clip__synth_shapes__zeroshot_classification.json").read_text())
     fresh = json.loads((fresh_out / "json" / "clip__synth_shapes__zeroshot_classification.json").read_text())
     assert new["metrics"] == fresh["metrics"] and new["checkpoint_sha256"] != old["checkpoint_sha256"]

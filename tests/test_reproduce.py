@@ -25,7 +25,8 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     for method in methods:
         assert f"**{method}**" in report
         assert f"| {method} | " in report  # validation / cost / equal wall-clock row
-    assert "| dataset | task | metric | uniclip (n=1) | clip (n=1) | clip-aug (n=1) | slip (n=1) | declip (n=1) |" in report
+    assert ("| dataset | task | metric | uniclip (n=1) | clip (n=1) | clip-aug (n=1) | slip (n=1) | declip (n=1) |"
+            in report)
     assert "| uniclip-seed0 |" in report  # learned per-domain-pair temperatures and offsets
     assert "Data efficiency" in report and "validation_curves.png" in report
     # 4 evaluations per run: shapes zero-shot + probe, the full retrieval set, the validation-disjoint retrieval set
@@ -42,7 +43,8 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
     """--tune: every method gets the same lr grid (seed 0, validation split only); the study then trains each method
     at the lr with the best validation R@1 and the report shows the grid."""
     from uniclip_plugin.study import analysis as study
-    from uniclip_plugin.study.reproduce import TUNE_LRS, choose_lr
+    from uniclip_plugin.study.plan import TUNE_LRS
+    from uniclip_plugin.study.run import choose_lr
     env = dict(os.environ, OMP_NUM_THREADS="2")
     cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
            "--data", str(tmp_path / "data"), "--tune", "--tune-profile", "smoke", "--methods", "clip,uniclip",
@@ -75,7 +77,7 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
 
 
 def test_choose_lr_prefers_the_best_score_then_the_default_then_the_smaller_lr() -> None:
-    from uniclip_plugin.study.reproduce import choose_lr
+    from uniclip_plugin.study.run import choose_lr
     assert choose_lr({5e-4: 1.0, 1e-3: 2.0, 2e-3: 3.0}, 1e-3) == 2e-3
     assert choose_lr({5e-4: 3.0, 1e-3: 3.0, 2e-3: 3.0}, 1e-3) == 1e-3
     assert choose_lr({5e-4: 3.0, 1e-3: 1.0, 2e-3: 3.0}, 1e-3) == 5e-4
@@ -83,7 +85,7 @@ def test_choose_lr_prefers_the_best_score_then_the_default_then_the_smaller_lr()
 
 
 def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_seeds(tmp_path: Path) -> None:
-    from uniclip_plugin.study.reproduce import ablation_table
+    from uniclip_plugin.study.report import ablation_table
     results = tmp_path / "results.csv"
     header = "method,run,dataset,task,metric,value,model,checkpoint\n"
     rows = ["uniclip,uniclip-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.25,M,c",
@@ -103,7 +105,8 @@ def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_s
 def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_path: Path) -> None:
     """Widening the lr grid can change a method's chosen lr; its old run folder must then stop the study with a clear
     error instead of being reported under the new lr."""
-    from uniclip_plugin.study.reproduce import METHODS, PROFILES, stale_settings, train, train_command
+    from uniclip_plugin.study.plan import METHODS, PROFILES
+    from uniclip_plugin.study.run import stale_settings, train, train_command
     clip, prof, val = METHODS[0], PROFILES["smoke"], {"val": "unused", "val_samples": 1}
     run = tmp_path / "clip-seed0"
     (run / "checkpoints").mkdir(parents=True)

@@ -66,3 +66,17 @@ def test_tone_confusions_split_top1_into_hit_tone_confusion_and_other_miss() -> 
     # text → image: caption 1's top image is image 0 (tone confusion), caption 3's is image 2 (other)
     assert (r["t2i_r1"], r["t2i_tone_confusion"], r["t2i_other_miss"]) == (0.5, 0.25, 0.25)
     assert r["queries_with_tone_variants"] == 0.5
+
+
+def test_report_quotes_commands_relative_to_the_project_root(tmp_path: Path) -> None:
+    import sys
+
+    from uniclip_plugin.study.report import relative_command
+    root = tmp_path / "project"
+    cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--train-data",
+           str(root / "data" / "pretrain" / "emoji-{000000..000007}.tar"), "--logs", str(root / "runs" / "quick"),
+           "--models", f"u@best-seed0={root}/runs/quick/u-seed0/checkpoints/epoch_5.pt:UniCLIP-Tiny-32"]
+    assert relative_command(cmd, root) == (
+        "python -m uniclip_plugin.cli train --train-data data/pretrain/emoji-{000000..000007}.tar --logs runs/quick "
+        "--models u@best-seed0=runs/quick/u-seed0/checkpoints/epoch_5.pt:UniCLIP-Tiny-32")
+    assert relative_command(["--out", str(root), "--data", str(tmp_path / "data")], root) == "--out . --data ../data"

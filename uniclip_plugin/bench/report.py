@@ -1,20 +1,19 @@
-"""Reports for ``harness/bench.py``: combined CSVs, the markdown table, bar charts and training curves.
+"""The benchmark's report: combined CSVs, the markdown table, bar charts and training curves.
 
-Every file is written to a temporary name in the destination folder and renamed into place, so an interrupted run
-never leaves a truncated file under a final name. Temporary names end in ``.tmp`` (never ``.json``/``.png``/``.csv``),
-so ``clip_benchmark build DIR`` (which reads every ``*.json`` in DIR) cannot pick up a half-written file.
+Every file is written through ``uniclip_plugin.io`` (a temporary name in the destination folder, renamed into
+place), so an interrupted run never leaves a truncated file under a final name. Temporary names end in ``.tmp``
+(never ``.json``/``.png``/``.csv``), so ``clip_benchmark build DIR`` (which reads every ``*.json`` in DIR) cannot
+pick up a half-written file.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-import os
-import re
 import statistics
-import uuid
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
+
+from uniclip_plugin.io import atomic_path, write_text_atomic
 
 TASK_ORDER = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
 # Metrics shown in the markdown table and the bar charts (all metrics go to the CSVs). Multi-label sets report
@@ -28,60 +27,11 @@ TABLE_METRICS = {
 ROW_FIELDS = ("method", "run", "dataset", "task", "metric", "value", "model", "checkpoint")
 SUMMARY_FIELDS = ("method", "dataset", "task", "metric", "mean", "std", "n")
 
-# open_clip_train (train.py, v3.3.0): "Train Epoch: 0 [ 256/1024 (25%)] Data (t): ... Loss: 4.1234 (4.2000)".
-# Per-term losses are logged as "Contrastive_loss: ..." and the total ("loss", the last key of the loss dict) as
-# "Loss: ..."; values use the "#.5g" format, which can be exponential or nan/inf.
-_TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)[^\]]*\].* Loss: "  # greedy: the last " Loss: "
-                         r"([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``, on failure delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name per process and call (concurrent benches may share an output or cache folder); not mkstemp,
-    # whose 0600 mode would survive the rename and hide shared results from the rest of the team.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def _write_csv(path: Path, fields: Sequence[str], rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def training_curve(log: Path) -> list[tuple[int, float]]:
-    """(samples seen, total loss) points from an open_clip_train ``out.log``; empty if the log is absent.
-
-    Args:
-        log: path of ``runs/<name>/out.log``.
-
-    Returns:
-        Points sorted by samples seen (epoch · samples per epoch + samples within the epoch). A resumed run appends
-        to the same log, so a repeated step keeps its last value.
-    """
-    points: dict[int, float] = {}
-    if log.is_file():
-        for line in log.read_text(errors="replace").splitlines():
-            m = _TRAIN_LINE.search(line)
-            if m:
-                epoch, seen, per_epoch, loss = int(m[1]), int(m[2]), int(m[3]), float(m[4])
-                points[epoch * per_epoch + seen] = loss
-    return sorted(points.items())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -172,7 +122,7 @@ def bar_charts(summary: list[dict], methods: list[str], out: Path) -> list[Path]
 
 
 def curves_plot(curves: dict[str, list[tuple[int, float]]], out: Path) -> Optional[Path]:
-    """``training_curves.png`` with one line per run that has an ``out.log``; None when no run has one."""
+    """``training_curves.png`` with one line per run that logged its loss; None when no run did."""
     curves = {name: c for name, c in curves.items() if c}
     if not curves:
         return None
@@ -183,7 +133,7 @@ def curves_plot(curves: dict[str, list[tuple[int, float]]], out: Path) -> Option
     for name, c in curves.items():
         ax.plot([s for s, _ in c], [v for _, v in c], label=name)
     ax.set_xlabel("samples seen")
-    ax.set_ylabel("training loss (open_clip_train out.log)")
+    ax.set_ylabel("training loss (out.log / metrics.jsonl)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     _savefig(fig, out / "training_curves.png")
@@ -199,12 +149,13 @@ def write_report(rows: list[dict], methods: list[str], out: Path,
         rows: one dict per (run, dataset, task, metric) with the keys of ``ROW_FIELDS``.
         methods: method names in command-line order; the first is the Δ baseline.
         out: output folder.
-        curves: run name → training-curve points (see ``training_curve``).
+        curves: run name → training-curve points (``uniclip_plugin.runs.RunDir.loss_curve``).
 
     Returns:
         Name → path of every file written.
     """
     summary = summarise(rows)
+    out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "results.csv", ROW_FIELDS, rows)
     _write_csv(out / "summary.csv", SUMMARY_FIELDS, summary)
     write_text_atomic(out / "table.md", markdown_table(summary, methods))

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout (repo root)
+import uniclip_plugin
+from uniclip_plugin.bench.errors import BenchError
+from uniclip_plugin.bench.models import Run, load_model, resolve_models
+from uniclip_plugin.io import write_text_atomic
 
 TONE = re.compile(r"\b(?:light|medium-light|medium|medium-dark|dark) skin tone\b")
 
@@ -36,8 +39,8 @@ def load_pairs(split_dir: Path) -> tuple[list, list[str]]:
 
     from PIL import Image
 
-    from uniclip_plugin.study.analysis import _samples  # the study's own reader of a webdataset split
-    samples = _samples(split_dir)
+    from uniclip_plugin.study.analysis import read_samples  # the study's own reader of a webdataset split
+    samples = read_samples(split_dir)
     images = [Image.open(io.BytesIO(next(s[k] for k in ("png", "webp", "jpg") if k in s))).convert("RGB")
               for s in samples]
     return images, [s["txt"].decode().strip() for s in samples]
@@ -65,8 +68,8 @@ def classify_top1(sim: torch.Tensor, captions: list[str]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def analyse_run(run, images: list, captions: list[str]) -> dict[str, float]:
-    from uniclip_plugin.bench.evaluate import load_model
+def analyse_run(run: Run, images: list, captions: list[str]) -> dict[str, float]:
+    """:func:`classify_top1` of one run's checkpoint on the given image–caption pairs."""
     model, preprocess, tokenizer = load_model(run)
     pixels = torch.stack([preprocess(im) for im in images])
     img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
@@ -75,6 +78,15 @@ def analyse_run(run, images: list, captions: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write ``tone_confusions.json`` under ``--out`` and print the table (see the module docstring).
+
+    Args:
+        argv: command-line arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        0 on success (a user error exits with a one-line message).
+    """
+    uniclip_plugin.register()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-dir", required=True, help="a study's run folder, e.g. runs/full-tuned")
     parser.add_argument("--models", default="clip,clip-aug,slip,declip,uniclip",
@@ -83,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="heldout_emoji_retrieval_test")
     parser.add_argument("--out", required=True, help="folder for tone_confusions.json")
     args = parser.parse_args(argv)
-    from uniclip_plugin.bench.evaluate import BenchError, resolve_models
-    from uniclip_plugin.bench.report import write_text_atomic
     split = Path(args.data) / "wds" / args.dataset / "test"
     if not split.is_dir():
         raise SystemExit(f"tone_confusions.py: error: no retrieval split at {split}; build the data with "

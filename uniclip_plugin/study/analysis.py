@@ -1,5 +1,6 @@
 """The study's validation split and its analyses: per-epoch validation curves, best epoch, equal wall-clock, data
-efficiency (used by ``harness/reproduce.py``; ``harness/perf.py`` reads the curves it writes).
+efficiency, learned per-domain-pair similarity (used by the study, ``uniclip_plugin.study.cli``; ``harness/perf.py``
+reads the curves it writes).
 
 Validation split (study policy, never a test set): the held-out style's linear-probe *train* concepts (896 OpenMoji
 images with their captions; ``heldout_emoji_group/train``) become ``<data>/val/heldout-val-000000.tar``, which
@@ -14,18 +15,19 @@ import json
 import math
 import random
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from uniclip_plugin.bench.report import write_text_atomic
 from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, publish_dir
+from uniclip_plugin.io import atomic_path, write_text_atomic
+from uniclip_plugin.runs import RunDir, run_name
 
 VAL_NAME = "heldout-val-000000.tar"
 TEST_SHARDS = 4  # clip_benchmark's CLI reads with 4 workers; each needs a shard
 
 
-def _samples(split_dir: Path) -> list[dict]:
+def read_samples(split_dir: Path) -> list[dict]:
+    """Every sample of a webdataset split (``nshards.txt`` + ``<i>.tar``) as ``{extension: bytes, "__key__": key}``."""
     import webdataset as wds
     n = int((split_dir / "nshards.txt").read_text().strip())
     urls = [str(split_dir / f"{i}.tar") for i in range(n)]
@@ -57,9 +59,9 @@ def build_study_splits(data: Path, retrieval: str = "heldout_emoji_retrieval",
     newest_source = max(p.stat().st_mtime for p in [*src.iterdir(), *(wds_dir / classification).rglob("*")])
     if record.is_file() and record.stat().st_mtime >= newest_source and test_dir.is_dir():
         return json.loads(record.read_text())
-    samples = _samples(src)
+    samples = read_samples(src)
     train_dir = wds_dir / classification / "train"
-    val_keys = {s["__key__"] for s in _samples(train_dir)} if train_dir.is_dir() else set()
+    val_keys = {s["__key__"] for s in read_samples(train_dir)} if train_dir.is_dir() else set()
     val_keys &= {s["__key__"] for s in samples}
     if not val_keys:
         keys = sorted(s["__key__"] for s in samples)
@@ -89,25 +91,10 @@ def val_curve(run_dir: Path, steps_per_epoch: int, start: Optional[float]) -> li
     Returns:
         ``[{"epoch", "step", "seconds", "val_r1", "val_i2t_r1", "val_t2i_r1", "val_loss"}]`` sorted by epoch; ``val_r1``
         is the mean of image→text and text→image R@1 in %; ``seconds`` is the wall-clock from the start of training
-        to the epoch's checkpoint (nan without a recorded start, e.g. a resumed run).
+        to the epoch's checkpoint (nan without a recorded start, e.g. a resumed run). See
+        ``uniclip_plugin.runs.RunDir.val_curve``.
     """
-    path = run_dir / "checkpoints" / "results.jsonl"
-    points: dict[int, dict[str, float]] = {}
-    if not path.is_file():
-        return []
-    for line in path.read_text().splitlines():
-        m = json.loads(line) if line.strip() else {}
-        if "image_to_text_R@1" not in m:
-            continue
-        epoch = int(m["epoch"])
-        ckpt = run_dir / "checkpoints" / f"epoch_{epoch}.pt"
-        seconds = (ckpt.stat().st_mtime - start) if (start is not None and ckpt.is_file()) else (
-            0.0 if epoch == 0 else float("nan"))
-        i2t, t2i = 100 * float(m["image_to_text_R@1"]), 100 * float(m["text_to_image_R@1"])
-        points[epoch] = {"epoch": epoch, "step": epoch * steps_per_epoch, "seconds": seconds,
-                         "val_r1": (i2t + t2i) / 2, "val_i2t_r1": i2t, "val_t2i_r1": t2i,
-                         "val_loss": float(m.get("clip_val_loss", float("nan")))}
-    return [points[e] for e in sorted(points)]
+    return RunDir(run_dir).val_curve(steps_per_epoch, start)
 
 
 def best_epoch(curve: list[dict[str, float]]) -> Optional[int]:
@@ -119,7 +106,7 @@ def best_epoch(curve: list[dict[str, float]]) -> Optional[int]:
 def value_at(curve: list[dict[str, float]], x_key: str, x: float) -> float:
     """Validation R@1 at ``x`` (step or seconds) by linear interpolation; nan outside the curve."""
     pts = [(p[x_key], p["val_r1"]) for p in curve if not math.isnan(p[x_key])]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return float("nan")
@@ -128,7 +115,7 @@ def value_at(curve: list[dict[str, float]], x_key: str, x: float) -> float:
 def first_reach(curve: list[dict[str, float]], target: float, x_key: str = "step") -> float:
     """Smallest ``x`` (step or seconds) at which the interpolated validation R@1 reaches ``target``; nan if never."""
     pts = [(p[x_key], p["val_r1"]) for p in curve if not math.isnan(p[x_key])]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
         if y0 >= target:
             return x0
         if y1 >= target:
@@ -153,6 +140,7 @@ def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uni
 
 
 def mean_std(values: list[float]) -> str:
+    """``mean ± std`` of the finite values with one decimal (just the mean for one value; ``n/a`` for none)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "n/a"
@@ -171,11 +159,11 @@ def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path) -> Optional
         for seed, curve in sorted(per_seed.items()):
             label = method if seed == min(per_seed) else None
             line = None
-            for ax, key in zip(axes, ("step", "seconds")):
+            for ax, key in zip(axes, ("step", "seconds"), strict=True):
                 pts = [(p[key], p["val_r1"]) for p in curve if not math.isnan(p[key])]
                 if pts:
                     kw = {"color": line.get_color()} if line is not None else {}
-                    (line,) = ax.plot(*zip(*pts), marker="o", label=label, **kw)
+                    (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=label, **kw)
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel("wall-clock (s, this machine)")
     for ax in axes:
@@ -184,8 +172,59 @@ def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path) -> Optional
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     path = out / "validation_curves.png"
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
+
+
+def learned_similarity(checkpoint: Path) -> Optional[dict[str, list[float]]]:
+    """Per-domain-pair temperature (1/scale) and offset of a UniCLIP checkpoint; None for other models."""
+    import torch
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
+    if sd.get("logit_scale") is None or sd["logit_scale"].numel() != 3:
+        return None
+    scales = sd["logit_scale"].clamp(0, 4.6052).exp()
+    return {"temperature": (1 / scales).tolist(), "offset": sd["logit_bias"].tolist()}
+
+
+def _method_row(name: str, per_seed: dict[str, list[dict]], seconds: list[float], steps: int,
+                budget: float) -> dict[str, Any]:
+    """One method's row of ``analysis.json``: cost, final and best validation R@1, best epochs, value at budget."""
+    curves = [c for c in per_seed.values() if c]
+    return {"method": name, "seconds_per_run": statistics.mean(seconds) if seconds else float("nan"),
+            "seconds_per_step": (statistics.mean(seconds) / steps) if seconds else float("nan"),
+            "final_val_r1": [c[-1]["val_r1"] for c in curves], "best_epochs": [best_epoch(c) for c in curves],
+            "best_val_r1": [max(p["val_r1"] for p in c if p["epoch"] >= 1) for c in curves],
+            "val_r1_at_budget": [value_at(c, "seconds", budget) for c in curves]}
+
+
+def analyse(methods: list[str], epochs: int, runs: Path, seeds: dict[str, int], steps_per_epoch: int,
+            timings: dict[str, list[dict]]) -> dict:
+    """Validation curves, best epochs, equal-wall-clock values and data efficiency of every run (→ curves.json).
+
+    Args:
+        methods: method names, in report order.
+        epochs: epochs of every run.
+        runs: the folder of the runs (``<method>-seed<N>``).
+        seeds: seeds per method.
+        steps_per_epoch: optimiser steps per epoch.
+        timings: per method, per seed, ``{"seconds", "start"}`` of its training.
+
+    Returns:
+        ``{"curves", "budget_seconds", "rows", "steps_per_epoch", "data_efficiency"}``.
+    """
+    curves: dict[str, dict[str, list[dict]]] = {}
+    for m in methods:
+        for seed in range(seeds[m]):
+            start = timings[m][seed]["start"] if seed < len(timings.get(m, [])) else None
+            curves.setdefault(m, {})[str(seed)] = val_curve(runs / run_name(m, seed), steps_per_epoch, start)
+    # Equal wall-clock budget: the time at which the cheapest method's last validation point was reached
+    lasts = [[c[-1]["seconds"] for c in per_seed.values() if c] for per_seed in curves.values()]
+    finite = [statistics.mean(v) for v in lasts if v and not any(math.isnan(x) for x in v)]
+    budget = min(finite) if finite else float("nan")
+    rows = [_method_row(m, curves.get(m, {}), [t["seconds"] for t in timings.get(m, [])], epochs * steps_per_epoch,
+                        budget) for m in methods]
+    return {"curves": curves, "budget_seconds": budget, "rows": rows, "steps_per_epoch": steps_per_epoch,
+            "data_efficiency": data_efficiency(curves)}

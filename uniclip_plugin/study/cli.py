@@ -1,6 +1,240 @@
-"""Entry point of the study (train every method at equal budget, benchmark, write the report) (console script `uniclip-study`, thin script `harness/reproduce.py`)."""
+"""The study: UniCLIP against CLIP, SLIP and DeCLIP at equal budget on the embedded data.
+
+    python harness/reproduce.py --profile quick            # minutes, one seed
+    python harness/reproduce.py --profile full --seeds 3
+    python harness/reproduce.py --ablations                # UniCLIP's components (one seed each: --ablation-seeds)
+    python harness/reproduce.py --profile full --tune      # lr tuned per method on validation (4-point grid, quick)
+    python harness/reproduce.py --profile smoke --synthetic --out smoke   # CI: generated data, a few steps
+
+Every method trains with ``open_clip train`` on the same tiny towers, data, epochs, batch, optimiser and schedule;
+then the benchmark (``uniclip_plugin.bench``) evaluates every run and ``<out>/docs/RESULTS.md`` (``--out .``, the
+default: the project root) or ``<out>/RESULTS.md`` is written with the tables, plots, learned per-domain-pair
+temperatures and offsets, wall-clock per run, the machine, versions and the exact commands (relative to the project
+root). A run whose final checkpoint exists is not trained again.
+"""
 from __future__ import annotations
 
-from .reproduce import main
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
 
-__all__ = ["main"]
+import uniclip_plugin
+from uniclip_plugin.bench.datasets import find_datasets
+from uniclip_plugin.bench.errors import BenchError
+from uniclip_plugin.bench.evaluate import run_bench
+from uniclip_plugin.io import write_text_atomic
+from uniclip_plugin.runs import RunDir, run_name
+from uniclip_plugin.study import analysis as study
+from uniclip_plugin.study.plan import ABLATIONS, METHODS, PROFILES, TUNE_LRS, Method, available, profile_samples
+from uniclip_plugin.study.report import StudyResult, relative_command, write_report
+from uniclip_plugin.study.run import train, tune, write_tuning
+
+__all__ = ["build_parser", "main", "pick_methods"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``reproduce.py`` argument parser."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
+                        help="also train UniCLIP's ablations: all of them, or a comma-separated subset of "
+                             + ",".join(m.name for m in ABLATIONS))
+    parser.add_argument("--ablation-seeds", type=int, default=1,
+                        help="seeds of each ablation row (default 1, whatever --seeds says)")
+    parser.add_argument("--data", default="data", help="data folder (built by harness/data.py if missing)")
+    parser.add_argument("--synthetic", action="store_true", help="generated data instead of the real sets (CI smoke)")
+    parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
+                             "on --tune-profile, seed 0; the ablations use UniCLIP's (runs in runs/<profile>-tuned)")
+    parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP threads per training process (default: the profile's; quick: all cores)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset of " + ",".join(m.name for m in METHODS) + " (default: all)")
+    return parser
+
+
+def pick_methods(parser: argparse.ArgumentParser, option: str, text: str, pool: list[Method]) -> list[Method]:
+    """The methods of ``pool`` named in the comma-separated ``text``, in ``pool``'s order; an unknown name is a usage
+    error that lists the choices."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - {m.name for m in pool})
+    if unknown:
+        parser.error(f"{option}: unknown {', '.join(unknown)}; choose from " + ", ".join(m.name for m in pool))
+    return [m for m in pool if m.name in names]
+
+
+def _prepare_data(data: Path, synthetic: bool) -> tuple[str, int, str, dict]:
+    """Build (or reuse) the data and the study's splits: (shard pattern, pairs, one-line note, validation info)."""
+    if synthetic:
+        from uniclip_plugin.testing.synthetic import build_synthetic_eval, build_synthetic_pretrain
+        info = build_synthetic_pretrain(data / "pretrain", n_samples=256, res=32, n_shards=4)
+        build_synthetic_eval(data / "wds", res=32, n_per_class=8)
+        val = study.build_study_splits(data, retrieval="synth_retrieval", classification="synth_shapes")
+        return info["pattern"], info["n_samples"], "generated shapes (uniclip_plugin.testing.synthetic)", val
+    from uniclip_plugin.data import build as data_builder
+    manifest = data_builder.build(data, res=64)
+    pattern = str(data / manifest["counts"]["pretrain"]["pattern"])
+    samples = manifest["counts"]["pretrain"]["samples"]
+    val = study.build_study_splits(data)
+    note = (f"{samples:,} emoji image–caption pairs in 3 styles (harness/data.py, see data/DATA_CARD.md); "
+            f"validation: {val['val_samples']} held-out-style pairs; tests: the held-out OpenMoji style "
+            f"(retrieval, 9-group and 97-subgroup zero-shot and probe), Fashion-MNIST and MNIST-5k digits")
+    return pattern, samples, note, val
+
+
+def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]:
+    """``--tune``: the lr search, its record, and the study's lrs; seed 0 reuses the tuning run on the same profile."""
+    if not args.tune:
+        return None
+    out, runs, methods, lrs = ctx["out"], ctx["runs"], ctx["methods"], ctx["lrs"]
+    tuned = [m for m in methods if m not in ABLATIONS]
+    tune_runs = out / "runs" / f"tune-{args.tune_profile}"
+    tuning = tune(tuned, args.tune_profile, ctx["pattern"], ctx["data_samples"], tune_runs, ctx["val"],
+                  ctx["threads"])  # the study's thread count, not the tune profile's
+    lrs.update(tuning["chosen"])
+    if args.tune_profile == args.profile:  # seed 0 at the chosen lr is the tuning run itself: reuse it
+        runs.mkdir(parents=True, exist_ok=True)
+        for m in tuned:
+            link = runs / run_name(m.name, 0)
+            if not link.exists():
+                link.symlink_to(tune_runs / run_name(m.name, 0, lrs[m.name]), target_is_directory=True)
+    for m in methods:
+        if m in ABLATIONS:  # an ablation changes one thing against the tuned UniCLIP
+            lrs[m.name] = tuning["chosen"].get("uniclip", ctx["prof"].lr)
+    ctx["results"].mkdir(parents=True, exist_ok=True)
+    write_tuning(ctx["results"] / "tuning.json", tuning)
+    return tuning
+
+
+def _train_all(ctx: dict[str, Any]) -> tuple[dict[str, list[dict]], list[list[str]]]:
+    """Every (method, seed) run at its lr: the timings per method and the training commands."""
+    timings: dict[str, list[dict]] = {}
+    commands = []
+    for m in ctx["methods"]:
+        for seed in range(ctx["seeds"][m.name]):
+            print(f"reproduce.py: training {m.name} seed {seed} (lr {ctx['lrs'][m.name]:g}) ...", flush=True)
+            r = train(m, ctx["prof"], ctx["pattern"], ctx["samples"], ctx["runs"], seed, ctx["val"], ctx["threads"],
+                      lr=ctx["lrs"][m.name])
+            timings.setdefault(m.name, []).append(r)
+            commands.append(r["command"])
+    return timings, commands
+
+
+def _bench(models: list[str], out: Path, data: Path, what: str, runs_dir: Optional[Path] = None,
+           **options: Any) -> list[str]:
+    """The benchmark on ``models`` (printing its table as ``harness/bench.py`` does); returns its command."""
+    try:
+        run_bench(models, runs_dir or "runs", data, out, **options)
+    except BenchError as err:
+        print(f"bench.py: {err}", file=sys.stderr)
+        raise SystemExit(f"reproduce.py: error: {what} failed (see above)") from None
+    print((out / "table.md").read_text())
+    argv = ["--models", ",".join(models)] + (["--runs-dir", str(runs_dir)] if runs_dir else [])
+    argv += ["--data", str(data), "--out", str(out)]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
+    return [sys.executable, "harness/bench.py", *argv]
+
+
+def _bench_stages(ctx: dict[str, Any], analysis: dict) -> list[list[str]]:
+    """The benchmark of every final checkpoint, then of every best-validation epoch that is not the final one."""
+    prof, results, data, methods = ctx["prof"], ctx["results"], ctx["data"], ctx["methods"]
+    ordered = sorted(methods, key=lambda m: m.name != "uniclip")
+    commands = [_bench([m.name for m in ordered], results, data, "the benchmark", ctx["runs"],
+                       probe_max_train=prof.probe_max_train)]
+    # Best epoch on validation, evaluated on the zero-shot test tasks (the probe's cost is kept to the final epoch)
+    best_models = []
+    for m in ordered:
+        for seed in range(ctx["seeds"][m.name]):
+            epoch = study.best_epoch(analysis["curves"][m.name][str(seed)])
+            if epoch is not None:
+                ckpt = RunDir(ctx["runs"] / run_name(m.name, seed)).epoch_checkpoint(epoch)
+                best_models.append(f"{m.name}@best-seed{seed}={ckpt}:{m.model.format(size=prof.size)}")
+    if best_models and not all(f"epoch_{prof.epochs}.pt" in b for b in best_models):
+        overlapping = Path(ctx["val"]["test"]).name.removesuffix("_test")  # the retrieval set with the val concepts
+        disjoint = [name for name in find_datasets(data) if name != overlapping]
+        commands.append(_bench(best_models, results / "best", data, "the best-epoch benchmark",
+                               feature_cache=results / ".features", datasets=disjoint,
+                               tasks="zeroshot_classification,zeroshot_retrieval"))
+    return commands
+
+
+def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The study's folders, methods, seeds, threads and data, from the arguments (data built when missing)."""
+    prof = PROFILES[args.profile]
+    out = Path(args.out).resolve()
+    label = args.profile + ("-tuned" if args.tune else "")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)
+    ablations = ([] if args.ablations is None else ABLATIONS if args.ablations == "all" else
+                 pick_methods(parser, "--ablations", args.ablations, ABLATIONS))
+    data = Path(args.data).resolve()
+    pattern, data_samples, data_note, val = _prepare_data(data, args.synthetic)
+    samples = profile_samples(prof, data_samples)
+    wanted = main_methods + ablations
+    methods = [m for m in wanted if available(m, prof.size)]
+    return {
+        "prof": prof, "out": out, "label": label, "runs": out / "runs" / label, "results": out / "results" / label,
+        # OMP threads of every training process: --threads, else the profile's, else the caller's setting / cores
+        "threads": args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
+        "data": data, "pattern": pattern, "data_samples": data_samples, "data_note": data_note, "val": val,
+        "samples": samples, "steps_per_epoch": math.ceil(samples / prof.batch),  # open_clip_train, 1 worker
+        "methods": methods, "skipped": [m for m in wanted if m not in methods],
+        "seeds": {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods},
+        "lrs": {m.name: prof.lr for m in methods},
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the study (see the module docstring): train, analyse, benchmark, write the report.
+
+    Args:
+        argv: command-line arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        0 on success (user errors exit with a one-line ``reproduce.py: error:`` message).
+    """
+    uniclip_plugin.register()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    began = time.time()
+    ctx = _plan(args, parser)
+    tuning = _tune_stage(args, ctx)
+    timings, commands = _train_all(ctx)
+    commands = (list(tuning["commands"]) if tuning else []) + commands
+    analysis = study.analyse([m.name for m in ctx["methods"]], ctx["prof"].epochs, ctx["runs"], ctx["seeds"],
+                             ctx["steps_per_epoch"], timings)
+    results = ctx["results"]
+    results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
+    write_text_atomic(results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"},
+                                                             indent=1))
+    study.curves_plot(analysis["curves"], results)
+    commands += _bench_stages(ctx, analysis)
+    name = "RESULTS.md" if ctx["label"] == "quick" else f"RESULTS_{ctx['label']}.md"
+    # the project root's docs/ for a real study run there; else beside runs/ and results/
+    report = ctx["out"] / "docs" / name if (args.out == "." and not args.synthetic) else ctx["out"] / name
+    words = relative_command(list(sys.argv[1:] if argv is None else argv), ctx["out"])  # no machine paths
+    result = StudyResult(
+        root=ctx["out"], label=ctx["label"], command_line=words or f"--profile {args.profile}",
+        prof=ctx["prof"], methods=ctx["methods"], skipped=ctx["skipped"],
+        ablations=[m.name for m in ctx["methods"] if m in ABLATIONS], analysis=analysis, commands=commands,
+        results=results, runs=ctx["runs"], seeds=ctx["seeds"], data_note=ctx["data_note"],
+        elapsed=time.time() - began, val_samples=ctx["val"]["val_samples"], lrs=ctx["lrs"], tuning=tuning,
+        threads=ctx["threads"], reused=sum(r["skipped"] for ts in timings.values() for r in ts))
+    write_report(report, result)
+    print(f"reproduce.py: wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The study's report: a :class:`StudyResult` rendered to markdown (``RESULTS.md`` / ``RESULTS_<label>.md``).
+
+Paths and commands in the report are relative to the project root (the study's ``--out``), and the interpreter is
+written ``python``, so a report never names a folder of the machine it was made on. The hand-written
+``## Reading these numbers`` section of an existing report is kept as it is.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from uniclip_plugin.io import write_text_atomic
+from uniclip_plugin.runs import run_name
+from uniclip_plugin.study import analysis as study
+from uniclip_plugin.study.plan import Method, Profile
+
+__all__ = ["StudyResult", "ABLATION_METRICS", "ablation_table", "tuning_lines", "relative_command", "render",
+           "write_report", "READING_MARKER"]
+
+READING_MARKER = "\n## Reading these numbers"  # the hand-written analysis that follows is kept on a rewrite
+
+# Compact ablation table: (dataset, task, metric, column label); absent sets are left out
+# clip_benchmark's image_retrieval_recall is text → image (a caption retrieves its image), text_retrieval image → text
+ABLATION_METRICS = (("heldout_emoji_retrieval_test", "zeroshot_retrieval", "image_retrieval_recall@1",
+                     "test image retrieval R@1 (T→I)"),
+                    ("heldout_emoji_retrieval_test", "zeroshot_retrieval", "text_retrieval_recall@1",
+                     "test text retrieval R@1 (I→T)"),
+                    ("heldout_emoji_group", "zeroshot_classification", "acc1", "group zero-shot"),
+                    ("heldout_emoji_subgroup", "zeroshot_classification", "acc1", "subgroup zero-shot"),
+                    ("fmnist", "zeroshot_classification", "acc1", "Fashion-MNIST zero-shot"),
+                    ("fmnist", "linear_probe", "lp_acc1", "Fashion-MNIST probe"))
+
+
+@dataclass
+class StudyResult:
+    """Everything the report states about one study call.
+
+    Attributes:
+        root: the project root (``--out``); paths in the report are relative to it.
+        label: the profile name, ``-tuned`` appended with ``--tune``.
+        command_line: the study's arguments as given.
+        prof: the training profile.
+        methods: the methods trained (main methods, then ablations).
+        skipped: the methods this version does not register.
+        ablations: the names of the ablation rows among ``methods``.
+        analysis: ``uniclip_plugin.study.analysis.analyse``'s result.
+        commands: every command run (training, benchmark), absolute as run.
+        results: the results folder; runs: the runs folder.
+        seeds: seeds per method.
+        data_note: one sentence on the data.
+        elapsed: seconds the whole call took.
+        val_samples: validation pairs.
+        lrs: the lr of each method.
+        tuning: ``uniclip_plugin.study.run.tune``'s result, or None.
+        threads: OMP threads per training process.
+        reused: runs an earlier call had trained.
+    """
+
+    root: Path
+    label: str
+    command_line: str
+    prof: Profile
+    methods: list[Method]
+    skipped: list[Method]
+    ablations: list[str]
+    analysis: dict
+    commands: list[list[str]]
+    results: Path
+    runs: Path
+    seeds: dict[str, int]
+    data_note: str
+    elapsed: float
+    val_samples: int
+    lrs: dict[str, float] = field(default_factory=dict)
+    tuning: Optional[dict] = None
+    threads: int = 1
+    reused: int = 0
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the project root (``..`` steps when it lies outside)."""
+        return os.path.relpath(path, self.root)
+
+
+def _relative_word(word: str, root: Path) -> str:
+    if os.path.isabs(word):
+        return os.path.relpath(word, root)
+    # paths inside a longer argument (--models NAME=CHECKPOINT:CONFIG,...)
+    return word.replace(f"{root}{os.sep}", "")
+
+
+def relative_command(cmd: list[str], root: Path) -> str:
+    """A command as the report quotes it: the interpreter as ``python``, absolute paths relative to ``root``.
+
+    Args:
+        cmd: the command as run (absolute paths).
+        root: the project root (the study's ``--out``).
+
+    Returns:
+        The command as one line.
+    """
+    words = ["python" if i == 0 and word == sys.executable else word for i, word in enumerate(cmd)]
+    return " ".join(_relative_word(w, root) for w in words)
+
+
+def _read_per_run(results_csv: Path) -> dict[tuple[str, int, str, str, str], float]:
+    """``results.csv`` as (method, seed, dataset, task, metric) → value, for runs named ``<method>-seed<N>``."""
+    per_run: dict[tuple[str, int, str, str, str], float] = {}
+    if results_csv.is_file():
+        with open(results_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                seed = r["run"].rsplit("-seed", 1)[-1]
+                if seed.isdigit():
+                    per_run[(r["method"], int(seed), r["dataset"], r["task"], r["metric"])] = float(r["value"])
+    return per_run
+
+
+def _mean_over(values: list[Optional[float]]) -> Optional[float]:
+    kept = [v for v in values if v is not None]
+    return statistics.mean(kept) if kept and len(kept) == len(values) else None
+
+
+def _delta_cell(value: Optional[float], base: Optional[float], scale: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    text = f"{scale * value:.1f}"
+    return text if base is None or math.isnan(base) else text + f" (Δ {scale * (value - base):+.1f})"
+
+
+def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: list[str]) -> list[str]:
+    """Markdown lines: the full UniCLIP and each ablation, final val R@1 and key test metrics, Δ against ``full``.
+
+    Seed-matched: an ablation run with seeds 0..k-1 is compared with the full model's mean over the same seeds (the
+    spread between seeds is as large as most ablation effects at the quick budget)."""
+    per_run = _read_per_run(results_csv)
+    metrics = [m for m in ABLATION_METRICS if any(k[0] == full and k[2:] == m[:3] for k in per_run)]
+    val = {r["method"]: r["final_val_r1"] for r in rows}
+    lines = ["| run | seeds | final val R@1 | " + " | ".join(m[3] for m in metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    full_seeds = list(range(len(val.get(full) or [])))
+    for name in [full, *ablations]:
+        seeds = list(range(len(val.get(name) or [])))
+        base_seeds = None if name == full or any(s not in full_seeds for s in seeds) else seeds
+        own_val = _mean_over([val[name][s] for s in seeds]) if seeds else None
+        base_val = _mean_over([val[full][s] for s in base_seeds]) if base_seeds else None
+        cells = [_delta_cell(own_val, base_val, 1.0)]
+        for m in metrics:
+            own = _mean_over([per_run.get((name, s, *m[:3])) for s in seeds]) if seeds else None
+            base = _mean_over([per_run.get((full, s, *m[:3])) for s in base_seeds]) if base_seeds else None
+            cells.append(_delta_cell(own, base, 100.0))
+        seed_text = ("–" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}")
+        lines.append(f"| {name} | {seed_text} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tuning_lines(tuning: dict) -> list[str]:
+    """Markdown: the grid's best-epoch validation R@1 per method, the chosen lr in bold."""
+    grid = tuning["grid"]
+    lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |",
+             "|---|" + "---|" * (len(grid) + 1)]
+    for method, scores in tuning["scores"].items():
+        chosen = tuning["chosen"][method]
+        cells = [(f"**{scores[lr]:.2f}**" if lr == chosen else f"{scores[lr]:.2f}") for lr in grid]  # ties at .1f
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen:g} |")
+    return lines
+
+
+def _trained_text(r: StudyResult) -> str:
+    rows = r.analysis["rows"]
+    n_runs = sum(len(row["final_val_r1"]) for row in rows)
+    train_minutes = sum(row["seconds_per_run"] * len(row["final_val_r1"]) for row in rows
+                        if not math.isnan(row["seconds_per_run"])) / 60
+    trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
+    if r.reused:
+        trained += (f"; {r.reused} of them had been trained by an earlier call and were reused, so this command's own "
+                    f"time covers only the rest")
+    return trained
+
+
+def _seed_text(r: StudyResult) -> str:
+    main_seeds = max((r.seeds[m.name] for m in r.methods if m.name not in r.ablations), default=1)
+    text = f"seeds 0..{main_seeds - 1}" if main_seeds > 1 else "seed 0"
+    if r.ablations:
+        n_abl = max(r.seeds[name] for name in r.ablations)
+        text += f" (ablation rows: {'seeds 0..' + str(n_abl - 1) if n_abl > 1 else 'seed 0'})"
+    return text
+
+
+def _lr_texts(r: StudyResult) -> tuple[str, str]:
+    if r.tuning:
+        return ("with each method's lr as tuned below",
+                f"The learning rate was tuned on the validation split with the same effort for every method: "
+                f"lr ∈ {{{', '.join(f'{lr:g}' for lr in r.tuning['grid'])}}} on the {r.tuning['profile']} profile, "
+                f"seed 0, each scored by its best-epoch validation R@1 (the table under \"Learning-rate "
+                f"tuning\"); the ablations use UniCLIP's lr. Nothing else was tuned.")
+    return (f"lr {r.prof.lr}",
+            "No hyper-parameter was tuned for any method (the same zero tuning effort for all): these are "
+            "open_clip-style defaults fixed before the first run (`--tune` searches the lr per method).")
+
+
+def _header(r: StudyResult) -> list[str]:
+    import open_clip
+    import torch
+    prof, results = r.prof, r.results
+    lr_text, tuning_text = _lr_texts(r)
+    return [f"# Results ({r.label} profile)", "",
+            f"Made by `python harness/reproduce.py {r.command_line}` on "
+            f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}; the whole "
+            f"command took {r.elapsed / 60:.1f} min (data build, training, validation, benchmark; {_trained_text(r)}). "
+            f"Every number below "
+            f"comes from `{r.rel(results)}/json/*.json` (one clip_benchmark JSON per run, dataset and task), "
+            f"`{r.rel(results)}/best/json/*.json` (best-epoch runs) and `{r.rel(results)}/curves.json` "
+            f"(validation curves).", "",
+            f"Data: {r.data_note}", "",
+            f"Every method: towers `{prof.size}`, {prof.epochs} epochs of "
+            f"{r.analysis['steps_per_epoch']} steps (an epoch = {prof.epoch_fraction:g} × the data, resampled), batch "
+            f"{prof.batch}, AdamW {lr_text}, wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
+            f"{r.threads} OMP thread(s) per training process, {_seed_text(r)}. {tuning_text} Only the epoch is "
+            f"chosen, on the validation split, for the best-epoch rows. Linear probes use at most "
+            f"{prof.probe_max_train:,} training samples per set (a seeded subset).", ""]
+
+
+def _methods_and_tests(r: StudyResult) -> list[str]:
+    size = r.prof.size
+    lines = ["## Methods", ""]
+    for m in r.methods:
+        lines.append(f"- **{m.name}** (`--loss {m.loss} --model {m.model.format(size=size)} "
+                     f"{' '.join(m.flags)}`, lr {r.lrs[m.name]:g}): {m.note or 'ablation'}")
+    for m in r.skipped:
+        lines.append(f"- {m.name}: not run — `--loss {m.loss}` / `{m.model.format(size=size)}` is not "
+                     f"registered in this version ({m.note})")
+    table = (r.results / "table.md").read_text() if (r.results / "table.md").is_file() else "(no bench table)"
+    best = r.results / "best" / "table.md"
+    best_table = (best.read_text() if best.is_file()
+                  else "(every run's best validation epoch is its final epoch: the table above applies)")
+    return lines + ["", "## Test sets, final epoch", "", table, "",
+                    "`heldout_emoji_retrieval` holds all 1,852 held-out concepts (it shares 896 with the validation "
+                    "split); `heldout_emoji_retrieval_test` holds only the 956 concepts never used for validation.", "",
+                    "## Test sets, epoch chosen on validation (zero-shot tasks; disjoint from validation)", "",
+                    best_table, ""]
+
+
+def _validation(r: StudyResult) -> list[str]:
+    analysis = r.analysis
+    lines = ["## Validation, cost and equal wall-clock", "",
+             f"Validation R@1 = mean of image→text and text→image R@1 over the {r.val_samples} validation pairs "
+             f"(open_clip_train `--val-data`, after every epoch). Equal wall-clock: each method's validation R@1 "
+             f"interpolated at {analysis['budget_seconds']:.0f} s after its training process started, when the "
+             f"cheapest method had finished (n/a: that method's first validation came later). s / run includes "
+             f"process start-up and validation; s / step = s / run over the steps.", "",
+             "| method | s / run | s / step | × clip | final val R@1 | best val R@1 | best epoch | "
+             "val R@1 at equal wall-clock |", "|---|---|---|---|---|---|---|---|"]
+    clip_step = next((row["seconds_per_step"] for row in analysis["rows"] if row["method"] == "clip"), float("nan"))
+    for row in analysis["rows"]:
+        ratio = row["seconds_per_step"] / clip_step if clip_step == clip_step else float("nan")
+        lines.append(f"| {row['method']} | {row['seconds_per_run']:.0f} | {row['seconds_per_step']:.3f} | "
+                     f"{ratio:.2f} | {study.mean_std(row['final_val_r1'])} | {study.mean_std(row['best_val_r1'])} | "
+                     f"{', '.join(str(b) for b in row['best_epochs'])} | {study.mean_std(row['val_r1_at_budget'])} |")
+    eff = analysis["data_efficiency"]
+    if eff:
+        lines += ["", "Data efficiency (issue 9; the paper's claim): steps UniCLIP needs to reach CLIP's final "
+                  "validation R@1, as a fraction of CLIP's steps (goal ≤ 0.5): " + "; ".join(
+                      f"seed {e['seed']}: target {e['target_val_r1']:.1f} → "
+                      + ("not reached" if math.isnan(e["fraction"]) else f"{e['fraction']:.2f}") for e in eff) + "."]
+    return lines
+
+
+def _ablations_and_tuning(r: StudyResult) -> list[str]:
+    lines: list[str] = []
+    if r.ablations:
+        lines += ["", "## UniCLIP ablations (PAPER.md §1) and view-strength diagnostics", "",
+                  "Final epoch; values in % (val R@1 in % of the validation pairs), mean over the row's seeds; Δ in "
+                  "points against the full `uniclip` on the same seeds. Every row changes one thing, with the flag "
+                  "listed under Methods.", ""]
+        lines += ablation_table(r.results / "results.csv", r.analysis["rows"], "uniclip", r.ablations)
+    if r.tuning:
+        tuning = r.tuning
+        lines += ["", "## Learning-rate tuning (validation split)", "",
+                  f"Best-epoch validation R@1 (%) of each lr, {tuning['profile']} profile, seed 0 "
+                  f"({tuning['seconds'] / 60:.1f} min of training; `{r.rel(r.results)}/tuning.json`). The chosen lr "
+                  f"(bold) trains the runs above. The search runs on the {tuning['profile']} profile to keep its cost "
+                  f"down; where that profile is shorter than this one, an lr that learns fastest early may not be "
+                  f"the best over the whole run.", ""]
+        lines += tuning_lines(tuning)
+    return lines
+
+
+def _similarity_and_commands(r: StudyResult) -> list[str]:
+    plots = ", ".join(f"`{r.rel(p)}`" for p in sorted(r.results.glob("*.png")))
+    lines = ["", f"Plots: {plots}", "",
+             "## Learned per-domain-pair similarity (UniCLIP runs)", "",
+             "| run | τ II | τ IT | τ TT | b II | b IT | b TT |", "|---|---|---|---|---|---|---|"]
+    for m in r.methods:
+        for s in range(r.seeds[m.name]):
+            name = run_name(m.name, s)
+            sim = study.learned_similarity(r.runs / name / "checkpoints" / f"epoch_{r.prof.epochs}.pt")
+            if sim:
+                t, b = sim["temperature"], sim["offset"]
+                lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in t + b) + " |")
+    return lines + ["", "## Commands", "", "```"] + [relative_command(c, r.root) for c in r.commands] + ["```", ""]
+
+
+def render(result: StudyResult) -> str:
+    """The generated part of the report (everything before ``## Reading these numbers``)."""
+    lines = (_header(result) + _methods_and_tests(result) + _validation(result) + _ablations_and_tuning(result)
+             + _similarity_and_commands(result))
+    return "\n".join(lines)
+
+
+def write_report(path: Path, result: StudyResult) -> None:
+    """Write the report to ``path``, keeping the hand-written ``## Reading these numbers`` section already there."""
+    previous = path.read_text() if path.is_file() else ""
+    keep = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, render(result) + keep)

@@ -1,0 +1,157 @@
+"""The study's training runs: the ``open_clip train`` command, the stale-run check, training, and the lr search.
+
+A run lives in ``<runs>/<method>-seed<N>`` (``uniclip_plugin.runs.run_name``); one whose final checkpoint exists is
+not trained again, but only when it was trained with the settings the study asks for now (``stale_settings``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from uniclip_plugin.io import write_text_atomic
+from uniclip_plugin.runs import RunDir, run_name
+from uniclip_plugin.study.plan import PROFILES, TUNE_LRS, Method, Profile, profile_samples
+
+__all__ = ["train_command", "stale_settings", "train", "choose_lr", "tune", "write_tuning", "CHECKED_PARAMS",
+           "WHERE_FLAGS"]
+
+# open_clip_train's params.txt keys checked before a run is reused or resumed (the flags that change its result)
+CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size", "--epochs": "epochs",
+                  "--seed": "seed", "--train-num-samples": "train_num_samples", "--warmup": "warmup", "--wd": "wd"}
+
+# where a run lives, not how it trains: a moved checkout or data folder, or the lr search's seed-0 run linked into the
+# study under the study's name, is the same run
+WHERE_FLAGS = ("--train-data", "--val-data", "--logs", "--name")
+
+
+def train_command(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int,
+                  val: dict, lr: Optional[float] = None, name: Optional[str] = None) -> list[str]:
+    """The ``python -m uniclip_plugin.cli train`` command of one run (absolute paths as given)."""
+    return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", method.loss,
+            "--model", method.model.format(size=prof.size), *method.flags,
+            "--train-data", data, "--dataset-type", "webdataset", "--dataset-resampled",
+            "--train-num-samples", str(samples), "--batch-size", str(prof.batch), "--epochs", str(prof.epochs),
+            "--lr", str(prof.lr if lr is None else lr), "--wd", "0.1", "--warmup", str(prof.warmup),
+            "--precision", "fp32",
+            "--device", "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs),
+            "--name", name or run_name(method.name, seed), "--save-frequency", "1", "--zeroshot-frequency", "0",
+            "--log-every-n-steps", "10", "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]),
+            "--val-frequency", "1"]
+
+
+def _settings(cmd: list[str]) -> list[str]:
+    """``cmd`` without the interpreter and with the ``WHERE_FLAGS`` values blanked, for comparing two commands."""
+    args = list(cmd[1:])
+    for i in range(1, len(args)):
+        if args[i - 1] in WHERE_FLAGS:
+            args[i] = "<where>"
+    return args
+
+
+def _stale_params(values: dict[str, str], cmd: list[str]) -> list[str]:
+    """The ``CHECKED_PARAMS`` whose ``params.txt`` value differs from ``cmd``'s (numbers compared as numbers)."""
+    stale = []
+    for flag, key in CHECKED_PARAMS.items():
+        if flag in cmd and key in values:
+            asked = cmd[cmd.index(flag) + 1]
+            try:
+                same = float(values[key]) == float(asked)
+            except ValueError:
+                same = values[key] == asked
+            if not same:
+                stale.append(f"{key} {values[key]}, asked {asked}")
+    return stale
+
+
+def stale_settings(run_dir: Path, cmd: list[str]) -> list[str]:
+    """What differs between ``cmd`` and the run already in ``run_dir`` (its ``command.json``, else the hyper-parameters
+    open_clip_train wrote to ``params.txt``); empty when the run is new or matches."""
+    run = RunDir(run_dir)
+    recorded = run.command()
+    if recorded is not None:
+        old, new = _settings(recorded), _settings(cmd)
+        if old == new:
+            return []
+        # strict=False: a changed length is reported when no common argument differs
+        changed = [f"{old[i - 1]} {a} -> {b}" if i and old[i - 1].startswith("--") else f"{a} -> {b}"
+                   for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b]
+        return changed or [f"{len(old)} -> {len(new)} arguments"]
+    return _stale_params(run.params(), cmd)
+
+
+def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict,
+          threads: int, lr: Optional[float] = None, name: Optional[str] = None) -> dict:
+    """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
+    "command", "skipped"}."""
+    name = name or run_name(method.name, seed)
+    run = RunDir(runs / name)
+    final = run.epoch_checkpoint(prof.epochs)
+    cmd = train_command(method, prof, data, samples, runs, seed, val, lr, name)
+    timing = run.path / "wallclock.json"
+    stale = stale_settings(run.path, cmd)
+    if stale:
+        raise SystemExit(f"reproduce.py: error: {run.path} was trained with other settings than this study asks "
+                         f"for ({'; '.join(stale)}); delete that run folder, or pass another --out / runs folder")
+    if final.is_file():
+        record = json.loads(timing.read_text()) if timing.is_file() else {}
+        return {"seconds": record.get("seconds", float("nan")), "start": record.get("start"), "command": cmd,
+                "skipped": True}
+    resume = ["--resume", "latest"] if (run.path / "checkpoints").is_dir() else []
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run.path / "command.json", json.dumps(cmd))
+    start = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # every path in cmd is absolute, so the process may start in the caller's working folder
+    proc = subprocess.run(cmd + resume, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not final.is_file():
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"reproduce.py: error: training {method.name} seed {seed} failed: {tail}")
+    seconds = time.time() - start
+    # a resumed run's epochs before the resume have no wall-clock on this timeline
+    write_text_atomic(timing, json.dumps({"seconds": seconds, "start": None if resume else start}))
+    return {"seconds": seconds, "start": None if resume else start, "command": cmd, "skipped": False}
+
+
+def choose_lr(scores: dict[float, float], default: float) -> float:
+    """The lr with the highest best-epoch validation R@1 (nan: lowest); ties go to ``default``, then to the smaller
+    lr."""
+    return max(scores, key=lambda lr: (-math.inf if math.isnan(scores[lr]) else scores[lr], lr == default, -lr))
+
+
+def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, runs: Path, val: dict,
+         threads: int) -> dict:
+    """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seed 0,
+    scored by the best validation R@1 over its epochs (the validation split only, never a test set).
+
+    Returns ``{"profile", "grid", "scores": {method: {lr: val R@1}}, "chosen": {method: lr}, "seconds",
+    "commands"}``; runs live in ``runs`` as ``<method>-lr<lr>-seed0`` and are not trained again."""
+    prof = PROFILES[prof_name]
+    samples = profile_samples(prof, data_samples)
+    steps_per_epoch = math.ceil(samples / prof.batch)
+    scores: dict[str, dict[float, float]] = {}
+    seconds, commands = 0.0, []
+    for m in methods:
+        for lr in TUNE_LRS:
+            name = run_name(m.name, 0, lr)
+            print(f"reproduce.py: tuning {m.name} lr {lr:g} ({prof_name} profile) ...", flush=True)
+            r = train(m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name)
+            seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
+            commands.append(r["command"])
+            curve = RunDir(runs / name).val_curve(steps_per_epoch, None)
+            scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1),
+                                                    default=float("nan"))
+    chosen = {m: choose_lr(s, prof.lr) for m, s in scores.items()}
+    return {"profile": prof_name, "grid": list(TUNE_LRS), "scores": scores, "chosen": chosen, "seconds": seconds,
+            "commands": commands}
+
+
+def write_tuning(path: Path, tuning: dict) -> None:
+    """``tuning.json``: the search's record with the lrs as ``%g`` strings (JSON keys)."""
+    write_text_atomic(path, json.dumps({**tuning, "scores": {m: {f"{lr:g}": v for lr, v in s.items()}
+                                                             for m, s in tuning["scores"].items()}}, indent=1))
