@@ -13,6 +13,7 @@ from open_clip.loss import ClipLoss
 import uniclip_plugin.losses.mpnce as mpnce
 from uniclip_plugin.losses import OBJECTIVES, UniversalContrastiveLoss, universal_contrastive_loss
 from uniclip_plugin.similarity import SIMILARITY_FORMS, universal_embeddings
+from uniclip_plugin.testing.memory import saved_tensor_bytes
 
 F64 = torch.float64
 
@@ -236,16 +237,7 @@ def _saved_bytes(b: int, chunk: int) -> int:
     img, txt = _features(b, 2, 16, seed=0, dtype=torch.float32)
     img, txt = img.requires_grad_(), txt.requires_grad_()
     scales, offsets = torch.full((3,), 10.0, requires_grad=True), torch.zeros(3, requires_grad=True)
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _loss(img, txt, scales, offsets, chunk_size=chunk)
-    return sum(storages.values())
+    return saved_tensor_bytes(lambda: _loss(img, txt, scales, offsets, chunk_size=chunk))
 
 
 def test_chunking_bounds_the_memory_autograd_keeps() -> None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-from typing import Any
+from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from ..config import AUG_FUSIONS, EVAL_AUG_PARAMS, TT_OFFSETS, UniCLIPCfg
 from ..losses.mpnce import BALANCES, OBJECTIVES, TEXT_POSITIVES, UniversalContrastiveLoss
 from ..model.uniclip import UniCLIP
 from ..registry import MethodSpec, Shapes, register_method
-from ..similarity import SIMILARITY_FORMS
+from ..similarity import NUM_DOMAIN_PAIRS, PAIR_IT, SIMILARITY_FORMS
 from ..views import VIEW_PRESETS
 
 MODEL_FLAGS = {"views": "views", "view_preset": "view_preset", "view_presets": "view_presets",
@@ -31,53 +32,6 @@ _CFG = UniCLIPCfg()
 _LOSS_DEFAULTS = {k: p.default for k, p in inspect.signature(UniversalContrastiveLoss).parameters.items()}
 
 
-def add_arguments(group: Any) -> None:
-    """UniCLIP's flags; ``(default: ...)`` quotes the config / loss default."""
-    on_off = argparse.BooleanOptionalAction
-    group.add_argument("--views", type=int, default=None,
-                       help=f"image views per sample; 1 drops image–image pairs (default {_CFG.views})")
-    group.add_argument("--view-preset", choices=sorted(VIEW_PRESETS), default=None,
-                       help=f"augmentation strengths of the views (default {_CFG.view_preset})")
-    group.add_argument("--aug-embed", action=on_off, default=None,
-                       help=f"the augmentation-aware embedding; --no-aug-embed ablates it (default {_CFG.aug_embed})")
-    group.add_argument("--view-presets", type=_names, default=None, metavar="P0,P1,...",
-                       help="one preset per view, e.g. clip,simclr (view 0 a caption view); sets --views")
-    group.add_argument("--aug-fusion", choices=list(AUG_FUSIONS), default=None,
-                       help=f"how the augmentation embedding joins the image embedding: concat W[h; e(a)], add h + e(a), "
-                            f"film h·(1+γ(a)) + β(a) (default {_CFG.aug_fusion})")
-    group.add_argument("--eval-aug-params", choices=list(EVAL_AUG_PARAMS), default=None,
-                       help=f"parameters fed to the augmentation embedding at evaluation (default "
-                            f"{_CFG.eval_aug_params})")
-    group.add_argument("--init-temperatures", type=_floats, default=None, metavar="T or TII,TIT,TTT",
-                       help=f"initial temperature, one or per domain pair (default {_CFG.init_temperature})")
-    group.add_argument("--offset-bound", type=float, default=None,
-                       help="confine the offsets to (−B, B) with B·tanh; 0 = unbounded (default 0)")
-    group.add_argument("--tt-offset", choices=list(TT_OFFSETS), default=None,
-                       help=f"fixed: the text–text offset stays at init (default {_CFG.tt_offset})")
-    group.add_argument("--domain-similarity", action=on_off, default=None,
-                       help="one temperature and offset per domain pair (II, IT, TT); --no-domain-similarity shares "
-                            f"one (default {_CFG.domain_similarity})")
-    group.add_argument("--similarity-form", choices=list(SIMILARITY_FORMS), default=None,
-                       help=f"shift_scale: s = scale·(cos − offset); scale_shift: s = scale·cos − offset (default "
-                            f"{_CFG.similarity_form}; sets the model's and the loss's form)")
-    group.add_argument("--mpnce-objective", choices=list(OBJECTIVES), default=None,
-                       help=f"MP-NCE or an ablation objective (default {_LOSS_DEFAULTS['objective']})")
-    group.add_argument("--text-text-negatives", action=on_off, default=None,
-                       help=f"other texts among a text anchor's negatives (default "
-                            f"{_LOSS_DEFAULTS['text_text_negatives']})")
-    group.add_argument("--text-positives", choices=list(TEXT_POSITIVES), default=None,
-                       help=f"the text's positives: all views (the paper) or the caption view (view 0) (default "
-                            f"{_LOSS_DEFAULTS['text_positives']})")
-    group.add_argument("--mpnce-balance", choices=list(BALANCES), default=None,
-                       help=f"count: mean over all positive pairs (the paper); group: mean per group (image–text, "
-                            f"image–image), then weighted (default {_LOSS_DEFAULTS['balance']})")
-    group.add_argument("--mpnce-group-weights", type=_floats, default=None, metavar="W_IT,W_II",
-                       help=f"weights of --mpnce-balance group (default {_LOSS_DEFAULTS['group_weights']})")
-    group.add_argument("--loss-chunk-size", type=int, default=None,
-                       help="rows per chunk of the memory-bounded loss; 0 = unchunked (default "
-                            f"{_LOSS_DEFAULTS['chunk_size']})")
-
-
 def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
@@ -85,6 +39,46 @@ def _names(text: str) -> tuple[str, ...]:
 def _floats(text: str) -> Any:
     values = tuple(float(v) for v in text.split(","))
     return values[0] if len(values) == 1 else values
+
+
+_ON_OFF = argparse.BooleanOptionalAction
+# flag -> (argparse options, help, the config field or loss argument whose default the help quotes)
+_FLAG_HELP: dict[str, tuple[dict[str, Any], str, str]] = {
+    "--views": ({"type": int}, "image views per sample; 1 drops image–image pairs", "views"),
+    "--view-preset": ({"choices": sorted(VIEW_PRESETS)}, "augmentation strengths of the views", "view_preset"),
+    "--view-presets": ({"type": _names, "metavar": "P0,P1,..."},
+                       "one preset per view, e.g. clip,simclr (view 0 a caption view); sets --views", "view_presets"),
+    "--aug-embed": ({"action": _ON_OFF}, "the augmentation-aware embedding (--no-aug-embed ablates it)", "aug_embed"),
+    "--aug-fusion": ({"choices": list(AUG_FUSIONS)}, "how it joins the image embedding: concat W[h; e(a)], add "
+                     "h + e(a), film h·(1+γ(a)) + β(a)", "aug_fusion"),
+    "--eval-aug-params": ({"choices": list(EVAL_AUG_PARAMS)}, "parameters it is fed at evaluation",
+                          "eval_aug_params"),
+    "--domain-similarity": ({"action": _ON_OFF}, "a temperature and offset per domain pair (II, IT, TT); "
+                            "--no-domain-similarity shares one", "domain_similarity"),
+    "--similarity-form": ({"choices": list(SIMILARITY_FORMS)}, "shift_scale: scale·(cos − offset); scale_shift: "
+                          "scale·cos − offset (sets the model's and the loss's form)", "similarity_form"),
+    "--init-temperatures": ({"type": _floats, "metavar": "T|TII,TIT,TTT"},
+                            "initial temperature, one or per domain pair", "init_temperature"),
+    "--offset-bound": ({"type": float}, "confine the offsets to (−B, B) by B·tanh; 0: unbounded", "offset_bound"),
+    "--tt-offset": ({"choices": list(TT_OFFSETS)}, "fixed: the text–text offset stays at init", "tt_offset"),
+    "--mpnce-objective": ({"choices": list(OBJECTIVES)}, "MP-NCE or an ablation objective", "objective"),
+    "--text-text-negatives": ({"action": _ON_OFF}, "other texts among a text anchor's negatives",
+                              "text_text_negatives"),
+    "--text-positives": ({"choices": list(TEXT_POSITIVES)}, "the text's positives: all views (the paper) or the "
+                         "caption view (view 0)", "text_positives"),
+    "--mpnce-balance": ({"choices": list(BALANCES)}, "count: mean over all positive pairs (the paper); group: mean "
+                        "per group (image–text, image–image), then weighted", "balance"),
+    "--mpnce-group-weights": ({"type": _floats, "metavar": "W_IT,W_II"}, "weights of --mpnce-balance group",
+                              "group_weights"),
+    "--loss-chunk-size": ({"type": int}, "rows per chunk of the memory-bounded loss; 0: unchunked", "chunk_size"),
+}
+
+
+def add_arguments(group: Any) -> None:
+    """UniCLIP's flags, all defaulting to None (not given); each help quotes the config's or the loss's default."""
+    for flag, (options, text, key) in _FLAG_HELP.items():
+        default = getattr(_CFG, key) if hasattr(_CFG, key) else _LOSS_DEFAULTS[key]
+        group.add_argument(flag, default=None, help=f"{text} (default {default})", **options)
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,9 +108,29 @@ def options_from_checkpoint(shapes: Shapes) -> dict[str, Any]:
     return options
 
 
+def owns_checkpoint(shapes: Shapes) -> bool:
+    """A UniCLIP checkpoint has the augmentation embedding, or (ablated without it) vector per-pair ``logit_scale`` and
+    ``logit_bias``; a stock CLIP checkpoint has a 0-dim ``logit_scale`` and no ``aug_embed.*``. (A CLIP file with
+    ``nonscalar_logit_scale`` and a SigLIP bias reads as UniCLIP without both switches: it then loads strictly.)"""
+    if any(key.startswith("aug_embed.") for key in shapes):
+        return True
+    return len(shapes.get("logit_scale", ())) == 1 and len(shapes.get("logit_bias", ())) == 1
+
+
+def init_from_clip(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP's image–text log-scale starts the image–text pair (the shared one without domain similarity); the
+    image–image and text–text pairs, which CLIP never trained, keep their init, as do the offsets."""
+    if "logit_scale" not in state or state["logit_scale"].numel() != 1:
+        return {}
+    scales = model.logit_scale.detach().clone()
+    scales[PAIR_IT if scales.numel() == NUM_DOMAIN_PAIRS else 0] = float(state["logit_scale"].reshape(-1)[0])
+    return {"logit_scale": scales}
+
+
 @register_method
 def uniclip_mpnce() -> MethodSpec:
     return MethodSpec(
         "uniclip_mpnce", "UniCLIP: MP-NCE over one universal image+text space", build_loss, model_prefix="UniCLIP",
         marker="uniclip_cfg", model_class=UniCLIP, add_arguments=add_arguments, model_overrides=model_overrides,
-        options_from_checkpoint=options_from_checkpoint, whole_image_input=True)
+        options_from_checkpoint=options_from_checkpoint, owns_checkpoint=owns_checkpoint, init_from_clip=init_from_clip,
+        whole_image_input=True, exact_global_loss=True)

@@ -71,7 +71,11 @@ Results = dict[str, Any]
 
 @dataclass(frozen=True)
 class Section:
-    """One part of the report: what it measures and how it prints."""
+    """One part of the report: what it measures and how it prints.
+
+    ``measure(settings, results)`` returns the section's keys for the JSON (``results`` is the run so far, for the
+    sections that reuse an earlier section's numbers; keys starting with ``_`` are passed on but not written);
+    ``render(settings, results)`` returns its markdown."""
 
     measure: Callable[[Settings, Results], Results]
     render: Callable[[Settings, Results], str]

@@ -64,15 +64,8 @@ def find_curves(explicit: Optional[str], root: Optional[Path] = None) -> Optiona
 
 
 def measure(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
-    """Section 7: the data efficiency of the study's curves, or a note when there is no curves file.
-
-    Args:
-        settings: the run's settings (``curves``).
-        results: the run so far (unused).
-
-    Returns:
-        ``data_efficiency``: ``path`` and ``data_efficiency``'s result, or ``path`` and a ``note``.
-    """
+    """Section 7: ``data_efficiency`` of the study's curves (``path`` and the result, or ``path`` and a ``note`` when
+    there is no curves file)."""
     path = find_curves(settings.curves)
     eff: dict[str, Any] = {"path": str(path) if path else None}
     if path is None or not path.exists():

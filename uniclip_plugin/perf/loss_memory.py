@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .settings import Settings
+from ..testing.memory import saved_tensor_bytes
 from .timing import RssPeak, in_fresh_process, median_time
 
 MODULE = "uniclip_plugin.perf.loss_memory"
@@ -46,16 +47,7 @@ def loss_point(batch: int, views: int, dim: int, chunk: int, iters: int) -> dict
     """
     universal_contrastive_loss = importlib.import_module("uniclip_plugin.losses.mpnce").universal_contrastive_loss
     img, txt, scales, offsets = _unit_embeddings(batch, views, dim, 0)
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = universal_contrastive_loss(img, txt, scales, offsets, chunk_size=chunk)
-    del out
+    saved = saved_tensor_bytes(lambda: universal_contrastive_loss(img, txt, scales, offsets, chunk_size=chunk))
     with RssPeak() as peak:
         universal_contrastive_loss(img, txt, scales, offsets, chunk_size=chunk)["contrastive_loss"].backward()
 
@@ -63,7 +55,7 @@ def loss_point(batch: int, views: int, dim: int, chunk: int, iters: int) -> dict
         universal_contrastive_loss(img, txt, scales, offsets, chunk_size=chunk)["contrastive_loss"].backward()
 
     seconds = median_time(run, iters, warmup=0)
-    return {"seconds": seconds, "saved_bytes": sum(saved.values()), "peak_extra_bytes": peak.extra}
+    return {"seconds": seconds, "saved_bytes": saved, "peak_extra_bytes": peak.extra}
 
 
 def loss_point_subprocess(batch: int, views: int, dim: int, chunk: int, iters: int) -> dict[str, float]:

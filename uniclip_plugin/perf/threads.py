@@ -76,13 +76,5 @@ def train_threads(configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFI
 
 
 def measure(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
-    """The ``--train-threads`` mode.
-
-    Args:
-        settings: the run's settings (``train_data``).
-        results: the run so far (unused).
-
-    Returns:
-        ``train_threads``: ``train_threads``'s rows.
-    """
+    """The ``--train-threads`` mode: ``train_threads``' rows for ``settings.train_data``."""
     return {"train_threads": train_threads(train_data=settings.train_data)}
