@@ -1,8 +1,10 @@
 """Every upstream fix of the plugin, one function per bug (docs/UPSTREAM.md: E1–E6 and "Other fixes").
 
 Each function is idempotent, names the upstream reference, and has a test in ``tests/test_compat.py`` that fails
-without it. ``apply_all()`` applies them all; ``uniclip_plugin.register()`` calls it. The DeepSpeed pitfalls D1–D6
-are handled in ``uniclip_plugin/ds/`` and the plugin models, not here.
+without it (the sample shuffle also in ``tests/test_shuffle.py``, truncated shards in ``tests/test_faults_data.py``,
+webdataset 0.2.86 / 1.0.x in ``tests/test_webdataset_compat.py``). ``apply_all()`` applies them all;
+``uniclip_plugin.register()`` calls it. The DeepSpeed pitfalls D1–D6 are handled in ``uniclip_plugin/ds/`` and the
+plugin models, not here.
 
 The plugin's other hooks into upstream, so the whole patch list reads in one place:
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
+import random
 import threading
 import types
 from typing import Any, Callable
@@ -43,7 +45,7 @@ _LOCK = threading.Lock()
 # The upstream objects each fix replaced, so tests can show the upstream failure next to the fix.
 UPSTREAM: dict[str, Any] = {}
 # Counters of samples the training data pipeline skipped (per process; each dataloader worker logs its own).
-SKIPPED_SAMPLES: dict[str, int] = {"corrupt": 0, "empty_caption": 0}
+SKIPPED_SAMPLES: dict[str, int] = {"corrupt": 0, "empty_caption": 0, "incomplete": 0, "shard_read_error": 0}
 
 
 def _once(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
@@ -71,28 +73,57 @@ def check_training_dependencies() -> None:
                           f"run `pip install {' '.join(missing)}` (or reinstall uniclip-plugin)")
 
 
+def wds_has_end_of_shard_marker() -> bool:
+    """Whether the installed webdataset yields end-of-shard markers (E3): ≥ 0.2.87 does, 0.2.86 does not.
+
+    Feature-detected (``tar_file_expander`` has an ``eof_value`` argument) rather than read from the version string.
+    """
+    import inspect
+
+    from webdataset.tariterators import tar_file_expander
+    return "eof_value" in inspect.signature(tar_file_expander).parameters
+
+
 @_once("wds_eof_value")
 def fix_wds_end_of_shard_marker() -> None:
     """E3 (open_clip #935): webdataset ≥ 0.2.87 yields ``{}`` at the end of each shard and open_clip_train's
     ``group_by_keys_nothrow`` fails with ``KeyError: 'fname'`` on the first batch. Re-bind the module global that
-    ``get_wds_dataset`` looks up with a copy passing ``eof_value=None`` (the fix proposed upstream)."""
+    ``get_wds_dataset`` looks up with a copy passing ``eof_value=None`` (the fix proposed upstream).
+
+    webdataset 0.2.86 (what ``open_clip_torch[training]`` allows) has no marker and no ``eof_value`` argument; the
+    copy then calls ``tar_file_expander`` as upstream does. It is installed with both versions because it also
+    looks the error handler up at call time: upstream's default argument binds the original ``log_and_continue``
+    when ``data.py`` is imported, so shard read errors escaped ``count_skipped_samples``.
+    """
     import open_clip_train.data as octd
     from webdataset.tariterators import tar_file_expander, url_opener
 
-    def tarfile_to_samples_nothrow(src: Any, handler: Callable = octd.log_and_continue) -> Any:
+    eof_kwargs = {"eof_value": None} if wds_has_end_of_shard_marker() else {}
+
+    def tarfile_to_samples_nothrow(src: Any, handler: Callable | None = None) -> Any:
+        handler = handler or octd.log_and_continue  # the counting handler once count_skipped_samples ran
         streams = url_opener(src, handler=handler)
-        files = tar_file_expander(streams, handler=handler, eof_value=None)
+        files = tar_file_expander(streams, handler=handler, **eof_kwargs)
         return octd.group_by_keys_nothrow(files, handler=handler)
 
     UPSTREAM["tarfile_to_samples_nothrow"] = octd.tarfile_to_samples_nothrow
     octd.tarfile_to_samples_nothrow = tarfile_to_samples_nothrow
 
 
+def _is_shard_read_error(exn: BaseException) -> bool:
+    import tarfile
+    return isinstance(exn, (tarfile.TarError, EOFError))
+
+
 @_once("count_skipped_samples")
 def count_skipped_samples() -> None:
     """open_clip_train keeps samples with an empty caption (``filter_no_caption_or_no_image`` only checks that the
-    key exists) and drops undecodable images with a log line but no count. Skip empty captions too, and count both
-    in ``SKIPPED_SAMPLES`` so a data problem is visible rather than silent."""
+    key exists) and drops undecodable images, unreadable shard tails and incomplete samples with a log line or
+    silently, but with no count. Skip empty captions too, and count every kind in ``SKIPPED_SAMPLES`` so a data
+    problem is visible rather than silent: ``corrupt`` (a sample that failed to decode), ``empty_caption``,
+    ``incomplete`` (no image or no caption, e.g. a sample cut by a truncated shard) and ``shard_read_error`` (a
+    truncated or damaged tar: the rest of that shard is skipped in this pass; tarfile reports a cut inside a member
+    twice, once for the member and once for the next header)."""
     import logging
 
     import open_clip_train.data as octd
@@ -100,6 +131,10 @@ def count_skipped_samples() -> None:
 
     def filter_no_caption_or_no_image(sample: dict) -> bool:
         if not original_filter(sample):
+            SKIPPED_SAMPLES["incomplete"] += 1
+            logging.warning(f"Skipping sample {sample.get('__key__')} without an image or a caption (members "
+                            f"{sorted(k for k in sample if not k.startswith('__'))}; skipped so far in this worker: "
+                            f"{SKIPPED_SAMPLES})")
             return False
         text = sample["txt"]
         if isinstance(text, bytes):
@@ -112,6 +147,11 @@ def count_skipped_samples() -> None:
         return True
 
     def log_and_continue(exn: BaseException) -> bool:
+        if _is_shard_read_error(exn):
+            SKIPPED_SAMPLES["shard_read_error"] += 1
+            logging.warning(f"Shard read error ({exn!r}): skipping the rest of the shard "
+                            f"(skipped so far in this worker: {SKIPPED_SAMPLES})")
+            return True
         SKIPPED_SAMPLES["corrupt"] += 1
         logging.warning(f"Handling webdataset error ({exn!r}). Skipping the sample "
                         f"(skipped so far in this worker: {SKIPPED_SAMPLES})")
@@ -176,30 +216,19 @@ def strip_torchrun_separator(argv: list[str]) -> list[str]:
     return argv[1:] if argv and argv[0] == "--" else argv
 
 
-def _atomic_torch_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-    if not isinstance(f, (str, os.PathLike)):
-        return torch.save(obj, f, *args, **kwargs)
-    path = os.fspath(f)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp, *args, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 @_once("atomic_checkpoints")
 def fix_atomic_checkpoints() -> None:
     """open_clip_train writes ``epoch_N.pt`` with a bare ``torch.save``: a crash mid-write leaves a truncated file
-    that ``--resume latest`` then picks up. Give ``open_clip_train.main`` a ``torch`` whose ``save`` writes a temp
-    file and renames it (other attributes are torch's own)."""
+    that ``--resume latest`` then picks up. Give ``open_clip_train.main`` a ``torch`` whose ``save`` is
+    :func:`uniclip_plugin.io.atomic_torch_save` (other attributes are torch's own): it writes a file of the final
+    name in a temp folder and renames it, so the archive's top folder is ``epoch_N/`` and the mode follows the
+    umask, as with a plain ``torch.save``; a failed write leaves the previous file and raises."""
     import open_clip_train.main as ocm
+
+    from .io import atomic_torch_save
     UPSTREAM["open_clip_train.main.torch"] = ocm.torch
     proxy = _TorchWithAtomicSave("torch")
-    proxy.save = _atomic_torch_save  # type: ignore[attr-defined]
+    proxy.save = atomic_torch_save  # type: ignore[attr-defined]
     ocm.torch = proxy
 
 
@@ -218,22 +247,91 @@ class _WebdatasetWithSeededShuffle(types.ModuleType):
         return getattr(webdataset, name)
 
 
+class EpochSeededShuffle:
+    """The train pipeline's sample shuffle, seeded from (``--seed``, epoch, rank, dataloader worker).
+
+    ``get_wds_dataset`` builds it unbound; :func:`fix_unseeded_sample_shuffle` binds the run's seed, rank and the
+    ``SharedEpoch`` the training loop sets (``data["train"].set_epoch``). The epoch is read when a pass over the
+    data starts, so persistent dataloader workers (open_clip_train's default with ``--workers > 0``) get a new
+    order each epoch. Unbound (used outside ``get_wds_dataset``) it falls back to the dataloader worker's seed.
+    """
+
+    def __init__(self, bufsize: int = 1000, initial: int = 100, **_: Any) -> None:
+        self.bufsize, self.initial = bufsize, initial
+        self.seed: int | None = None
+        self.rank = 0
+        self.epoch: Any = None  # open_clip_train's SharedEpoch (or an int)
+
+    def bind(self, seed: int, rank: int, epoch: Any) -> None:
+        """Seed every later pass from ``seed``, ``rank`` and ``epoch`` (a ``SharedEpoch`` or an int)."""
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+
+    def rng(self) -> random.Random:
+        """The generator of one pass: no torch RNG state enters it, so a fresh (or resumed) loader repeats it."""
+        import open_clip_train.data as octd
+        from torch.utils.data import get_worker_info
+        if self.seed is None:
+            return random.Random(octd.pytorch_worker_seed())
+        epoch = self.epoch.get_value() if hasattr(self.epoch, "get_value") else int(self.epoch)
+        worker = get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        # a str seed is hashed with SHA-512 by random.seed: stable across processes and PYTHONHASHSEED
+        return random.Random(f"uniclip-sample-shuffle/{self.seed}/{epoch}/{self.rank}/{worker_id}")
+
+    def __call__(self, src: Any) -> Any:
+        from webdataset.filters import _shuffle
+        # rng= works with webdataset 0.2.86 (which has no seed= argument) and 1.0.x alike
+        return _shuffle(src, self.bufsize, self.initial, rng=self.rng())
+
+
+def _global_rank(args: Any) -> int:
+    """open_clip_train's ``args.rank``; callers whose namespace lacks it (the DeepSpeed trainer) get the process
+    group's rank, else torchrun's ``RANK``, so that ranks never share a shuffle seed."""
+    if getattr(args, "rank", None) is not None:
+        return int(args.rank)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def _shuffle_stages(loader: Any) -> list[EpochSeededShuffle]:
+    """The EpochSeededShuffle stages of a WebLoader (a DataPipeline around a DataLoader around a DataPipeline)."""
+    found, todo = [], [loader]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, EpochSeededShuffle):
+            found.append(obj)
+        todo.extend(getattr(obj, "pipeline", None) or [])
+        if isinstance(obj, torch.utils.data.DataLoader):
+            todo.append(obj.dataset)
+    return found
+
+
 @_once("seeded_sample_shuffle")
 def fix_unseeded_sample_shuffle() -> None:
     """open_clip #734/#776: the train pipeline's sample shuffle (``data.py:378``, ``wds.shuffle``) seeds itself from
-    pid and time, so ``--seed`` does not make runs repeatable. Seed it from the dataloader worker's seed, which
-    torch derives from ``--seed``, the rank (``random_seed(seed, rank)``), the epoch's iterator and the worker id."""
+    pid and time, so ``--seed`` does not make runs repeatable. Seeding it from the dataloader worker's seed is not
+    enough: open_clip_train keeps workers alive across epochs (``persistent_workers``), so a worker reading the same
+    shards in two epochs would repeat its order. Like the shard shuffle (``detshuffle2``: seed + ``SharedEpoch``),
+    seed each pass from ``--seed``, the epoch, the rank and the worker id (:class:`EpochSeededShuffle`), bound to
+    the dataset's ``SharedEpoch`` by a wrapper of ``get_wds_dataset`` (looked up by ``get_dataset_fn`` at call
+    time)."""
     import open_clip_train.data as octd
-    import webdataset
-    from webdataset.filters import _shuffle
 
-    def seeded_shuffle(data: Any, bufsize: int = 1000, initial: int = 100, **_: Any) -> Any:
-        return _shuffle(data, bufsize, initial, seed=octd.pytorch_worker_seed())
+    original = octd.get_wds_dataset
+
+    def get_wds_dataset(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        info = original(args, *rest, **kwargs)
+        for stage in _shuffle_stages(info.dataloader):
+            stage.bind(int(getattr(args, "seed", 0)), _global_rank(args), info.shared_epoch)
+        return info
 
     proxy = _WebdatasetWithSeededShuffle("webdataset")
-    proxy.shuffle = webdataset.pipelinefilter(seeded_shuffle)  # type: ignore[attr-defined]
+    proxy.shuffle = EpochSeededShuffle  # type: ignore[attr-defined]
     UPSTREAM["open_clip_train.data.wds"] = octd.wds
+    UPSTREAM["get_wds_dataset"] = original
     octd.wds = proxy
+    octd.get_wds_dataset = get_wds_dataset
 
 
 def apply_all() -> None:
