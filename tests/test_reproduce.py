@@ -20,6 +20,9 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
            "--data", str(tmp_path / "data")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # feedback on long work: "run k of N" per run, each child's output in a file of its run folder, not on stdout
+    assert "run 1 of 5: clip seed 0" in proc.stdout and "run 5 of 5: uniclip seed 0" in proc.stdout
+    assert "Train Epoch" in (tmp_path / "runs" / "smoke" / "clip-seed0" / "train_output.log").read_text()
     report = (tmp_path / "RESULTS_smoke.md").read_text()
     methods = ("uniclip", "clip", "clip-aug", "slip", "declip")
     for method in methods:
@@ -35,7 +38,7 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     assert set(curves) == set(methods) and all(len(c["0"]) == 2 for c in curves.values())  # a point per epoch
     # a second call trains nothing again (resumable)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0 and "Train Epoch" not in proc.stdout
+    assert proc.returncode == 0 and "reused (already trained)" in proc.stdout and "done in" not in proc.stdout
 
 
 @pytest.mark.slow

@@ -210,6 +210,27 @@ class RunDir:
         ``field="Data"`` its ``Data (t)`` values (the wait for the loader), in log order; empty without ``out.log``."""
         return [float(v) for line in self._log_lines() for v in re.findall(field + r" \(t\): ([0-9.]+)", line)]
 
+    def last_train_point(self) -> Optional[dict[str, float]]:
+        """The last ``Train Epoch`` line of ``out.log`` (progress of a run that may still be training).
+
+        Only the log's tail is read, so polling a long run's growing log stays cheap.
+
+        Returns:
+            ``{"epoch", "seen", "per_epoch", "loss"}`` (epoch counted from 0, samples seen within it, samples per
+            epoch, the logged total loss), or None when no training line was logged yet.
+        """
+        log = self.path / "out.log"
+        if not log.is_file():
+            return None
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - 65536))  # ~300 log lines: always more than one logging interval
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in reversed(lines):
+            m = _TRAIN_LINE.search(line)
+            if m:
+                return {"epoch": int(m[1]), "seen": int(m[2]), "per_epoch": int(m[3]), "loss": float(m[4])}
+        return None
+
     # -------------------------------------------------------------------------------------------------- helpers
     def _log_lines(self) -> list[str]:
         log = self.path / "out.log"

@@ -120,7 +120,7 @@ def evaluate_model(model: torch.nn.Module, preprocess: Any, tokenizer: Any, data
         test = extract_features(model, preprocess, dataset_dir, "test", **kw)
         try:
             return linear_probe(train["x"].numpy(), train["y"].numpy(), test["x"].numpy(), test["y"].numpy(),
-                                seed=seed, max_train=probe_max_train)
+                                seed=seed, max_train=probe_max_train, desc=f"probe {dataset_dir.name}")
         except ValueError as err:
             raise BenchError(f"linear probe on {dataset_dir.name}: {one_line(err)}") from err
     raise BenchError(f"unknown task {task!r}; choices: {', '.join(TASKS)}")

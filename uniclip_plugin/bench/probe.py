@@ -68,13 +68,19 @@ def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[floa
     return c, scores
 
 
-def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict[float, float], Any]:
+# fits of one probe: the coarse grid, two per refinement step, and the refit on all of train (the progress bar's total)
+FITS = len(COARSE_LOG10_C) + 2 * len(REFINE_STEPS) + 1
+
+
+def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0,
+              bar: Any = None) -> tuple[float, dict[float, float], Any]:
     """Pick ``C`` by validation accuracy on a split of the training data.
 
     Args:
         feats: training features ``[N, D]``.
         labels: integer training labels ``[N]``.
         seed: seed of the train/validation split.
+        bar: a tqdm bar advanced once per fit, or None.
 
     Returns:
         The chosen ``C``, every tried ``C`` with its validation accuracy, and the model fitted at the chosen ``C``
@@ -95,6 +101,8 @@ def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[flo
             nearest = min(fitted, key=lambda k: abs(math.log10(k) - math.log10(c)), default=None)
             fitted[c] = _fit(feats[fit_idx], labels[fit_idx], c, seed, fitted.get(nearest))
             scores[c] = float(fitted[c].score(feats[val_idx], labels[val_idx]))
+        if bar is not None:
+            bar.update()  # a repeated C is counted too: the bar's total stays FITS
         return scores[c]
 
     def best() -> float:
@@ -110,7 +118,7 @@ def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[flo
 
 
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
-                 seed: int = 0, max_train: int = 10000) -> dict[str, float]:
+                 seed: int = 0, max_train: int = 10000, desc: str = "probe") -> dict[str, float]:
     """Logistic-regression probe: ``C`` chosen on a validation split of train, refit on train, scored on test.
 
     Args:
@@ -121,6 +129,7 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         seed: seed of the subsample and the validation split.
         max_train: at most this many training samples (a seeded random subset) keep the CPU probe to seconds on
             Fashion-MNIST's 60k training images; the subset is drawn before the validation split.
+        desc: the progress bar's label (a bar of ``FITS`` fits, shown only on a terminal: ``disable=None``).
 
     Returns:
         ``lp_acc1``, ``lp_acc5`` (nan with fewer than 5 classes), ``lp_mean_per_class_recall`` (balanced accuracy,
@@ -138,10 +147,14 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     from sklearn.preprocessing import StandardScaler
     scaler = StandardScaler().fit(train_feats)  # training-split statistics only
     train_feats, test_feats = scaler.transform(train_feats), scaler.transform(test_feats)
-    c, _, init = _search_c(train_feats, train_labels, seed)
-    # Refit on all of train warm-started from the chosen C's validation-split fit (same classes): fewer iterations.
-    same_classes = init is not None and np.array_equal(init.classes_, np.unique(train_labels))
-    clf = _fit(train_feats, train_labels, c, seed, init if same_classes else None)
+    from tqdm import tqdm
+    # a probe takes seconds to a minute on 2 cores: show its fits (silent when not a terminal)
+    with tqdm(total=FITS, desc=desc, unit="fit", leave=False, disable=None) as bar:
+        c, _, init = _search_c(train_feats, train_labels, seed, bar)
+        # Refit on all of train warm-started from the chosen C's validation-split fit (same classes): fewer iterations.
+        same_classes = init is not None and np.array_equal(init.classes_, np.unique(train_labels))
+        clf = _fit(train_feats, train_labels, c, seed, init if same_classes else None)
+        bar.update(FITS - bar.n)  # the refit (and any fits the search skipped) completes the bar
     pred = clf.predict(test_feats)
     acc5 = float("nan")
     if len(clf.classes_) >= 5:

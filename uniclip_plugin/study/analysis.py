@@ -147,33 +147,61 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(finite):.1f}" + (f" ± {statistics.stdev(finite):.1f}" if len(finite) > 1 else "")
 
 
-def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path) -> Optional[Path]:
-    """Validation R@1 against training step and against wall-clock, one line per (method, seed)."""
+def _mean_curve(per_seed: dict[str, list[dict]], key: str) -> list[tuple[float, float]]:
+    """The seeds' mean (x, validation R@1) per epoch that every seed reached, with x = mean ``key`` (step or
+    seconds); epochs where a seed's x is unknown (nan) are left out."""
+    curves = [{p["epoch"]: p for p in c} for c in per_seed.values() if c]
+    if not curves:
+        return []
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    points = []
+    for e in epochs:
+        xs = [c[e][key] for c in curves]
+        if not any(math.isnan(x) for x in xs):
+            points.append((statistics.mean(xs), statistics.mean(c[e]["val_r1"] for c in curves)))
+    return points
+
+
+def validation_figure(curves: dict[str, dict[str, list[dict]]]) -> Optional[Any]:
+    """Validation R@1 against training step and against wall-clock: one colour per method, each seed a thin line of
+    that colour and the seeds' mean a thick one (labelled); None without any point."""
     if not any(c for per_seed in curves.values() for c in per_seed.values()):
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, per_seed in curves.items():
-        for seed, curve in sorted(per_seed.items()):
-            label = method if seed == min(per_seed) else None
-            line = None
-            for ax, key in zip(axes, ("step", "seconds"), strict=True):
+    for i, (method, per_seed) in enumerate(curves.items()):
+        colour = f"C{i % 10}"  # the method's colour, whatever its number of seeds
+        for ax, key in zip(axes, ("step", "seconds"), strict=True):
+            for _, curve in sorted(per_seed.items()):
                 pts = [(p[key], p["val_r1"]) for p in curve if not math.isnan(p[key])]
-                if pts:
-                    kw = {"color": line.get_color()} if line is not None else {}
-                    (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=label, **kw)
+                if pts and len(per_seed) > 1:
+                    ax.plot(*zip(*pts, strict=True), color=colour, lw=0.8, alpha=0.45)
+            mean = _mean_curve(per_seed, key)
+            if mean:
+                ax.plot(*zip(*mean, strict=True), color=colour, lw=2.2, marker="o", ms=3,
+                        label=method + (f" (mean of {len(per_seed)} seeds)" if len(per_seed) > 1 else ""))
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel("wall-clock (s, this machine)")
     for ax in axes:
         ax.set_ylabel("validation R@1 (%, mean of i→t and t→i)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
-    path = out / "validation_curves.png"
+    return fig
+
+
+def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path, name: str = "validation_curves.png",
+                dpi: int = 110) -> Optional[Path]:
+    """``<out>/<name>``: :func:`validation_figure` saved atomically; None without any point."""
+    fig = validation_figure(curves)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+    path = out / name
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return path
 

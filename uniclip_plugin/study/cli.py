@@ -31,8 +31,14 @@ from uniclip_plugin.io import write_text_atomic
 from uniclip_plugin.runs import RunDir, run_name
 from uniclip_plugin.study import analysis as study
 from uniclip_plugin.study.plan import ABLATIONS, METHODS, PROFILES, TUNE_LRS, Method, available, profile_samples
-from uniclip_plugin.study.report import StudyResult, relative_command, write_report
-from uniclip_plugin.study.run import train, tune, write_tuning
+from uniclip_plugin.study.report import (
+    StudyResult,
+    images_from_report,
+    images_from_results,
+    relative_command,
+    write_report,
+)
+from uniclip_plugin.study.run import OUTPUT_LOG, PROGRESS_EVERY, train, tune, write_tuning
 
 __all__ = ["build_parser", "main", "pick_methods"]
 
@@ -56,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP threads per training process (default: the profile's; quick: all cores)")
+    parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY, metavar="SECONDS",
+                        help=f"seconds between the progress lines of a training run (default {PROGRESS_EVERY:g})")
+    parser.add_argument("--plots-only", action="store_true",
+                        help="only redraw the report's small PNGs (<out>/docs/img/<label>_*.png) from "
+                             "results/<label>/ when it exists, else from docs/RESULTS*.md's tables; trains nothing")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of " + ",".join(m.name for m in METHODS) + " (default: all)")
     return parser
@@ -97,8 +108,9 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
     out, runs, methods, lrs = ctx["out"], ctx["runs"], ctx["methods"], ctx["lrs"]
     tuned = [m for m in methods if m not in ABLATIONS]
     tune_runs = out / "runs" / f"tune-{args.tune_profile}"
+    # the study's thread count, not the tune profile's
     tuning = tune(tuned, args.tune_profile, ctx["pattern"], ctx["data_samples"], tune_runs, ctx["val"],
-                  ctx["threads"])  # the study's thread count, not the tune profile's
+                  ctx["threads"], progress_every=ctx["progress_every"])
     lrs.update(tuning["chosen"])
     if args.tune_profile == args.profile:  # seed 0 at the chosen lr is the tuning run itself: reuse it
         runs.mkdir(parents=True, exist_ok=True)
@@ -118,13 +130,18 @@ def _train_all(ctx: dict[str, Any]) -> tuple[dict[str, list[dict]], list[list[st
     """Every (method, seed) run at its lr: the timings per method and the training commands."""
     timings: dict[str, list[dict]] = {}
     commands = []
-    for m in ctx["methods"]:
-        for seed in range(ctx["seeds"][m.name]):
-            print(f"reproduce.py: training {m.name} seed {seed} (lr {ctx['lrs'][m.name]:g}) ...", flush=True)
-            r = train(m, ctx["prof"], ctx["pattern"], ctx["samples"], ctx["runs"], seed, ctx["val"], ctx["threads"],
-                      lr=ctx["lrs"][m.name])
-            timings.setdefault(m.name, []).append(r)
-            commands.append(r["command"])
+    jobs = [(m, seed) for m in ctx["methods"] for seed in range(ctx["seeds"][m.name])]
+    for k, (m, seed) in enumerate(jobs, start=1):
+        label = f"run {k} of {len(jobs)}: {m.name} seed {seed}"
+        output = ctx["runs"] / run_name(m.name, seed) / OUTPUT_LOG
+        print(f"reproduce.py: {label} (lr {ctx['lrs'][m.name]:g}; output: {output}) ...", flush=True)
+        r = train(m, ctx["prof"], ctx["pattern"], ctx["samples"], ctx["runs"], seed, ctx["val"], ctx["threads"],
+                  lr=ctx["lrs"][m.name], label=label, progress_every=ctx["progress_every"])
+        # a long study's progress at a glance: each run's own time, or that it was reused
+        print(f"reproduce.py: {label}: " + ("reused (already trained)" if r["skipped"] else
+                                            f"done in {r['seconds'] / 60:.1f} min"), flush=True)
+        timings.setdefault(m.name, []).append(r)
+        commands.append(r["command"])
     return timings, commands
 
 
@@ -174,6 +191,8 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
     label = args.profile + ("-tuned" if args.tune else "")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    if not args.progress_every > 0:
+        parser.error(f"--progress-every must be > 0, got {args.progress_every:g}")
     main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)
     ablations = ([] if args.ablations is None else ABLATIONS if args.ablations == "all" else
                  pick_methods(parser, "--ablations", args.ablations, ABLATIONS))
@@ -190,8 +209,38 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
         "samples": samples, "steps_per_epoch": math.ceil(samples / prof.batch),  # open_clip_train, 1 worker
         "methods": methods, "skipped": [m for m in wanted if m not in methods],
         "seeds": {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods},
-        "lrs": {m.name: prof.lr for m in methods},
+        "lrs": {m.name: prof.lr for m in methods}, "progress_every": args.progress_every,
     }
+
+
+def _report_name(label: str) -> str:
+    return "RESULTS.md" if label == "quick" else f"RESULTS_{label}.md"
+
+
+def _images(results: Path, runs: Path, out: Path, label: str, analysis: dict, methods: list[str]) -> list[Path]:
+    """``<out>/<label>_*.png`` from the study's results and runs (loss curves from each run's log)."""
+    loss = {d.name: RunDir(d).loss_curve() for d in sorted(runs.glob("*-seed*")) if d.is_dir()}
+    return images_from_results(results, out, label, analysis, methods, loss)
+
+
+def _plots_only(args: argparse.Namespace) -> int:
+    """``--plots-only``: redraw ``docs/img/<label>_*.png`` from ``results/<label>/`` (curves included) when the
+    study's files are there, else from the committed report's tables (bar charts only: no per-epoch data)."""
+    out = Path(args.out).resolve()
+    label = args.profile + ("-tuned" if args.tune else "")
+    results, report, images = out / "results" / label, out / "docs" / _report_name(label), out / "docs" / "img"
+    if (results / "analysis.json").is_file() and (results / "curves.json").is_file():
+        analysis = {**json.loads((results / "analysis.json").read_text()),
+                    "curves": json.loads((results / "curves.json").read_text())}
+        written = _images(results, out / "runs" / label, images, label, analysis,
+                          [row["method"] for row in analysis["rows"]])
+    elif report.is_file():
+        written = images_from_report(report, images, label)
+    else:
+        raise SystemExit(f"reproduce.py: error: neither {results}/analysis.json nor {report} exists")
+    for path in written:
+        print(f"reproduce.py: wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -206,6 +255,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     uniclip_plugin.register()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.plots_only:
+        return _plots_only(args)
     began = time.time()
     ctx = _plan(args, parser)
     tuning = _tune_stage(args, ctx)
@@ -220,9 +271,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                              indent=1))
     study.curves_plot(analysis["curves"], results)
     commands += _bench_stages(ctx, analysis)
-    name = "RESULTS.md" if ctx["label"] == "quick" else f"RESULTS_{ctx['label']}.md"
-    # the project root's docs/ for a real study run there; else beside runs/ and results/
-    report = ctx["out"] / "docs" / name if (args.out == "." and not args.synthetic) else ctx["out"] / name
+    # the project root's docs/ for a real study run there, with its small PNGs in docs/img; else beside runs/ and
+    # results/, pointing at the results folder's PNGs
+    in_docs = args.out == "." and not args.synthetic
+    report = (ctx["out"] / "docs" if in_docs else ctx["out"]) / _report_name(ctx["label"])
+    images = (_images(results, ctx["runs"], report.parent / "img", ctx["label"], analysis,
+                      sorted((m.name for m in ctx["methods"]), key=lambda n: n != "uniclip")) if in_docs else [])
     words = relative_command(list(sys.argv[1:] if argv is None else argv), ctx["out"])  # no machine paths
     result = StudyResult(
         root=ctx["out"], label=ctx["label"], command_line=words or f"--profile {args.profile}",
@@ -230,7 +284,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ablations=[m.name for m in ctx["methods"] if m in ABLATIONS], analysis=analysis, commands=commands,
         results=results, runs=ctx["runs"], seeds=ctx["seeds"], data_note=ctx["data_note"],
         elapsed=time.time() - began, val_samples=ctx["val"]["val_samples"], lrs=ctx["lrs"], tuning=tuning,
-        threads=ctx["threads"], reused=sum(r["skipped"] for ts in timings.values() for r in ts))
+        threads=ctx["threads"], reused=sum(r["skipped"] for ts in timings.values() for r in ts), images=images,
+        report_dir=report.parent)
     write_report(report, result)
     print(f"reproduce.py: wrote {report}")
     return 0

@@ -10,6 +10,7 @@ import csv
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -23,9 +24,14 @@ from uniclip_plugin.study import analysis as study
 from uniclip_plugin.study.plan import Method, Profile
 
 __all__ = ["StudyResult", "ABLATION_METRICS", "ablation_table", "tuning_lines", "relative_command", "render",
-           "write_report", "READING_MARKER"]
+           "write_report", "READING_MARKER", "read_report_tables", "parse_cell", "write_images", "images_from_report",
+           "IMAGE_DPI", "VALIDATION_COLUMNS"]
 
 READING_MARKER = "\n## Reading these numbers"  # the hand-written analysis that follows is kept on a rewrite
+IMAGE_DPI = 100  # docs/img PNGs: small enough to commit (tens of KB), sharp enough to read
+CURVE_DPI = 80  # the curve plots: a smoke study's were 53-58 KB at 100 dpi, a real one has more points
+# the validation table's columns drawn as bars in <label>_validation.png
+VALIDATION_COLUMNS = ("final val R@1", "best val R@1", "val R@1 at equal wall-clock")
 
 # Compact ablation table: (dataset, task, metric, column label); absent sets are left out
 # clip_benchmark's image_retrieval_recall is text → image (a caption retrieves its image), text_retrieval image → text
@@ -62,6 +68,9 @@ class StudyResult:
         tuning: ``uniclip_plugin.study.run.tune``'s result, or None.
         threads: OMP threads per training process.
         reused: runs an earlier call had trained.
+        images: the small PNGs written for the report (``docs/img/<label>_*.png``), shown inline; empty: the report
+            lists the results folder's PNGs instead.
+        report_dir: the folder of the report file (image links are relative to it).
     """
 
     root: Path
@@ -83,6 +92,8 @@ class StudyResult:
     tuning: Optional[dict] = None
     threads: int = 1
     reused: int = 0
+    images: list[Path] = field(default_factory=list)
+    report_dir: Optional[Path] = None
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the project root (``..`` steps when it lies outside)."""
@@ -293,9 +304,17 @@ def _ablations_and_tuning(r: StudyResult) -> list[str]:
     return lines
 
 
+def _plot_lines(r: StudyResult) -> list[str]:
+    """The report's plots: the ``docs/img`` images inline, else the results folder's PNGs by name."""
+    if not r.images:
+        return ["", "Plots: " + ", ".join(f"`{r.rel(p)}`" for p in sorted(r.results.glob("*.png")))]
+    where = r.report_dir or r.root
+    lines = ["", f"Plots (`{r.rel(r.images[0].parent)}/`; full size in `{r.rel(r.results)}/`):", ""]
+    return lines + [f"![{p.stem.replace('_', ' ')}]({os.path.relpath(p, where)})" for p in r.images]
+
+
 def _similarity_and_commands(r: StudyResult) -> list[str]:
-    plots = ", ".join(f"`{r.rel(p)}`" for p in sorted(r.results.glob("*.png")))
-    lines = ["", f"Plots: {plots}", "",
+    lines = [*_plot_lines(r), "",
              "## Learned per-domain-pair similarity (UniCLIP runs)", "",
              "| run | τ II | τ IT | τ TT | b II | b IT | b TT |", "|---|---|---|---|---|---|---|"]
     for m in r.methods:
@@ -321,3 +340,165 @@ def write_report(path: Path, result: StudyResult) -> None:
     keep = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, render(result) + keep)
+
+
+# ------------------------------------------------------------------------------------------ images for docs/img
+def parse_cell(text: str) -> tuple[float, float]:
+    """A report cell ``2.0 ± 0.5 (Δ +0.5)`` / ``**2.90**`` / ``1.6`` / ``n/a`` / ``–`` → ``(mean, std)``; the std is 0
+    for a single value and both are nan for no value."""
+    m = re.match(r"\**\s*(-?\d+(?:\.\d+)?)\**(?:\s*±\s*(\d+(?:\.\d+)?))?", text.strip())
+    if not m:
+        return float("nan"), float("nan")
+    return float(m[1]), float(m[2]) if m[2] else 0.0
+
+
+def read_report_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """The first markdown table under each ``## `` heading of a report, as rows of ``{column header: cell}``.
+
+    Args:
+        text: the report's markdown.
+
+    Returns:
+        Heading text (without ``## ``) → its table's rows; headings without a table are left out.
+    """
+    tables: dict[str, list[dict[str, str]]] = {}
+    heading, header, done = None, None, set()
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading, header = line[3:].strip(), None
+        elif heading is None or heading in done:
+            continue
+        elif line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set(line.strip()) <= set("|-: "):  # not the |---| rule
+                tables.setdefault(heading, []).append(dict(zip(header, cells, strict=False)))
+        elif header is not None:
+            done.add(heading)  # the first table ended: later ones under this heading are not read
+            header = None
+    return tables
+
+
+def _summary_from_table(rows: list[dict[str, str]]) -> list[dict]:
+    """The report's "Test sets" table → ``uniclip_plugin.bench.report.summarise``-style rows (fractions, not %)."""
+    summary = []
+    for row in rows:
+        for column, cell in row.items():
+            m = re.fullmatch(r"(.+) \(n=(\d+)\)", column)
+            if m:
+                mean, std = parse_cell(cell)
+                summary.append({"method": m[1], "dataset": row["dataset"], "task": row["task"],
+                                "metric": row["metric"], "mean": mean / 100, "std": std / 100, "n": int(m[2])})
+    return summary
+
+
+def _read_summary_csv(path: Path) -> list[dict]:
+    """``summary.csv`` of the benchmark as summary rows (numbers parsed)."""
+    with open(path, newline="") as f:
+        return [{**r, "mean": float(r["mean"]), "std": float(r["std"] or "nan"), "n": int(r["n"])}
+                for r in csv.DictReader(f)]
+
+
+def _validation_figure(stats: dict[tuple[str, str], tuple[float, float]], methods: list[str]) -> object:
+    """Bars of the validation table's ``VALIDATION_COLUMNS``, one colour per method (values in %)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from uniclip_plugin.bench.report import grouped_bars
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    grouped_bars(ax, list(VALIDATION_COLUMNS), methods, stats, ylabel="validation R@1 (%)")
+    ax.set_title("validation R@1 (896 held-out-style pairs)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: object, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    from uniclip_plugin.io import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return path
+
+
+def write_images(out: Path, label: str, summary: list[dict], val_stats: dict[tuple[str, str], tuple[float, float]],
+                 methods: list[str], curves: Optional[dict] = None,
+                 loss_curves: Optional[dict[str, list[tuple[int, float]]]] = None) -> list[Path]:
+    """The report's small PNGs, ``<out>/<label>_<name>.png``: a bar chart per benchmark task, the validation bars,
+    and the validation and loss curves when their data is given.
+
+    Args:
+        out: the image folder (``docs/img``); created when missing.
+        label: the study's label (``quick``, ``full-tuned``), the files' prefix.
+        summary: benchmark summary rows (``uniclip_plugin.bench.report.summarise``).
+        val_stats: (validation column, method) → (mean, std) in %.
+        methods: bar order and colours.
+        curves: ``curves.json`` (method → seed → points), or None; loss_curves: run → loss points, or None.
+
+    Returns:
+        The files written, in report order.
+    """
+    from uniclip_plugin.bench.report import bar_charts, loss_figure
+    out.mkdir(parents=True, exist_ok=True)
+    written = bar_charts(summary, methods, out, prefix=f"{label}_", dpi=IMAGE_DPI)
+    if val_stats:
+        written.append(_save(_validation_figure(val_stats, methods), out / f"{label}_validation.png", IMAGE_DPI))
+    # curves carry many more lines than bars: a lower dpi keeps them near the bars' tens of KB
+    if curves:
+        path = study.curves_plot(curves, out, name=f"{label}_validation_curves.png", dpi=CURVE_DPI)
+        written += [path] if path else []
+    fig = loss_figure(loss_curves or {})
+    if fig is not None:
+        written.append(_save(fig, out / f"{label}_training_curves.png", CURVE_DPI))
+    return written
+
+
+def images_from_report(report: Path, out: Path, label: str) -> list[Path]:
+    """Redraw a committed report's bar charts from its own tables (the runs and ``results/`` are not committed).
+
+    Per-epoch validation curves and loss curves are not in a report's tables, so they are not drawn.
+
+    Args:
+        report: ``docs/RESULTS*.md``.
+        out: the image folder (``docs/img``).
+        label: the files' prefix (the study's label).
+
+    Returns:
+        The files written.
+    """
+    tables = read_report_tables(report.read_text())
+    summary = _summary_from_table(tables.get("Test sets, final epoch", []))
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    val_rows = tables.get("Validation, cost and equal wall-clock", [])
+    val_stats = {(col, row["method"]): parse_cell(row[col]) for row in val_rows for col in VALIDATION_COLUMNS
+                 if col in row}
+    methods += [row["method"] for row in val_rows if row["method"] not in methods]
+    return write_images(out, label, summary, val_stats, methods)
+
+
+def images_from_results(results: Path, out: Path, label: str, analysis: dict, methods: list[str],
+                        loss_curves: Optional[dict[str, list[tuple[int, float]]]] = None) -> list[Path]:
+    """The report's small PNGs from a study's own files: ``<results>/summary.csv`` and its analysis (rows, curves).
+
+    Args:
+        results: the study's results folder; out: the image folder (``docs/img``); label: the files' prefix.
+        analysis: ``uniclip_plugin.study.analysis.analyse``'s result (or ``analysis.json`` with ``curves``).
+        methods: bar order. loss_curves: run → loss points (``RunDir.loss_curve``).
+
+    Returns:
+        The files written.
+    """
+    summary = _read_summary_csv(results / "summary.csv") if (results / "summary.csv").is_file() else []
+    keys = {"final val R@1": "final_val_r1", "best val R@1": "best_val_r1",
+            "val R@1 at equal wall-clock": "val_r1_at_budget"}
+    val_stats = {}
+    for row in analysis.get("rows", []):
+        for col, key in keys.items():
+            finite = [v for v in row[key] if not math.isnan(v)]
+            if finite:
+                val_stats[(col, row["method"])] = (statistics.mean(finite),
+                                                   statistics.stdev(finite) if len(finite) > 1 else 0.0)
+    return write_images(out, label, summary, val_stats, methods, analysis.get("curves"), loss_curves)

@@ -2,6 +2,11 @@
 
 A run lives in ``<runs>/<method>-seed<N>`` (``uniclip_plugin.runs.run_name``); one whose final checkpoint exists is
 not trained again, but only when it was trained with the settings the study asks for now (``stale_settings``).
+
+While a run trains, its process writes its console output to ``<run>/train_output.log`` (appended on a resume; never
+held in memory), and every ``PROGRESS_EVERY`` seconds the study prints the run's step / total steps, latest loss and
+ETA, read from open_clip_train's own ``out.log`` (:func:`progress_line`). A failed run is reported with the last
+``FAIL_TAIL`` lines of its output and the log's path (:func:`failure_message`).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from uniclip_plugin.runs import RunDir, run_name
 from uniclip_plugin.study.plan import PROFILES, TUNE_LRS, Method, Profile, profile_samples
 
 __all__ = ["train_command", "stale_settings", "train", "choose_lr", "tune", "write_tuning", "CHECKED_PARAMS",
-           "WHERE_FLAGS"]
+           "WHERE_FLAGS", "progress_line", "failure_message", "OUTPUT_LOG", "PROGRESS_EVERY", "FAIL_TAIL"]
 
 # open_clip_train's params.txt keys checked before a run is reused or resumed (the flags that change its result)
 CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size", "--epochs": "epochs",
@@ -28,6 +33,10 @@ CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size"
 # where a run lives, not how it trains: a moved checkout or data folder, or the lr search's seed-0 run linked into the
 # study under the study's name, is the same run
 WHERE_FLAGS = ("--train-data", "--val-data", "--logs", "--name")
+
+OUTPUT_LOG = "train_output.log"  # the child's stdout + stderr; open_clip_train writes its own out.log beside it
+PROGRESS_EVERY = 20.0  # seconds between progress lines (open_clip_train logs every 10 steps: ~3-10 s on 2 cores)
+FAIL_TAIL = 30  # lines of a failed run's output shown with the error
 
 
 def train_command(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int,
@@ -85,10 +94,90 @@ def stale_settings(run_dir: Path, cmd: list[str]) -> list[str]:
     return _stale_params(run.params(), cmd)
 
 
+def _clock(seconds: float) -> str:
+    """``seconds`` as ``M:SS`` or ``H:MM:SS`` (``?`` when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _fraction(point: Optional[dict[str, float]], epochs: int) -> float:
+    """How much of ``epochs`` epochs the logged training point has done (0 without a point)."""
+    if point is None or not epochs:
+        return 0.0
+    within = min(point["seen"] / point["per_epoch"], 1.0) if point["per_epoch"] else 0.0
+    return min((point["epoch"] + within) / epochs, 1.0)
+
+
+def progress_line(run: RunDir, label: str, epochs: int, steps_per_epoch: int, start: float, now: float,
+                  start_fraction: float = 0.0) -> str:
+    """One progress line of a training run, from the last ``Train Epoch`` line of its ``out.log``.
+
+    Args:
+        run: the run folder.
+        label: what the line is about (``run 3 of 25: uniclip seed 0``).
+        epochs: epochs the run trains; steps_per_epoch: optimiser steps per epoch.
+        start: ``time.time()`` when this training process started; now: the time of the line.
+        start_fraction: the part of the run done before this process started (a resumed run).
+
+    Returns:
+        ``reproduce.py: <label>: step S/T (P%), loss L, M:SS elapsed, ETA M:SS``; the ETA extrapolates this
+        process's own rate (start-up and validation included), so it is pessimistic during the first steps.
+    """
+    elapsed = now - start
+    point = run.last_train_point()
+    if point is None:
+        return f"reproduce.py: {label}: starting ({_clock(elapsed)} elapsed, no step logged yet)"
+    done = _fraction(point, epochs)
+    within = min(point["seen"] / point["per_epoch"], 1.0) if point["per_epoch"] else 0.0
+    step = int(point["epoch"]) * steps_per_epoch + round(within * steps_per_epoch)
+    rate = (done - start_fraction) / elapsed if elapsed > 0 else 0.0
+    eta = "validating and saving" if done >= 1.0 else (
+        f"ETA {_clock((1.0 - done) / rate)}" if rate > 0 else "ETA ?")
+    return (f"reproduce.py: {label}: step {step}/{epochs * steps_per_epoch} ({100 * done:.0f}%), "
+            f"loss {point['loss']:.4g}, {_clock(elapsed)} elapsed, {eta}")
+
+
+def failure_message(what: str, log: Path, returncode: int, lines: int = FAIL_TAIL) -> str:
+    """The error of a failed training process: its exit status, the last ``lines`` lines of its output and where
+    the whole output is."""
+    text = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    tail = text[-lines:] or ["(no output)"]
+    return (f"reproduce.py: error: training {what} failed (exit status {returncode}); the last {len(tail)} lines "
+            f"of its output ({log}):\n" + "\n".join("    " + line for line in tail))
+
+
+def _run_child(cmd: list[str], env: dict[str, str], run: RunDir, label: str, epochs: int, steps_per_epoch: int,
+               every: float) -> int:
+    """Run ``cmd`` with its output streamed to ``<run>/OUTPUT_LOG``, printing a progress line every ``every`` s;
+    returns its exit status."""
+    start_fraction = _fraction(run.last_train_point(), epochs)  # a resumed run's earlier epochs
+    start = time.time()
+    with open(run.path / OUTPUT_LOG, "a") as out:
+        out.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        out.flush()
+        # every path in cmd is absolute, so the process may start in the caller's working folder
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=every)
+                except subprocess.TimeoutExpired:
+                    print(progress_line(run, label, epochs, steps_per_epoch, start, time.time(), start_fraction),
+                          flush=True)
+        except BaseException:
+            proc.kill()  # Ctrl-C or an error here: never leave a training process behind
+            proc.wait()
+            raise
+
+
 def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict,
-          threads: int, lr: Optional[float] = None, name: Optional[str] = None) -> dict:
+          threads: int, lr: Optional[float] = None, name: Optional[str] = None, *, label: str = "",
+          progress_every: float = PROGRESS_EVERY) -> dict:
     """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
-    "command", "skipped"}."""
+    "command", "skipped"}. ``label`` starts its progress lines (default: the method and seed)."""
     name = name or run_name(method.name, seed)
     run = RunDir(runs / name)
     final = run.epoch_checkpoint(prof.epochs)
@@ -107,11 +196,10 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
     write_text_atomic(run.path / "command.json", json.dumps(cmd))
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    # every path in cmd is absolute, so the process may start in the caller's working folder
-    proc = subprocess.run(cmd + resume, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not final.is_file():
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"reproduce.py: error: training {method.name} seed {seed} failed: {tail}")
+    returncode = _run_child(cmd + resume, env, run, label or f"{method.name} seed {seed}", prof.epochs,
+                            math.ceil(samples / prof.batch), progress_every)
+    if returncode != 0 or not final.is_file():
+        raise SystemExit(failure_message(f"{method.name} seed {seed}", run.path / OUTPUT_LOG, returncode))
     seconds = time.time() - start
     # a resumed run's epochs before the resume have no wall-clock on this timeline
     write_text_atomic(timing, json.dumps({"seconds": seconds, "start": None if resume else start}))
@@ -125,7 +213,7 @@ def choose_lr(scores: dict[float, float], default: float) -> float:
 
 
 def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, runs: Path, val: dict,
-         threads: int) -> dict:
+         threads: int, progress_every: float = PROGRESS_EVERY) -> dict:
     """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seed 0,
     scored by the best validation R@1 over its epochs (the validation split only, never a test set).
 
@@ -136,16 +224,18 @@ def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, ru
     steps_per_epoch = math.ceil(samples / prof.batch)
     scores: dict[str, dict[float, float]] = {}
     seconds, commands = 0.0, []
-    for m in methods:
-        for lr in TUNE_LRS:
-            name = run_name(m.name, 0, lr)
-            print(f"reproduce.py: tuning {m.name} lr {lr:g} ({prof_name} profile) ...", flush=True)
-            r = train(m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name)
-            seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
-            commands.append(r["command"])
-            curve = RunDir(runs / name).val_curve(steps_per_epoch, None)
-            scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1),
-                                                    default=float("nan"))
+    total = len(methods) * len(TUNE_LRS)
+    for i, (m, lr) in enumerate(((m, lr) for m in methods for lr in TUNE_LRS), start=1):
+        name = run_name(m.name, 0, lr)
+        label = f"tuning run {i} of {total}: {m.name} lr {lr:g}"
+        print(f"reproduce.py: {label} ({prof_name} profile; output: {runs / name / OUTPUT_LOG}) ...", flush=True)
+        r = train(m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name, label=label,
+                  progress_every=progress_every)
+        seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
+        commands.append(r["command"])
+        curve = RunDir(runs / name).val_curve(steps_per_epoch, None)
+        scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1),
+                                                default=float("nan"))
     chosen = {m: choose_lr(s, prof.lr) for m, s in scores.items()}
     return {"profile": prof_name, "grid": list(TUNE_LRS), "scores": scores, "chosen": chosen, "seconds": seconds,
             "commands": commands}
