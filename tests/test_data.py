@@ -28,6 +28,7 @@ from PIL import Image
 
 from uniclip_plugin.data import build as D
 from uniclip_plugin.data import clipart, common, emoji, sources
+from uniclip_plugin.data.common import read_shards
 from uniclip_plugin.errors import PluginError
 from uniclip_plugin.testing import synthetic as S
 
@@ -395,8 +396,7 @@ def test_counts_joins_and_skips(built: tuple[Path, dict]) -> None:
 
 
 def _samples(tar_paths: list[Path]) -> list[dict]:
-    import webdataset as wds
-    return [s for p in tar_paths for s in wds.WebDataset(str(p), shardshuffle=False, empty_check=False)]
+    return [s for p in tar_paths for s in read_shards(str(p))]
 
 
 def test_pretrain_samples_captions_keywords_and_no_heldout_style(built: tuple[Path, dict]) -> None:

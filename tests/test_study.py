@@ -5,8 +5,7 @@ import json
 import math
 from pathlib import Path
 
-import webdataset as wds
-
+from uniclip_plugin.data.common import read_shards
 from uniclip_plugin.study import analysis as study
 from uniclip_plugin.testing.synthetic import build_synthetic_eval
 
@@ -36,14 +35,13 @@ def test_data_efficiency_is_the_fraction_of_the_baselines_steps() -> None:
 def test_validation_and_test_retrieval_sets_are_disjoint_and_complete(tmp_path: Path) -> None:
     build_synthetic_eval(tmp_path / "wds", res=16, n_per_class=4)
     info = study.build_study_splits(tmp_path, retrieval="synth_retrieval", classification="synth_shapes")
-    val = [s["__key__"] for s in wds.WebDataset(info["val"], shardshuffle=False, empty_check=False)]
+    val = [s["__key__"] for s in read_shards(info["val"])]
     test_dir = Path(info["test"]) / "test"
     n = int((test_dir / "nshards.txt").read_text())
     test = [s["__key__"] for i in range(n)
-            for s in wds.WebDataset(str(test_dir / f"{i}.tar"), shardshuffle=False, empty_check=False)]
-    full = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "wds" / "synth_retrieval" /
-                                                                           "test").glob("*.tar")),
-                                                 shardshuffle=False, empty_check=False)]
+            for s in read_shards(str(test_dir / f"{i}.tar"))]
+    full = [s["__key__"] for s in read_shards(sorted(str(p) for p in (tmp_path / "wds" / "synth_retrieval" /
+                                                                           "test").glob("*.tar")))]
     assert not set(val) & set(test) and sorted(val + test) == sorted(full)
     assert (info["val_samples"], info["test_samples"]) == (len(val), len(test)) and val and test
     again = study.build_study_splits(tmp_path, retrieval="synth_retrieval", classification="synth_shapes")

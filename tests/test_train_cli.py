@@ -15,6 +15,7 @@ import torch
 
 import uniclip_plugin
 from uniclip_plugin.cli import main
+from uniclip_plugin.data.common import read_shards
 from uniclip_plugin.model.uniclip import UniCLIP
 
 uniclip_plugin.register()  # import alone registers nothing
@@ -67,7 +68,6 @@ def test_training_lowers_the_loss(trained: Path) -> None:
 
 @pytest.mark.slow
 def test_trained_model_beats_chance_retrieval_on_its_training_pairs(trained: Path, shards: dict) -> None:
-    import webdataset as wds
     from PIL import Image
     ckpt = trained / "checkpoints" / "epoch_4.pt"
     model, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained=str(ckpt))  # stock open_clip
@@ -76,7 +76,7 @@ def test_trained_model_beats_chance_retrieval_on_its_training_pairs(trained: Pat
     tokenizer = open_clip.get_tokenizer(NAME)
     import io
     images, captions = [], []
-    for sample in wds.WebDataset(shards["shards"], shardshuffle=False, empty_check=False):
+    for sample in read_shards(shards["shards"]):
         images.append(preprocess(Image.open(io.BytesIO(sample["png"])).convert("RGB")))
         captions.append(sample["txt"].decode())
     with torch.no_grad():

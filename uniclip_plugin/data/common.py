@@ -274,3 +274,13 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_shards(urls: Any) -> Any:
+    """Samples of ``urls`` in order (no shuffle), with webdataset 0.2.86 or 1.x: only 1.x has (and needs)
+    ``empty_check=False`` to allow a shard set that yields nothing."""
+    import inspect
+
+    import webdataset as wds
+    options = {"empty_check": False} if "empty_check" in inspect.signature(wds.WebDataset).parameters else {}
+    return wds.WebDataset(urls, shardshuffle=False, **options)

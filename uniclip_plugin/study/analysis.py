@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
-from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, publish_dir
+from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, publish_dir, read_shards
 from uniclip_plugin.io import atomic_path, write_text_atomic
 from uniclip_plugin.runs import RunDir, run_name
 
@@ -28,11 +28,10 @@ TEST_SHARDS = 4  # clip_benchmark's CLI reads with 4 workers; each needs a shard
 
 def read_samples(split_dir: Path) -> list[dict]:
     """Every sample of a webdataset split (``nshards.txt`` + ``<i>.tar``) as ``{extension: bytes, "__key__": key}``."""
-    import webdataset as wds
     n = int((split_dir / "nshards.txt").read_text().strip())
     urls = [str(split_dir / f"{i}.tar") for i in range(n)]
     return [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-            for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+            for s in read_shards(urls)]
 
 
 def _write_tar(path: Path, samples: list[dict]) -> None:
