@@ -51,4 +51,13 @@ def create_model_from_pretrained(model_name: str, *args: Any, **kwargs: Any) -> 
     return open_clip.create_model_from_pretrained(model_name, *args, **kwargs)
 
 
-__all__ = ["__version__", "create_model", "create_model_and_transforms", "create_model_from_pretrained", "register"]
+def list_pretrained_tags(model_name: str) -> list[str]:
+    """Pretrained tags ``model_name`` can start from: for a plugin model its base architecture's
+    (``UniCLIP-ViT-B-32`` → ``ViT-B-32``'s), else open_clip's ``list_pretrained_tags_by_model``."""
+    register()
+    from . import factory
+    return factory.list_pretrained_tags(model_name)
+
+
+__all__ = ["__version__", "create_model", "create_model_and_transforms", "create_model_from_pretrained",
+           "list_pretrained_tags", "register"]

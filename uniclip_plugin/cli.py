@@ -1,5 +1,5 @@
 """``open_clip`` console script: ``open_clip train --loss {clip,siglip,uniclip_mpnce,slip,declip} <open_clip_train
-flags>`` and ``open_clip list``.
+flags>``, ``open_clip export --checkpoint CKPT --model NAME --out DIR`` (a hub bundle, ``hub``) and ``open_clip list``.
 
 Our flags are parsed first (``parse_known_args``); everything else goes to ``open_clip_train.main.main`` unchanged,
 so every open_clip_train flag keeps working. Multi-process: ``torchrun --nproc_per_node N $(which open_clip) -- train
@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from .errors import PluginError
 
 SUBCOMMANDS = {"train": "train a model with open_clip_train and a plugin --loss",
+               "export": "write a plugin checkpoint as an open_clip hub bundle (local-dir: / hf-hub:)",
                "list": "list plugin losses and model configs"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are ``PluginError`` one-liners (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PluginError(f"{message}; see `{self.prog} --help`")
 
 
 def plugin_parser() -> argparse.ArgumentParser:
     """The plugin's flags of ``open_clip train`` (everything else is open_clip_train's)."""
     from . import integration
-    parser = argparse.ArgumentParser(prog="open_clip train", add_help=False, allow_abbrev=False,
-                                     description="Plugin flags (all other flags are open_clip_train's).")
+    parser = OneLineParser(prog="open_clip train", add_help=False, allow_abbrev=False,
+                           description="Plugin flags (all other flags are open_clip_train's).")
     integration.add_method_arguments(parser)
     return parser
 
@@ -56,17 +65,45 @@ def _trains_on_cpu(device: str) -> bool:
     return not (backend is not None and hasattr(backend, "is_available") and backend.is_available())
 
 
+def check_lr(value: Optional[str]) -> None:
+    """``--lr`` must be a positive finite number (open_clip_train would train on, silently, with nan or 0).
+
+    Raises:
+        PluginError: it is not.
+    """
+    if value is None:
+        return
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = math.nan
+    if not (math.isfinite(lr) and lr > 0):
+        raise PluginError(f"--lr {value} is not a positive finite learning rate; pass one such as --lr 5e-4 (or omit "
+                          f"--lr for open_clip_train's default)")
+
+
+def _check_pretrained(setup: Any, rest: list[str], model_name: str) -> None:
+    """A ``--pretrained`` file of another architecture fails here, in one line, before open_clip_train starts."""
+    from . import factory
+    pretrained = _option(rest, "--pretrained")
+    if pretrained:
+        factory.check_pretrained(model_name, pretrained, **setup.model_kwargs)
+
+
 def _prepare_run(ours: argparse.Namespace, rest: list[str]) -> None:
     """Check the run's flags and install the method into open_clip_train (one run per process)."""
     from . import integration
     spec = integration.registry.get_method(ours.loss)
-    integration.check_model(spec, _option(rest, "--model", "RN50") or "RN50")
+    check_lr(_option(rest, "--lr"))
+    model_name = _option(rest, "--model", "RN50") or "RN50"
+    integration.check_model(spec, model_name)
     if spec.marker is not None and "--distill-model" in " ".join(rest):
         raise PluginError(f"--distill is not supported with --loss {spec.name}")
     integration.check_train_data(_option(rest, "--train-data"))
     rest.extend(flag for flag in spec.open_clip_train_flags if flag not in rest)
     ours.seed = int(_option(rest, "--seed", "0") or 0)  # open_clip_train's --seed, for seeded data hooks (EDA)
     setup = integration.prepare(ours)
+    _check_pretrained(setup, rest, model_name)
     integration.install_open_clip_train_hooks(setup, log_every=lambda args: args.log_every_n_steps)
     if _trains_on_cpu(_option(rest, "--device", "cuda") or "cuda"):
         from .cpu_malloc import keep_freed_memory
@@ -97,6 +134,30 @@ def train(argv: list[str]) -> int:
     return int(rc or 0)
 
 
+def export(argv: list[str]) -> int:
+    """``open_clip export --checkpoint CKPT --model NAME --out DIR [method flags]``: the hub bundle of a plugin
+    checkpoint. Method flags that do not change the weights (``--views 3``) must be repeated, as when training."""
+    from . import factory, hub, integration, register, registry
+    parser = OneLineParser(prog="open_clip export", allow_abbrev=False, parents=[plugin_parser()],
+                           description="Write a plugin checkpoint as an open_clip hub bundle.")
+    parser.add_argument("--checkpoint", required=True, help="the weights: a checkpoint file or a pretrained tag")
+    parser.add_argument("--model", required=True, help="the plugin model config, e.g. UniCLIP-ViT-B-32")
+    parser.add_argument("--out", required=True, help="the bundle folder (then --model local-dir:DIR)")
+    args = parser.parse_args(argv)
+    register()
+    cfg = factory.plugin_model_config(args.model)
+    if cfg is None:
+        raise PluginError(f"--model {args.model} is not a plugin model; choose one of: "
+                          f"{', '.join(factory.plugin_model_names())}")
+    if "--loss" not in argv:  # the method flags belong to the model's method
+        args.loss = registry.method_for_marker(registry.marker_of(cfg)).name
+    setup = integration.prepare(args)
+    integration.check_model(setup.spec, args.model)
+    folder = hub.export_bundle(args.checkpoint, args.model, args.out, **setup.model_kwargs)
+    print(f"open_clip export: wrote {folder}; load it with create_model_and_transforms('local-dir:{folder}')")
+    return 0
+
+
 def list_plugins() -> int:
     """``open_clip list``: the methods and the plugin model configs."""
     from . import factory, register, registry
@@ -120,6 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if cmd == "train":
             return train(rest)
+        if cmd == "export":
+            return export(rest)
         if cmd == "list":
             return list_plugins()
         raise PluginError(f"unknown subcommand {cmd!r}; choices: {', '.join(SUBCOMMANDS)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -47,7 +48,8 @@ def method_flags() -> dict[str, list[str]]:
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--loss`` and one argument group per method with its flags (all defaulting to None = not given)."""
     _load_methods()
-    parser.add_argument("--loss", default="clip", choices=registry.list_methods(),
+    # no argparse choices: registry.get_method names an unknown one in one line, with the choices
+    parser.add_argument("--loss", default="clip", metavar="{" + ",".join(registry.list_methods()) + "}",
                         help="training objective (default clip): " + "; ".join(
                             f"{n}: {registry.get_method(n).description}" for n in registry.list_methods()))
     in_forward = [n for n in registry.list_methods() if registry.get_method(n).whole_image_input]
@@ -116,8 +118,17 @@ class Setup:
         return self.spec.whole_image_input
 
     def build_loss(self, train_args: argparse.Namespace) -> nn.Module:
-        """The method's loss for a trainer's args (rank, world size, ``--local-loss``, ...) plus the plugin flags."""
+        """The method's loss for a trainer's args (rank, world size, ``--local-loss``, ...) plus the plugin flags.
+
+        A method whose spec sets ``exact_global_loss`` gets the exact global-batch loss with world size > 1 (local rows
+        × all gathered columns, gathered with gradient) whether or not ``--local-loss --gather-with-grad`` were given,
+        and one log line says so."""
         merged = argparse.Namespace(**{**_CREATE_LOSS_DEFAULTS, **vars(train_args), **vars(self.args)})
+        if self.spec.exact_global_loss and merged.world_size > 1:
+            merged.local_loss = merged.gather_with_grad = True
+            if merged.rank == 0:
+                logging.info(f"{self.spec.name}: exact global-batch loss (local rows × all gathered columns, gathered "
+                             f"with gradient; --local-loss/--gather-with-grad not needed)")
         return self.spec.build_loss(merged)
 
     def wrap_tokenizer(self, tokenizer: Callable) -> Callable:
@@ -135,7 +146,8 @@ def prepare(args: argparse.Namespace, *, rank: Optional[int] = None, world_size:
         args: parsed flags; ``args.loss`` names the method.
         rank, world_size: when ``rank`` is given the loss is built now (``Setup.loss``); else call ``build_loss``.
         exact_global_loss: build the loss as local rows × all gathered columns with gradient (``--local-loss
-            --gather-with-grad``), the exact global-batch loss; the DeepSpeed trainer always does.
+            --gather-with-grad``), the exact global-batch loss, for every method; the DeepSpeed trainer always does.
+            Methods whose spec sets ``exact_global_loss`` get it anyway (``Setup.build_loss``).
 
     Raises:
         PluginError: an unknown method, or a flag of another method.

@@ -1,8 +1,9 @@
 """Method registry: one :class:`MethodSpec` per ``--loss`` value, registered by decorator (as timm registers models).
 
 A method is one unit: its CLI flags, the model-config marker its models carry and their class, how its loss is built,
-its tokenizer wrapper, how its options are read back from a checkpoint, whether its model renders views from whole
-images, and whether its loss always needs the exact global batch. The specs live in ``uniclip_plugin.methods`` (one
+its tokenizer wrapper, how its options are read back from a checkpoint, how it tells its own checkpoints from stock
+CLIP ones and starts from the latter, whether its model renders views from whole images, and whether its loss always
+needs the exact global batch. The specs live in ``uniclip_plugin.methods`` (one
 module per method); this module holds only the type and the private tables, with read-only accessors. Unknown names
 raise a ``PluginError`` listing the valid ones; registering a name twice with another spec is an error.
 """
@@ -12,6 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+import torch
 from torch import nn
 
 from .errors import PluginError
@@ -40,6 +42,14 @@ class MethodSpec:
     # parameter shapes of a checkpoint -> marker keys that change the weights (a run trained with an ablation flag
     # then loads by its base config name)
     options_from_checkpoint: Optional[Callable[[Shapes], dict[str, Any]]] = None
+    # parameter shapes of a checkpoint -> True when it carries the method's own parts (one of its checkpoints: loaded
+    # strictly, options read off its shapes); False: a stock CLIP checkpoint, whose towers start the model. None:
+    # every checkpoint is the method's own
+    owns_checkpoint: Optional[Callable[[Shapes], bool]] = None
+    # (fresh model, stock CLIP state dict) -> values for the model entries a CLIP checkpoint fills only in part (a
+    # scalar spread over per-pair scalars, extra token rows); the factory loads towers and leaves the method's own parts
+    # at their init
+    init_from_clip: Optional[Callable[[nn.Module, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = None
     whole_image_input: bool = False    # the model renders its views in forward: the loader must give whole images
     exact_global_loss: bool = False    # the loss gathers with gradient whatever --local-loss / --gather-with-grad say
     # extra open_clip_train argv the method needs (SigLIP: --siglip)

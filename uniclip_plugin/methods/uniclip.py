@@ -89,7 +89,8 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_loss(args: argparse.Namespace) -> nn.Module:
-    given = {option: getattr(args, flag) for flag, option in LOSS_FLAGS.items() if getattr(args, flag, None) is not None}
+    given = {option: getattr(args, flag) for flag, option in LOSS_FLAGS.items()
+             if getattr(args, flag, None) is not None}
     return UniversalContrastiveLoss(**given, local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
                                     rank=args.rank, world_size=args.world_size)
 
