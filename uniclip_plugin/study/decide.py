@@ -39,15 +39,21 @@ ARMS: dict[str, tuple[str, ...]] = {
     "caption-domain": (*CAPTION, "--init-temperatures", "0.1,0.07,0.07", "--offset-bound", "0.5",
                        "--tt-offset", "fixed"),                         # vs caption-view
     "caption-only-text": (*CAPTION, "--text-positives", "caption"),     # vs caption-view ("SLIP in one space")
+    "caption-film-lr2e-3": (*CAPTION, "--aug-fusion", "film"),          # vs caption-film: CLIP's tuned lr
+    "clip-lr2e-3": (),                                                  # the reference: CLIP, its tuned lr
 }
+# arms that differ in more than flags: (loss, model, lr)
+SETTINGS: dict[str, tuple[str, str, float]] = {"caption-film-lr2e-3": ("uniclip_mpnce", "UniCLIP-Tiny-32", 2e-3),
+                                               "clip-lr2e-3": ("clip", "CLIP-Tiny-32", 2e-3)}
 
 
 def command(arm: str, seed: int, data: Path, val: dict, runs: Path, samples: int) -> list[str]:
     """The training command of one arm and seed (the study's flags at a third of its budget)."""
-    return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", "uniclip_mpnce", "--model",
-            "UniCLIP-Tiny-32", *ARMS[arm], "--train-data", str(data), "--dataset-type", "webdataset",
+    loss, model, lr = SETTINGS.get(arm, ("uniclip_mpnce", "UniCLIP-Tiny-32", LR))
+    return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", loss, "--model", model, *ARMS[arm],
+            "--train-data", str(data), "--dataset-type", "webdataset",
             "--dataset-resampled", "--train-num-samples", str(samples), "--batch-size", str(BATCH), "--epochs",
-            str(EPOCHS), "--lr", str(LR), "--wd", "0.1", "--warmup", str(WARMUP), "--precision", "fp32", "--device",
+            str(EPOCHS), "--lr", str(lr), "--wd", "0.1", "--warmup", str(WARMUP), "--precision", "fp32", "--device",
             "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs), "--name", f"{arm}-seed{seed}",
             "--save-frequency", str(EPOCHS), "--zeroshot-frequency", "0", "--log-every-n-steps", "10",
             "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]), "--val-frequency", "1"]
