@@ -21,10 +21,12 @@ Modules, in the order a run uses them (each module depends only on those above i
 * ``data``: open_clip_train's webdataset loader, rebuilt identically per epoch (the resume fast-forwards it).
 * ``build``: model (D1: no 0-dim parameters) and open_clip_train's optimiser parameter groups.
 * ``step``: one optimiser step (D3, D4, the shared finite verdict) and the watch on skipped steps.
-* ``checkpoint``: atomic step checkpoints (``LATEST`` pointer), RNG/extra state, consolidation to fp32.
-* ``metrics``: rank 0's ``metrics.jsonl`` and TensorBoard.
+* ``checkpoint``: atomic step checkpoints (``LATEST`` and DeepSpeed's ``latest``), failed-write handling, damaged-
+  checkpoint fallback at resume, RNG/extra state, consolidation to fp32.
+* ``metrics``: rank 0's ``metrics.jsonl`` and DeepSpeed's Monitor (the config's ``tensorboard``/``csv_monitor``/...).
 * ``setup``: preflight checks, run directory, resume decision, logs → a ``RunPlan`` (the same on every rank).
-* ``trainer``: ``Trainer`` (step, epoch, save) and ``train``.
+* ``validate``: open_clip_train's in-training validation (``--val-data``: ``Eval Epoch:``, ``results.jsonl``).
+* ``trainer``: ``Trainer`` (step, epoch, validation, save, a lost peer as one line) and ``train``.
 * ``export``: ``--export``, a run → a plain open_clip checkpoint.
 * ``cli``: the parser and ``main``.
 

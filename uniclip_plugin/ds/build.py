@@ -54,15 +54,22 @@ def build_model(args: argparse.Namespace, setup: integration.Setup) -> tuple[nn.
     transform for models that sample views in forward), identically on every rank (seeded with ``--seed``).
 
     Args:
-        args: the trainer's arguments (``--model``, ``--seed``).
+        args: the trainer's arguments (``--model``, ``--seed``, ``--pretrained``, ``--grad-checkpointing``).
         setup: the method's set-up (``integration.prepare``).
 
     Returns:
         ``(model, preprocess_train, preprocess_val)``; the model is fp32 on CPU with no 0-dim parameters.
     """
     seed_everything(args.seed)  # the same initial weights on every rank (DeepSpeed also broadcasts rank 0's)
+    pretrained = getattr(args, "pretrained", None)
+    extra = {"pretrained": pretrained} if pretrained else {}
     model, preprocess_train, preprocess_val = integration.create_model_and_transforms(
-        args.model, setup, precision="fp32", device="cpu", output_dict=True)
+        args.model, setup, precision="fp32", device="cpu", output_dict=True, **extra)
+    if pretrained:
+        logging.info(f"Loaded pretrained weights for {args.model} from {pretrained}")
+    if getattr(args, "grad_checkpointing", False):
+        model.set_grad_checkpointing(True)  # before deepspeed.initialize, as open_clip_train does before DDP
+        logging.info("Gradient checkpointing on (activations recomputed in backward)")
     reshaped = reshape_zero_dim_parameters(model)
     if reshaped:
         logging.info(f"Reshaped 0-dim parameters to [1] for DeepSpeed (D1): {', '.join(reshaped)}")

@@ -9,11 +9,24 @@ Layout of ``<run>/checkpoints/``::
         harness_meta.json         step, epoch, data position, schedule, world size, parameter-group layout
     zero_to_fp32.py              DeepSpeed's converter (copied by DeepSpeed)
 
-Atomicity: every rank writes into ``step_N.tmp``; after a barrier (all ranks finished) rank 0 renames the directory
-to ``step_N`` and only then replaces ``LATEST`` (``uniclip_plugin.io``: temp file + ``os.replace``). A run killed at
-any moment leaves ``LATEST`` on a complete checkpoint; a stale ``*.tmp`` directory is deleted at the next start.
-DeepSpeed's own ``latest`` file is not written (``save_latest=False``). Multi-node runs need the checkpoint directory
-on a filesystem every node sees (DeepSpeed needs that too).
+Atomicity: every rank writes into ``step_N.tmp``; after a barrier (all ranks finished) rank 0 records every file's
+size in ``harness_meta.json``, renames the directory to ``step_N`` and only then replaces ``LATEST`` and DeepSpeed's
+``latest`` (same tag; ``uniclip_plugin.io``: temp file + ``os.replace``). DeepSpeed's ``save_checkpoint`` runs with
+``save_latest=False`` because it would write ``latest`` before the rename; writing it ourselves afterwards keeps it
+atomic and lets DeepSpeed's tools work without a tag: ``python checkpoints/zero_to_fp32.py checkpoints OUT`` and
+``engine.load_checkpoint(checkpoints)``. A run killed at any moment leaves both pointers on a complete checkpoint; a
+stale ``*.tmp`` directory is deleted at the next start. Multi-node runs need the checkpoint directory on a filesystem
+every node sees (DeepSpeed needs that too).
+
+Failures (docs/DEEPSPEED.md "Faults"):
+
+* A write that fails (``OSError``: disk full, quota, permissions) on any rank fails the save on every rank with one
+  :class:`CheckpointError` naming the rank, the error and the intact previous checkpoint; the partial ``*.tmp`` is
+  removed. The ranks agree through one all-gather, so no rank is left waiting in a barrier.
+* At resume, rank 0 checks the checkpoint ``LATEST`` names (file sizes against the manifest, every ``*.pt`` opened
+  with ``torch.load(mmap=True)``). A damaged one is renamed ``step_N.damaged``, the pointers move back, and the run
+  resumes from the newest intact checkpoint; with none intact it refuses with the fix. A flipped bit inside tensor
+  data is not detected (no content hash: hashing multi-GB checkpoints at every save would cost minutes).
 
 Queue state (DeCLIP's nearest-neighbour queue and the like): any submodule that overrides ``nn.Module``'s
 ``get_extra_state``/``set_extra_state`` has that state saved per rank and restored on resume, so a queue that differs
@@ -27,7 +40,9 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,9 +55,12 @@ from uniclip_plugin.errors import PluginError
 from uniclip_plugin.io import write_text_atomic
 
 LATEST = "LATEST"
+DS_LATEST = "latest"  # DeepSpeed's pointer (zero_to_fp32.py, engine.load_checkpoint without a tag)
 TAG_PREFIX = "step_"
 TMP_SUFFIX = ".tmp"
+DAMAGED_SUFFIX = ".damaged"
 META_FILE = "harness_meta.json"
+_TAG_RE = re.compile(rf"{TAG_PREFIX}\d{{8}}")
 
 
 class CheckpointError(PluginError):
@@ -159,6 +177,94 @@ def read_latest(ckpt_dir: Path) -> Optional[str]:
     return tag if (ckpt_dir / tag / META_FILE).is_file() else None
 
 
+def step_tags(ckpt_dir: Path) -> list[str]:
+    """Tags of the finished (renamed) checkpoint directories, oldest first (``*.tmp``/``*.damaged`` excluded)."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and _TAG_RE.fullmatch(p.name))
+
+
+def point_latest(ckpt_dir: Path, tag: str) -> None:
+    """Move ``LATEST`` and DeepSpeed's ``latest`` to ``tag``, each atomically (ours first: it is what we read)."""
+    write_text_atomic(ckpt_dir / LATEST, tag + "\n")
+    write_text_atomic(ckpt_dir / DS_LATEST, tag + "\n")  # DeepSpeed strips the content
+
+
+def file_manifest(directory: Path) -> dict[str, int]:
+    """``{relative path: size}`` of every file of a checkpoint directory but the meta file (checked at resume)."""
+    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != META_FILE}
+
+
+def _describe(err: OSError) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def gather_errors(error: Optional[str]) -> list[str]:
+    """Every rank's error (``"rank R: ..."``), the same list on every rank: a collective, so it also synchronises.
+
+    Args:
+        error: this rank's error, or None.
+    """
+    import torch.distributed as dist
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [f"rank 0: {error}"] if error else []
+    errors: list[Optional[str]] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
+
+
+def _write_rank_files(engine: Any, ckpt_dir: Path, tmp_tag: str, full_meta: dict, rank: int,
+                      barrier: Any) -> Optional[str]:
+    """This rank's part of the save (DeepSpeed's files, RNG/extra state); returns the write error, or None."""
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"harness": full_meta}, save_latest=False)
+    except OSError as err:
+        # The writes come after DeepSpeed's last collective but one: its closing barrier, which the other ranks are
+        # waiting in. Join it so that every rank reaches the error exchange.
+        barrier()
+        return _describe(err)
+    per_rank = {"rng": capture_rng_state(), "extra_state": capture_extra_state(engine.module), "rank": rank}
+    try:
+        torch.save(per_rank, ckpt_dir / tmp_tag / f"harness_rank{rank:05d}.pt")
+    except OSError as err:
+        return _describe(err)
+    return None
+
+
+def _publish(ckpt_dir: Path, tmp_tag: str, tag: str, full_meta: dict) -> Optional[str]:
+    """Rank 0, all files written: manifest and meta, rename, pointers. Returns the write error, or None."""
+    tmp, final = ckpt_dir / tmp_tag, ckpt_dir / tag
+    try:
+        meta = {**full_meta, "files": file_manifest(tmp)}
+        write_text_atomic(tmp / META_FILE, json.dumps(meta, indent=2, default=str))
+        if final.exists():  # the same step saved twice (a step save that is also an epoch end)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        point_latest(ckpt_dir, tag)
+    except OSError as err:
+        return _describe(err)
+    return None
+
+
+def _prune(ckpt_dir: Path, tag: str, keep: int) -> None:
+    if keep > 0:
+        for old in step_tags(ckpt_dir)[:-keep]:
+            if old != tag:
+                shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+
+
+def _raise_if_failed(errors: list[str], ckpt_dir: Path, tag: str, rank: int) -> None:
+    if not errors:
+        return
+    if rank == 0:
+        shutil.rmtree(ckpt_dir / (tag + TMP_SUFFIX), ignore_errors=True)
+    previous = read_latest(ckpt_dir)
+    kept = f"the last complete checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    raise CheckpointError(f"could not write checkpoint {tag} ({'; '.join(errors)}); {kept}; free space in "
+                          f"{ckpt_dir} (or lower --keep-checkpoints) and rerun with --resume latest")
+
+
 def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, meta: dict, *, rank: int, keep: int,
                     barrier: Any) -> Path:
     """Save a resumable checkpoint of the current step on ALL ranks (DeepSpeed's save is a collective, D6).
@@ -174,6 +280,9 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, meta: dict, 
 
     Returns:
         The final checkpoint directory.
+
+    Raises:
+        CheckpointError: on every rank, when a write failed on any rank (the previous checkpoint stays ``LATEST``).
     """
     tag = tag_of(state.step)
     tmp_tag = tag + TMP_SUFFIX
@@ -182,40 +291,107 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, meta: dict, 
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     full_meta = {**meta, "train_state": asdict(state), "tag": tag}
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"harness": full_meta}, save_latest=False)
-    per_rank = {"rng": capture_rng_state(), "extra_state": capture_extra_state(engine.module), "rank": rank}
-    torch.save(per_rank, ckpt_dir / tmp_tag / f"harness_rank{rank:05d}.pt")
-    barrier()  # every rank's files are complete before the checkpoint becomes visible
-    final = ckpt_dir / tag
+    error = _write_rank_files(engine, ckpt_dir, tmp_tag, full_meta, rank, barrier)
+    # The all-gather is the barrier after which every rank's files are complete (or the save failed everywhere).
+    _raise_if_failed(gather_errors(error), ckpt_dir, tag, rank)
+    error = _publish(ckpt_dir, tmp_tag, tag, full_meta) if rank == 0 else None
+    _raise_if_failed(gather_errors(error), ckpt_dir, tag, rank)
     if rank == 0:
-        write_text_atomic(ckpt_dir / tmp_tag / META_FILE, json.dumps(full_meta, indent=2, default=str))
-        if final.exists():  # the same step saved twice (a step save that is also an epoch end)
-            shutil.rmtree(final)
-        os.replace(ckpt_dir / tmp_tag, final)
-        write_text_atomic(ckpt_dir / LATEST, tag + "\n")
-        if keep > 0:
-            done = sorted(p for p in ckpt_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and not p.name.endswith(TMP_SUFFIX))
-            for old in done[:-keep]:
-                if old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
+        _prune(ckpt_dir, tag, keep)
     barrier()
-    return final
+    return ckpt_dir / tag
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Optional[tuple[Path, str]]:
-    """``--resume`` → (checkpoint dir, tag), or None when ``latest`` finds no complete checkpoint yet.
+# ------------------------------------------------------------------------------------------------------------ resume
+def verify_checkpoint(ckpt_dir: Path, tag: str) -> Optional[str]:
+    """What is wrong with a checkpoint (cheaply: sizes and archive structure), or None when it looks intact.
 
-    Accepts ``latest`` (this run), a run directory, a ``checkpoints`` directory or one checkpoint directory.
+    Args:
+        ckpt_dir: the checkpoints directory.
+        tag: the checkpoint's tag.
+
+    Returns:
+        A short description of the damage, or None.
+    """
+    directory = ckpt_dir / tag
+    try:
+        meta = read_meta(ckpt_dir, tag)
+    except (OSError, ValueError) as err:
+        return f"{META_FILE} is unreadable ({type(err).__name__})"
+    for name, size in (meta.get("files") or {}).items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} of its {size} bytes (truncated or overwritten)"
+    for path in sorted(directory.glob("*.pt")):
+        try:  # mmap: the archive structure and pickles are read, the tensor data is not (legacy files: all of it)
+            torch.load(path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(path))
+        except Exception as err:  # noqa: BLE001 - whatever torch raises on a damaged file means "damaged"
+            return f"{path.name} does not load ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    return None
+
+
+def newest_intact(ckpt_dir: Path, notes: Optional[list[str]] = None) -> Optional[str]:
+    """The checkpoint to resume from: ``LATEST``'s if intact, else the newest older intact one (rank 0 only: it sets
+    damaged ones aside as ``step_N.damaged`` and moves the pointers back).
+
+    Args:
+        ckpt_dir: the checkpoints directory.
+        notes: receives one line per damaged checkpoint set aside (for the run log).
+
+    Returns:
+        The tag, or None when the directory holds no checkpoint and no pointer at all (a fresh run).
+
+    Raises:
+        CheckpointError: checkpoints exist but none is intact; the message names the fix.
+    """
+    pointer = (ckpt_dir / LATEST).read_text().strip() if (ckpt_dir / LATEST).is_file() else None
+    tags = [t for t in reversed(step_tags(ckpt_dir)) if pointer is None or t <= pointer]
+    if pointer is None and not tags:
+        return None
+    damaged = [] if pointer is None or pointer in tags else [f"{pointer}: missing"]
+    for tag in tags:
+        problem = verify_checkpoint(ckpt_dir, tag)
+        if problem is None:
+            for bad in damaged:
+                name = bad.split(":")[0]
+                if (ckpt_dir / name).is_dir():
+                    os.replace(ckpt_dir / name, ckpt_dir / (name + DAMAGED_SUFFIX))
+            if damaged:
+                point_latest(ckpt_dir, tag)
+                if notes is not None:
+                    notes.append(f"damaged checkpoint set aside ({'; '.join(damaged)}, renamed *{DAMAGED_SUFFIX}); "
+                                 f"resuming from the previous intact checkpoint {tag}")
+            return tag
+        damaged.append(f"{tag}: {problem}")
+    raise CheckpointError(f"no intact checkpoint in {ckpt_dir} ({'; '.join(damaged)}); restore one from a backup, "
+                          f"or delete {ckpt_dir} to train from step 0")
+
+
+def resolve_resume(resume: str, run_dir: Path, notes: Optional[list[str]] = None) -> Optional[tuple[Path, str]]:
+    """``--resume`` → (checkpoint dir, tag), or None when ``latest`` finds no checkpoint yet (rank 0 only).
+
+    Accepts ``latest`` (this run), a run directory, a ``checkpoints`` directory or one checkpoint directory. For the
+    first three a damaged newest checkpoint falls back to the previous intact one (:func:`newest_intact`); a named
+    checkpoint directory must be intact.
+
+    Raises:
+        CheckpointError: nothing to resume from there, or only damaged checkpoints.
     """
     if resume == "latest":
         ckpt_dir = run_dir / "checkpoints"
-        tag = read_latest(ckpt_dir)
+        tag = newest_intact(ckpt_dir, notes)
         return (ckpt_dir, tag) if tag else None
     path = Path(resume)
     if (path / META_FILE).is_file():
+        problem = verify_checkpoint(path.parent, path.name)
+        if problem:
+            raise CheckpointError(f"--resume {resume}: the checkpoint is damaged ({problem}); pass an older "
+                                  f"{TAG_PREFIX}N directory or the run directory")
         return path.parent, path.name
     for ckpt_dir in (path / "checkpoints", path):
-        tag = read_latest(ckpt_dir)
+        tag = newest_intact(ckpt_dir, notes) if ckpt_dir.is_dir() else None
         if tag:
             return ckpt_dir, tag
     raise CheckpointError(f"--resume {resume!r}: no complete checkpoint there (expected a run dir, its checkpoints/ "

@@ -43,6 +43,9 @@ def _add_deepspeed_arguments(p: argparse.ArgumentParser) -> None:
                         "use plain gloo collectives")
     g.add_argument("--max-skipped-steps", type=int, default=10,
                    help="stop when DeepSpeed skipped this many optimiser steps in a row (bf16 overflow, #8415)")
+    g.add_argument("--dist-timeout", type=float, default=600.0,
+                   help="seconds a collective may wait for the other ranks before this rank stops with an error "
+                        "(a dead or hung peer); DeepSpeed's default is 600")
 
 
 def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +60,13 @@ def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"batch per rank (open_clip_train's meaning; {DEFAULT_BATCH_SIZE} when neither the config nor "
                         f"--global-batch-size sets one)")
     g.add_argument("--global-batch-size", type=int, default=None, help="batch per step over all ranks")
+    g.add_argument("--pretrained", default=None,
+                   help="initial weights: a checkpoint file or a pretrained tag, passed to model creation")
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in backward (open_clip's model.set_grad_checkpointing())")
+    g.add_argument("--val-data", default=None, help="webdataset shards evaluated during training (retrieval R@k)")
+    g.add_argument("--val-num-samples", type=int, default=None, help="evaluate at most this many validation samples")
+    g.add_argument("--val-frequency", type=int, default=1, help="evaluate every N epochs (and after the last)")
 
 
 def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:

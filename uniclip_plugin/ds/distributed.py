@@ -6,7 +6,7 @@ import argparse
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from uniclip_plugin.ds.errors import PROG
 
@@ -27,8 +27,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(no_cpu_shm_comm: bool) -> None:
-    """``deepspeed.init_distributed`` (nccl on GPUs, gloo or ccl on CPU); a bare ``python`` run gets a 1-rank group."""
+def init_distributed(no_cpu_shm_comm: bool, timeout_s: Optional[float] = None) -> None:
+    """``deepspeed.init_distributed`` (nccl on GPUs, gloo or ccl on CPU); a bare ``python`` run gets a 1-rank group.
+
+    Args:
+        no_cpu_shm_comm: skip DeepSpeed's shared-memory allreduce op on CPU.
+        timeout_s: how long a collective waits for the other ranks (``--dist-timeout``); None: DeepSpeed's default.
+    """
+    from datetime import timedelta
+
     import deepspeed
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -37,16 +44,18 @@ def init_distributed(no_cpu_shm_comm: bool) -> None:
         import deepspeed.ops
         # A private DeepSpeed switch: there is no public way to skip the shm op's JIT build (docs/UPSTREAM.md).
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed()
+    kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    deepspeed.init_distributed(**kwargs)
 
 
-def start(no_cpu_shm_comm: bool, rank: int, local_rank: int) -> tuple[int, int]:
+def start(no_cpu_shm_comm: bool, rank: int, local_rank: int, timeout_s: Optional[float] = None) -> tuple[int, int]:
     """Select this rank's device (on CPU: keep freed memory, as ``open_clip train``) and join the process group.
 
     Args:
         no_cpu_shm_comm: ``--no-cpu-shm-comm``.
         rank: the launcher's rank (only rank 0 reports the allocator setting).
         local_rank: ``--local_rank``.
+        timeout_s: ``--dist-timeout`` (see :func:`init_distributed`).
 
     Returns:
         (rank, world size) of the joined group.
@@ -61,7 +70,7 @@ def start(no_cpu_shm_comm: bool, rank: int, local_rank: int) -> tuple[int, int]:
         malloc_status = keep_freed_memory()
         if rank == 0:
             print(f"{PROG}: {malloc_status}", file=sys.stderr)
-    init_distributed(no_cpu_shm_comm)
+    init_distributed(no_cpu_shm_comm, timeout_s)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -78,3 +87,14 @@ def barrier() -> None:
     import torch.distributed as dist
     if dist.is_initialized():
         dist.barrier()
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank died or stopped answering (gloo: the peer
+    closed its connection; any backend: the ``--dist-timeout`` expired)."""
+    import torch.distributed as dist
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err).lower()  # older torch raises plain RuntimeErrors from the backends
+    return isinstance(err, RuntimeError) and any(k in text for k in (
+        "connection closed by peer", "connection reset by peer", "gloo", "nccl"))

@@ -21,6 +21,8 @@ from uniclip_plugin.ds.build import check_model_and_loss
 from uniclip_plugin.ds.config import load_config, precision_of, prepare_config, zero_stage_of
 from uniclip_plugin.ds.data import count_shards
 from uniclip_plugin.ds.errors import HarnessError
+from uniclip_plugin.ds.metrics import fill_monitor_paths
+from uniclip_plugin.errors import PluginError
 from uniclip_plugin.io import write_json_atomic, write_text_atomic
 
 DEFAULT_BATCH_SIZE = 64  # open_clip_train's --batch-size default (per rank)
@@ -101,7 +103,20 @@ def preflight(args: argparse.Namespace, world_size: int) -> dict:
                            f"{max(1, args.workers)} workers; lower --workers or use --dataset-resampled")
     if args.epochs < 1:
         raise HarnessError("--epochs must be ≥ 1")
+    _check_val_and_timeout(args)
     return cfg
+
+
+def _check_val_and_timeout(args: argparse.Namespace) -> None:
+    if args.val_data:
+        try:
+            integration.check_train_data(args.val_data)
+        except PluginError as err:  # the check names --train-data
+            raise HarnessError(str(err).replace("--train-data", "--val-data", 1)) from None
+    if args.val_frequency < 0 or (args.val_num_samples is not None and args.val_num_samples < 1):
+        raise HarnessError("--val-frequency must be ≥ 0 and --val-num-samples ≥ 1")
+    if args.dist_timeout <= 0:
+        raise HarnessError("--dist-timeout must be a positive number of seconds")
 
 
 # ------------------------------------------------------------------------------------------------ run dir and resume
@@ -123,20 +138,21 @@ def _claim_run_dir(run_dir: Path, resume: Optional[str], rank: int) -> None:
         raise HarnessError(verdict)
 
 
-def _resume_source(resume: Optional[str], run_dir: Path, rank: int) -> Optional[tuple[Path, str]]:
-    """``--resume`` resolved on rank 0 (one rank decides, and fails, for all) and broadcast."""
+def _resume_source(resume: Optional[str], run_dir: Path, rank: int) -> tuple[Optional[tuple[Path, str]], list[str]]:
+    """``--resume`` resolved on rank 0 (one rank decides, and fails, for all) and broadcast, with the notes on
+    damaged checkpoints it set aside (logged once the log exists)."""
     if resume is None:
-        return None
-    resume_from, problem = None, None
+        return None, []
+    resume_from, problem, notes = None, None, []
     if rank == 0:
         try:
-            resume_from = ckpt.resolve_resume(resume, run_dir)
+            resume_from = ckpt.resolve_resume(resume, run_dir, notes)
         except ckpt.CheckpointError as err:
             problem = str(err)
-    resume_from, problem = distributed.broadcast((resume_from, problem))
+    resume_from, problem, notes = distributed.broadcast((resume_from, problem, notes))
     if problem:
         raise ckpt.CheckpointError(problem)
-    return resume_from
+    return resume_from, notes
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -153,13 +169,18 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     """
     rank, world_size, local_rank = distributed.dist_env(args)
     cfg = preflight(args, world_size)
-    rank, world_size = distributed.start(args.no_cpu_shm_comm, rank, local_rank)
+    rank, world_size = distributed.start(args.no_cpu_shm_comm, rank, local_rank, args.dist_timeout)
     if args.name is None:
         args.name = distributed.broadcast(f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{args.model}-{args.loss}")
     run_dir = Path(args.logs) / args.name
     _claim_run_dir(run_dir, args.resume, rank)
-    resume_from = _resume_source(args.resume, run_dir, rank)
+    resume_from, notes = _resume_source(args.resume, run_dir, rank)
     setup_logging(run_dir / "out.log" if rank == 0 else None, rank)
+    for note in notes:
+        logging.warning(note)
+    monitors = fill_monitor_paths(cfg, run_dir)
+    if monitors:
+        logging.info(f"DeepSpeed monitor: {', '.join(monitors)} (train_loss, lr and validation metrics)")
     if rank == 0:
         write_params(run_dir, args)
         write_json_atomic(run_dir / "ds_config.json", cfg, indent=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from uniclip_plugin import integration
 from uniclip_plugin.ds import checkpoint as ckpt
 from uniclip_plugin.ds import distributed
+from uniclip_plugin.ds import validate as validation
 from uniclip_plugin.ds.build import build_model, param_groups, seed_everything
 from uniclip_plugin.ds.data import epoch_loader
 from uniclip_plugin.ds.errors import HarnessError
@@ -36,6 +38,8 @@ class EngineParts:
         preprocess: the training image transform.
         tokenizer: the (possibly method-wrapped) tokenizer.
         layout: parameter names of each optimiser group (saved for D5).
+        preprocess_val: the evaluation image transform.
+        val_tokenizer: the model's plain tokenizer (validation captions are not augmented).
     """
 
     engine: Any
@@ -43,6 +47,8 @@ class EngineParts:
     preprocess: Any
     tokenizer: Any
     layout: list[list[str]]
+    preprocess_val: Any = None
+    val_tokenizer: Any = None
 
 
 def build_engine(args: argparse.Namespace, plan: RunPlan) -> EngineParts:
@@ -62,14 +68,15 @@ def build_engine(args: argparse.Namespace, plan: RunPlan) -> EngineParts:
     from uniclip_plugin.train_hooks import TrainLossAdapter
     setup = integration.prepare(args, rank=plan.rank, world_size=plan.world_size, exact_global_loss=True)
     loss_fn = TrainLossAdapter(setup.loss, log_every=args.log_every_n_steps, is_master=plan.rank == 0)
-    model, preprocess_train, _ = build_model(args, setup)
+    model, preprocess_train, preprocess_val = build_model(args, setup)
     seed_everything(args.seed + plan.rank)  # open_clip_train's random_seed(seed, rank): per-rank views / augmentations
     groups, layout = param_groups(model, args.wd)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=plan.cfg)
     engine.train()
-    tokenizer = setup.wrap_tokenizer(open_clip.get_tokenizer(args.model))
-    return EngineParts(engine=engine, loss_fn=loss_fn, preprocess=preprocess_train, tokenizer=tokenizer,
-                       layout=layout)
+    plain_tokenizer = open_clip.get_tokenizer(args.model)
+    return EngineParts(engine=engine, loss_fn=loss_fn, preprocess=preprocess_train,
+                       tokenizer=setup.wrap_tokenizer(plain_tokenizer), layout=layout, preprocess_val=preprocess_val,
+                       val_tokenizer=plain_tokenizer)
 
 
 def _dtypes(d: dict) -> str:
@@ -101,7 +108,7 @@ class Trainer:
         self._resume()
         self.schedule = (cosine_lr if args.lr_scheduler == "cosine" else const_lr)(
             self.engine.optimizer, args.lr, args.warmup, self.state.total_steps)
-        self.metrics = Metrics(plan.run_dir, plan.rank == 0)
+        self.metrics = Metrics(plan.run_dir, plan.rank == 0, getattr(self.engine, "monitor", None))
         self.skips = SkipWatcher(args.max_skipped_steps, self.state.skipped_steps)
         self.last_saved = self.state.step if plan.resume_from is not None else -1
         self.logged_dtypes = False
@@ -146,8 +153,23 @@ class Trainer:
             latest = ckpt.read_latest(self.plan.ckpt_dir) or "none written yet"
             logging.error(f"{err}; last checkpoint: {latest}")
             raise HarnessError(f"{err}; last checkpoint: {latest}") from None
+        except RuntimeError as err:
+            if not distributed.is_collective_failure(err):
+                raise
+            raise self._lost_peer(err) from None
         finally:
             self.metrics.close()
+
+    def _lost_peer(self, err: RuntimeError) -> HarnessError:
+        """The error for a collective that failed: a peer died (gloo sees its connection close) or timed out."""
+        latest = ckpt.read_latest(self.plan.ckpt_dir) or "none written yet"
+        text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip())  # drop gloo's "[.../pair.cc:561]" source prefix
+        cause = text.splitlines()[0][:160] if text else type(err).__name__
+        message = (f"rank {self.plan.rank}: a collective failed during step {self.state.step + 1} ({cause}): another "
+                   f"rank died or stopped answering within --dist-timeout {self.args.dist_timeout:g}s; last "
+                   f"checkpoint: {latest}; restart all ranks with --resume latest")
+        logging.error(message)
+        return HarnessError(message)
 
     def run_epoch(self) -> None:
         """Train the current epoch from its data position, saving every ``--save-every-n-steps`` and at its end."""
@@ -168,7 +190,20 @@ class Trainer:
         del batches, loader  # release the dataloader workers before the epoch-end save
         self.state.epoch += 1
         self.state.step_in_epoch = 0
+        self.validate()
         self.save()
+
+    def validate(self) -> Optional[dict]:
+        """open_clip_train's validation after a completed epoch when ``--val-data``/``--val-frequency`` say so."""
+        if not validation.due(self.args, self.state.epoch):
+            return None
+        loader = validation.val_loader(self.args, self.parts.preprocess_val, self.parts.val_tokenizer,
+                                       self.plan.micro_batch)
+        results = self.plan.ckpt_dir / "results.jsonl" if self.plan.rank == 0 else None
+        metrics = validation.evaluate(self.engine, loader, self.state.epoch, self.args, results)
+        del loader
+        self.metrics.log_validation(metrics, int(getattr(self.engine, "global_samples", self.state.step)))
+        return metrics
 
     def step(self, images: torch.Tensor, texts: torch.Tensor) -> float:
         """One optimiser step on this rank's batch, then its metrics line and, when due, the progress line.
@@ -185,7 +220,8 @@ class Trainer:
         state.step += 1
         state.step_in_epoch += 1
         self._samples_since += images.shape[0] * self.plan.world_size
-        self.metrics.log(state.step, {"epoch": state.epoch, "loss": loss, "lr": lr, "skipped_steps": self.skips.total})
+        self.metrics.log(state.step, {"epoch": state.epoch, "loss": loss, "lr": lr, "skipped_steps": self.skips.total},
+                         samples=int(getattr(self.engine, "global_samples", state.step)))
         if state.step % max(1, self.args.log_every_n_steps) == 0 or state.step_in_epoch == self.steps_per_epoch:
             self._log_progress(loss, lr)
         return loss
