@@ -124,3 +124,21 @@ def test_the_untrained_epoch_0_is_never_the_best_epoch() -> None:
              {"epoch": 3, "val_r1": 2.0}]
     assert best_epoch(curve) == 2                 # not epoch 0, and ties go to the earlier epoch
     assert best_epoch([{"epoch": 0, "val_r1": 5.0}]) is None
+
+
+def test_the_probe_standardises_with_training_statistics_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sklearn.preprocessing
+
+    from uniclip_plugin.bench.probe import linear_probe
+    fitted: list[int] = []
+    original = sklearn.preprocessing.StandardScaler.fit
+
+    def fit(self: object, x: np.ndarray, *args: object, **kwargs: object) -> object:
+        fitted.append(len(x))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(sklearn.preprocessing.StandardScaler, "fit", fit)
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(size=(90, 4)), rng.normal(size=(30, 4))
+    linear_probe(train, (train[:, 0] > 0).astype(int), test, (test[:, 0] > 0).astype(int), seed=0)
+    assert fitted == [90]                              # one scaler, fitted on the 90 training rows

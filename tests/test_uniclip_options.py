@@ -149,3 +149,13 @@ def test_a_checkpoint_with_each_fusion_loads_by_its_base_name(fusion: str, tmp_p
     images, _ = _batch()
     with torch.no_grad():
         assert torch.equal(loaded.eval().encode_image(images), model.encode_image(images))
+
+
+def test_film_applies_gamma_as_a_scale_and_beta_as_a_shift() -> None:
+    """z = h ⊙ (1 + γ) + β with [γ; β] = e(a), checked against the encoder's own output on a trained-like embedding."""
+    from uniclip_plugin.views import normalize_aug_params
+    model = _trained_like(_model(aug_fusion="film"))
+    h, params = torch.randn(5, 64, generator=torch.Generator().manual_seed(4)), torch.rand(5, 12)
+    with torch.no_grad():
+        gamma, beta = model.aug_embed.encoder(normalize_aug_params(params)).chunk(2, dim=-1)
+        assert torch.allclose(model.aug_embed(h, params), h * (1 + gamma) + beta, atol=1e-6)

@@ -266,6 +266,10 @@ def test_normalised_parameters() -> None:
         assert norm.abs().max() <= 1.0 + 1e-6, name
     assert normalize_aug_params(ident.double()).dtype == torch.float64
     assert len(AUG_PARAM_NAMES) == AUG_PARAM_DIM == 12
+    # the SimCLR ranges' extremes code as ±1: jitter factors (f − 1)/0.4, hue h/0.1, σ/2
+    extreme = identity_aug_params(1, 1).clone()
+    extreme[..., 6:12] = torch.tensor([1.4, 0.6, 1.4, -0.1, 1.0, 2.0])
+    assert torch.allclose(normalize_aug_params(extreme)[0, 0, 6:], torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, 1.0]))
 
 
 def test_augment_module_has_no_parameters_and_no_host_sync() -> None:
