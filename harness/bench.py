@@ -2,6 +2,7 @@
 
 The code lives in ``uniclip_plugin.bench``; installed as `uniclip-bench`.
 """
+
 import sys
 
 from uniclip_plugin.bench.cli import main

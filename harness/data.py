@@ -1,4 +1,5 @@
 """`python harness/data.py`: the offline data builder; the code is ``uniclip_plugin.data`` (see docs/DATA.md)."""
+
 import sys
 
 from uniclip_plugin.data.cli import main

@@ -1,4 +1,5 @@
 """`python harness/perf.py`: performance measurements and targets (the code lives in ``uniclip_plugin.perf``)."""
+
 import sys
 
 from uniclip_plugin.perf.cli import main

@@ -2,6 +2,7 @@
 
 The code lives in ``uniclip_plugin.study``; installed as `uniclip-study`.
 """
+
 import sys
 
 from uniclip_plugin.study.cli import main

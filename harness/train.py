@@ -1,5 +1,6 @@
 """`python harness/train.py` / `deepspeed harness/train.py`: the DeepSpeed trainer and export (the code lives in
 ``uniclip_plugin.ds``)."""
+
 import sys
 
 from uniclip_plugin.ds.cli import main

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny webdataset shards written in-test (no downloads)."""
+
 from __future__ import annotations
 
 import io
@@ -12,6 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def png_bytes(color: tuple[int, int, int], size: int = 16) -> bytes:
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buf, format="PNG")
     return buf.getvalue()
@@ -20,6 +22,7 @@ def png_bytes(color: tuple[int, int, int], size: int = 16) -> bytes:
 def write_shard(path: Path, samples: list[dict]) -> Path:
     """Write ``samples`` (dicts with __key__ and raw bytes/str members) as one tar shard."""
     import webdataset as wds
+
     with wds.TarWriter(str(path)) as sink:
         for sample in samples:
             sink.write(sample)

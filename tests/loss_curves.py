@@ -4,6 +4,7 @@
 trains the same runs and compares. The curves in the repository were recorded on the code before the restructure
 (commit df5c924), so the test shows the restructure left training unchanged.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,13 @@ from pathlib import Path
 
 CURVES = Path(__file__).resolve().parent / "data" / "loss_curves.json"
 # --loss -> model config; every method the project ships
-RUNS = {"clip": "CLIP-Tiny-32", "siglip": "CLIP-Tiny-32", "uniclip_mpnce": "UniCLIP-Tiny-32", "slip": "SLIP-Tiny-32",
-        "declip": "DeCLIP-Tiny-32"}
+RUNS = {
+    "clip": "CLIP-Tiny-32",
+    "siglip": "CLIP-Tiny-32",
+    "uniclip_mpnce": "UniCLIP-Tiny-32",
+    "slip": "SLIP-Tiny-32",
+    "declip": "DeCLIP-Tiny-32",
+}
 STEPS, BATCH = 6, 16
 _LOSS = re.compile(r"Train Epoch: \d+ \[.*?\] .*?(\w+_loss: .*)$")
 _TERM = re.compile(r"(\w+_loss): ([-0-9.e+]+) \(")
@@ -35,12 +41,51 @@ def build_shards(out: Path) -> str:
 
 def train_curve(loss: str, model: str, pattern: str, logs: Path, cwd: Path) -> dict[str, list[float]]:
     """Per-step values of every ``*_loss`` term open_clip_train logs (5 significant digits)."""
-    cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", loss, "--model", model,
-           "--train-data", pattern, "--dataset-type", "webdataset", "--dataset-resampled",
-           "--train-num-samples", str(STEPS * BATCH), "--batch-size", str(BATCH), "--epochs", "1", "--lr", "1e-3",
-           "--wd", "0.1", "--warmup", "2", "--precision", "fp32", "--device", "cpu", "--workers", "1", "--seed", "0",
-           "--logs", str(logs), "--name", loss, "--log-every-n-steps", "1", "--zeroshot-frequency", "0",
-           "--save-frequency", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--loss",
+        loss,
+        "--model",
+        model,
+        "--train-data",
+        pattern,
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(STEPS * BATCH),
+        "--batch-size",
+        str(BATCH),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--wd",
+        "0.1",
+        "--warmup",
+        "2",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--seed",
+        "0",
+        "--logs",
+        str(logs),
+        "--name",
+        loss,
+        "--log-every-n-steps",
+        "1",
+        "--zeroshot-frequency",
+        "0",
+        "--save-frequency",
+        "0",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

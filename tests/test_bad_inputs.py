@@ -1,5 +1,6 @@
 """Bad inputs to ``open_clip train`` fail before open_clip_train starts, as one line on stderr naming the fix (exit code
 2, no traceback): a learning rate that is nan, negative or 0, and a ``--pretrained`` file of another architecture."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,9 @@ def wrong_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["clip", "uniclip"])
-def test_pretrained_file_of_another_architecture(kind: str, wrong_files: dict[str, Path],
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_pretrained_file_of_another_architecture(
+    kind: str, wrong_files: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
     line = _one_line_error([*TRAIN, "--pretrained", str(wrong_files[kind])], capsys)
     assert str(wrong_files[kind]) in line and "UniCLIP-Tiny-32" in line and "pass a checkpoint of" in line
 
@@ -61,6 +63,7 @@ def test_pretrained_file_of_another_architecture_in_python(kind: str, wrong_file
 
 
 def test_pretrained_neither_file_nor_tag(capsys: pytest.CaptureFixture) -> None:
-    line = _one_line_error(["train", "--loss", "slip", "--model", "SLIP-Tiny-32", "--pretrained", "no_such_tag"],
-                           capsys)
+    line = _one_line_error(
+        ["train", "--loss", "slip", "--model", "SLIP-Tiny-32", "--pretrained", "no_such_tag"], capsys
+    )
     assert "neither a checkpoint file nor a tag of its base architecture CLIP-Tiny-32" in line

@@ -1,5 +1,6 @@
 """Benchmark harness: metrics on constructed models with known answers, run resolution, one-line errors, the
 feature cache, an end-to-end run with a `clip_benchmark build` round trip, and the `uniclip-benchmark` CLI."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,14 @@ def test_numpy24_accuracy_fix_is_applied() -> None:
     from clip_benchmark.metrics import zeroshot_classification as zc
 
     from uniclip_plugin import compat
+
     uniclip_plugin.register()
     assert "numpy24_accuracy" in compat.applied()
     assert zc.accuracy(torch.eye(6), torch.arange(6), topk=(1, 5)) == [1.0, 1.0]
 
 
 # ------------------------------------------------------------------------------- constructed models, known answers
+
 
 def _png(value: int) -> bytes:
     buf = io.BytesIO()
@@ -88,13 +91,19 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 @pytest.fixture
 def sets(tmp_path: Path) -> dict[str, Path]:
     # Two captions per image: image→text R@1 counts a hit if *any* positive is ranked first (CLIP's convention).
-    retrieval = _write_set(tmp_path / "ret", [{"__key__": f"k{i:03d}", "png": _png(5 * i),
-                                                "txt": f"item {i}\nphoto {i}"} for i in range(N)],
-                           **{"dataset_type.txt": "retrieval\n"})
-    classes = _write_set(tmp_path / "cls", [{"__key__": f"k{i:03d}", "png": _png(5 * (i % 8)), "cls": i % 8}
-                                            for i in range(N)],
-                         **{"classnames.txt": "\n".join(f"c {k}" for k in range(8)) + "\n",
-                            "zeroshot_classification_templates.txt": "{c}\na photo of {c}\n"})
+    retrieval = _write_set(
+        tmp_path / "ret",
+        [{"__key__": f"k{i:03d}", "png": _png(5 * i), "txt": f"item {i}\nphoto {i}"} for i in range(N)],
+        **{"dataset_type.txt": "retrieval\n"},
+    )
+    classes = _write_set(
+        tmp_path / "cls",
+        [{"__key__": f"k{i:03d}", "png": _png(5 * (i % 8)), "cls": i % 8} for i in range(N)],
+        **{
+            "classnames.txt": "\n".join(f"c {k}" for k in range(8)) + "\n",
+            "zeroshot_classification_templates.txt": "{c}\na photo of {c}\n",
+        },
+    )
     return {"ret": retrieval, "cls": classes}
 
 
@@ -105,8 +114,12 @@ def test_retrieval_recalls_are_one_when_embeddings_coincide(sets: dict[str, Path
 
 def test_retrieval_recalls_are_at_chance_for_random_embeddings(sets: dict[str, Path]) -> None:
     reps = 10
-    runs = [evaluate.evaluate_model(IdModel(random=True, seed=s), to_tensor, id_tokenizer, sets["ret"],
-                                 "zeroshot_retrieval") for s in range(reps)]
+    runs = [
+        evaluate.evaluate_model(
+            IdModel(random=True, seed=s), to_tensor, id_tokenizer, sets["ret"], "zeroshot_retrieval"
+        )
+        for s in range(reps)
+    ]
     for k in (1, 5, 10):
         # text→image: one positive image among N → chance k/N over 2N·reps queries.
         p = k / N
@@ -132,8 +145,10 @@ def test_linear_probe_separable_and_shuffled() -> None:
     # Shuffled labels (train and test permuted independently) carry no information about the features: chance.
     # Permuting only the train labels would not do: with 4 clusters the probe learns a random cluster → label map,
     # whose test accuracy is 0, 0.25, 0.5, ... with large variance rather than chance.
-    shuffled = [linear_probe(x[:400], rng.permutation(y[:400]), x[400:], rng.permutation(y[400:]),
-                                   seed=s)["lp_acc1"] for s in range(3)]
+    shuffled = [
+        linear_probe(x[:400], rng.permutation(y[:400]), x[400:], rng.permutation(y[400:]), seed=s)["lp_acc1"]
+        for s in range(3)
+    ]
     assert abs(np.mean(shuffled) - 0.25) < 4 * math.sqrt(0.25 * 0.75 / (200 * 3)) + 0.02
 
 
@@ -155,10 +170,10 @@ def test_capped_probe_features_are_the_same_subset_linear_probe_draws(tmp_path: 
     assert len(full["x"]) == 30 and torch.allclose(capped["x"], full["x"][keep])
     assert torch.equal(capped["y"], full["y"][keep])
     test = features.extract_features(PixelModel(), to_tensor, shapes, "test")
-    a = linear_probe(full["x"].numpy(), full["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4,
-                           max_train=12)
-    b = linear_probe(capped["x"].numpy(), capped["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4,
-                           max_train=12)
+    a = linear_probe(full["x"].numpy(), full["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4, max_train=12)
+    b = linear_probe(
+        capped["x"].numpy(), capped["y"].numpy(), test["x"].numpy(), test["y"].numpy(), seed=4, max_train=12
+    )
     assert a == b
 
 
@@ -167,22 +182,29 @@ def test_second_model_reads_the_decoded_images_back_exactly(tmp_path: Path) -> N
     # instead of decoding, and gets exactly the features it would have computed from the shards.
     build_synthetic_eval(tmp_path / "wds", res=16, seed=3, n_per_class=5)
     cache = tmp_path / "cache"
-    for name, split, cap in (("synth_shapes", "train", 12), ("synth_shapes", "test", None),
-                             ("synth_retrieval", "test", None)):
+    for name, split, cap in (
+        ("synth_shapes", "train", 12),
+        ("synth_shapes", "test", None),
+        ("synth_retrieval", "test", None),
+    ):
         folder = tmp_path / "wds" / name
         direct = features.extract_features(PixelModel(), to_tensor, folder, split, max_samples=cap, seed=4)
-        first = features.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m1",
-                                       max_samples=cap, seed=4)
+        first = features.extract_features(
+            PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m1", max_samples=cap, seed=4
+        )
         assert list(cache.glob(f"images-{name}-{split}-*.pt")), "decoded images were not cached"
-        second = features.extract_features(PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m2",
-                                        max_samples=cap, seed=4)
+        second = features.extract_features(
+            PixelModel(), to_tensor, folder, split, cache_dir=cache, cache_key="m2", max_samples=cap, seed=4
+        )
         for rec in (first, second):
             assert torch.equal(rec["x"], direct["x"])
-            assert (torch.equal(rec["y"], direct["y"]) if direct["y"] is not None
-                    else rec["captions"] == direct["captions"])
+            assert (
+                torch.equal(rec["y"], direct["y"]) if direct["y"] is not None else rec["captions"] == direct["captions"]
+            )
 
 
 # ----------------------------------------------------------------------------------------------- runs and errors
+
 
 def _ckpt(path: Path, epoch: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,10 +227,16 @@ def test_run_resolution_latest_checkpoint_and_seed_grouping(tmp_path: Path) -> N
     _ckpt(runs / "clip" / "checkpoints" / "epoch_1.pt", 1)
     _ckpt(runs / "ds" / "export" / "step_5.pt", 0)
     _ckpt(runs / "ds" / "export" / "step_40.pt", 0)
-    got = models.resolve_models("uniclip,clip,ds,other-seed3=" + str(runs / "clip/checkpoints/epoch_1.pt") + ":X",
-                               runs)
-    assert [(r.method, r.run, r.checkpoint.relative_to(runs).as_posix() if r.checkpoint.is_relative_to(runs) else "",
-             r.model_config) for r in got] == [
+    got = models.resolve_models("uniclip,clip,ds,other-seed3=" + str(runs / "clip/checkpoints/epoch_1.pt") + ":X", runs)
+    assert [
+        (
+            r.method,
+            r.run,
+            r.checkpoint.relative_to(runs).as_posix() if r.checkpoint.is_relative_to(runs) else "",
+            r.model_config,
+        )
+        for r in got
+    ] == [
         ("uniclip", "uniclip", "uniclip/checkpoints/epoch_4.pt", "Cfg-uniclip"),
         ("uniclip", "uniclip-seed0", "uniclip-seed0/checkpoints/epoch_10.pt", "Cfg-uniclip-seed0"),
         ("uniclip", "uniclip-s1", "uniclip-s1/checkpoints/epoch_latest.pt", "Cfg-uniclip-s1"),
@@ -236,8 +264,18 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
     (runs / "m" / "params.txt").write_text("model: CLIP-Tiny-32\n")
     (data / "wds" / "broken" / "test").mkdir(parents=True)
     assert "nshards.txt" in err(["--models", "m", "--runs-dir", str(runs), "--data", str(data)])
-    assert "nshards.txt" in err(["--models", "m", "--runs-dir", str(runs), "--data", str(tmp_path / "none"),
-                                 "--dataset", f"wds/x={data / 'wds' / 'broken'}"])
+    assert "nshards.txt" in err(
+        [
+            "--models",
+            "m",
+            "--runs-dir",
+            str(runs),
+            "--data",
+            str(tmp_path / "none"),
+            "--dataset",
+            f"wds/x={data / 'wds' / 'broken'}",
+        ]
+    )
     (data / "wds" / "broken" / "test" / "nshards.txt").write_text("1\n")
     write_tar_atomic(data / "wds" / "broken" / "test" / "0.tar", [{"__key__": "a", "png": _png(1), "txt": "a 1"}])
     (data / "wds" / "broken" / "dataset_type.txt").write_text("retrieval\n")
@@ -257,21 +295,25 @@ def test_training_curve_parses_open_clip_train_log(tmp_path: Path) -> None:
         "640.0/s/gpu LR: 1.0000e-05 Logit Scale: 14.286 Mpnce_loss: 3.5000e-01 (1.2) Loss: 3.5000e-01 (1.2)\n"
         # the DeepSpeed harness (harness/train.py) logs the same prefix
         "2026-01-01 00:00:03 | INFO | Train Epoch: 2 [128/256 (50%)] step 10/12 Loss: 0.3000 LR: 1.000e-04 9.0 "
-        "samples/s\n")
+        "samples/s\n"
+    )
     assert RunDir(tmp_path).loss_curve() == [(64, 4.1), (512, 0.35), (640, 0.3)]
     assert RunDir(tmp_path / "missing").loss_curve() == []
 
 
 # ------------------------------------------------------------------------------------------------------ end to end
 
-TINY_STOCK = {"embed_dim": 32,
-              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+TINY_STOCK = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 def _save_run(runs: Path, name: str, config: str, seed: int, log: bool = True) -> Path:
     """A run in open_clip_train's layout: checkpoints/epoch_1.pt, params.txt and out.log."""
     import open_clip
+
     torch.manual_seed(seed)
     model = open_clip.create_model(config)
     ckpt = runs / name / "checkpoints" / "epoch_1.pt"
@@ -279,10 +321,14 @@ def _save_run(runs: Path, name: str, config: str, seed: int, log: bool = True) -
     torch.save({"epoch": 1, "name": name, "state_dict": model.state_dict()}, ckpt)
     (runs / name / "params.txt").write_text(f"batch_size: 32\nmodel: {config}\nseed: {seed}\n")
     if log:
-        (runs / name / "out.log").write_text("".join(
-            f"2026 | INFO | Train Epoch: 0 [  {32 * s}/256 ({100 * s // 8}%)] Data (t): 0.1 Batch (t): 0.2, 10/s, "
-            f"10/s/gpu LR: 0.001 Logit Scale: 14.2 Contrastive_loss: {4 - 0.1 * s:.4f} (4.0) "
-            f"Loss: {4 - 0.1 * s - 0.01 * seed:.4f} (4.0)\n" for s in range(1, 9)))
+        (runs / name / "out.log").write_text(
+            "".join(
+                f"2026 | INFO | Train Epoch: 0 [  {32 * s}/256 ({100 * s // 8}%)] Data (t): 0.1 Batch (t): 0.2, 10/s, "
+                f"10/s/gpu LR: 0.001 Logit Scale: 14.2 Contrastive_loss: {4 - 0.1 * s:.4f} (4.0) "
+                f"Loss: {4 - 0.1 * s - 0.01 * seed:.4f} (4.0)\n"
+                for s in range(1, 9)
+            )
+        )
     return ckpt
 
 
@@ -291,6 +337,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three runs (two UniCLIP seeds with the plugin's config, one stock open_clip config registered here) and the
     generated shape sets (classification with train/test, retrieval), evaluated once by bench.main."""
     import open_clip
+
     root = tmp_path_factory.mktemp("bench")
     cfg = root / "configs" / "BenchTiny-32.json"
     cfg.parent.mkdir()
@@ -302,8 +349,20 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _save_run(runs, "clip", "BenchTiny-32", 2)
     build_synthetic_eval(root / "data" / "wds", res=32, seed=1, n_per_class=5)
     out = root / "results"
-    rc = bench_cli.main(["--models", "uniclip,clip", "--runs-dir", str(runs), "--data", str(root / "data"),
-                     "--out", str(out), "--batch-size", "32"])
+    rc = bench_cli.main(
+        [
+            "--models",
+            "uniclip,clip",
+            "--runs-dir",
+            str(runs),
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "32",
+        ]
+    )
     assert rc == 0
     return {"root": root, "runs": runs, "data": root / "data", "out": out}
 
@@ -344,14 +403,18 @@ def test_end_to_end_writes_json_csv_table_and_plots(workspace: dict[str, Path]) 
 
 def test_json_round_trips_through_clip_benchmark_build(workspace: dict[str, Path], tmp_path: Path) -> None:
     from clip_benchmark.cli import main_build  # main_build(args) with args.files (files or folders), args.output
+
     out = workspace["out"]
     main_build(argparse.Namespace(files=[str(out / "json")], output=str(tmp_path / "built.csv")))
     built = list(csv.DictReader(open(tmp_path / "built.csv")))
     assert len(built) == 9
     for path in (out / "json").glob("*.json"):
         record = json.loads(path.read_text())
-        row = next(r for r in built if (r["pretrained"], r["task"], r["dataset"]) ==
-                   (record["pretrained"], record["task"], record["dataset"]))
+        row = next(
+            r
+            for r in built
+            if (r["pretrained"], r["task"], r["dataset"]) == (record["pretrained"], record["task"], record["dataset"])
+        )
         assert row["model_fullname"] == f"{record['model']} {record['pretrained']}"
         for key, value in record["metrics"].items():
             assert _same(float(row[key]), value), (path.name, key)
@@ -363,8 +426,18 @@ def test_changed_checkpoint_at_same_path_does_not_reuse_stale_features(workspace
     before = {p.name for p in cache.glob("synth_shapes-test-*.pt")}
     old = json.loads((out / "json" / "clip__synth_shapes__zeroshot_classification.json").read_text())
     _save_run(runs, "clip", "BenchTiny-32", 7, log=False)  # retrained in place: same path, new weights
-    args = ["--models", "clip", "--runs-dir", str(runs), "--data", str(data), "--tasks", "zeroshot",
-            "--datasets", "synth_shapes"]
+    args = [
+        "--models",
+        "clip",
+        "--runs-dir",
+        str(runs),
+        "--data",
+        str(data),
+        "--tasks",
+        "zeroshot",
+        "--datasets",
+        "synth_shapes",
+    ]
     assert bench_cli.main(args + ["--out", str(out)]) == 0
     after = {p.name for p in cache.glob("synth_shapes-test-*.pt")}
     assert len(after - before) == 1  # a new cache entry for the new content
@@ -383,10 +456,29 @@ def test_uniclip_benchmark_cli_matches_bench(workspace: dict[str, Path]) -> None
     data, out = workspace["data"], workspace["out"]
     ckpt = workspace["runs"] / "uniclip-seed0" / "checkpoints" / "epoch_1.pt"
     result = workspace["root"] / "cli.json"
-    cmd = [sys.executable, "-m", "uniclip_plugin.bench_cli", "eval", "--model_type", "uniclip",
-           "--model", "UniCLIP-Tiny-32", "--pretrained", str(ckpt), "--dataset", "wds/synth_shapes",
-           "--dataset_root", str(data / "wds" / "synth_shapes"), "--num_workers", "0", "--batch_size", "32",
-           "--output", str(result), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.bench_cli",
+        "eval",
+        "--model_type",
+        "uniclip",
+        "--model",
+        "UniCLIP-Tiny-32",
+        "--pretrained",
+        str(ckpt),
+        "--dataset",
+        "wds/synth_shapes",
+        "--dataset_root",
+        str(data / "wds" / "synth_shapes"),
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "32",
+        "--output",
+        str(result),
+        "--quiet",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -398,11 +490,37 @@ def test_uniclip_benchmark_cli_matches_bench(workspace: dict[str, Path]) -> None
 
     # Retrieval with R@1/5/10 through the same entry point, in-process (argv passed to clip_benchmark's parser).
     from uniclip_plugin import bench_cli
+
     ret_json = workspace["root"] / "cli_ret.json"
-    assert bench_cli.main(["eval", "--model_type", "uniclip", "--model", "UniCLIP-Tiny-32", "--pretrained", str(ckpt),
-                           "--dataset", "wds/synth_retrieval", "--dataset_root", str(data / "wds" / "synth_retrieval"),
-                           "--task", "zeroshot_retrieval", "--recall_k", "1", "5", "10", "--num_workers", "0",
-                           "--output", str(ret_json), "--quiet"]) == 0
+    assert (
+        bench_cli.main(
+            [
+                "eval",
+                "--model_type",
+                "uniclip",
+                "--model",
+                "UniCLIP-Tiny-32",
+                "--pretrained",
+                str(ckpt),
+                "--dataset",
+                "wds/synth_retrieval",
+                "--dataset_root",
+                str(data / "wds" / "synth_retrieval"),
+                "--task",
+                "zeroshot_retrieval",
+                "--recall_k",
+                "1",
+                "5",
+                "10",
+                "--num_workers",
+                "0",
+                "--output",
+                str(ret_json),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cli_ret = json.loads(ret_json.read_text())["metrics"]
     ours_ret = json.loads((out / "json" / "uniclip-seed0__synth_retrieval__zeroshot_retrieval.json").read_text())
     assert cli_ret == pytest.approx(ours_ret["metrics"], abs=1e-6)
@@ -411,6 +529,7 @@ def test_uniclip_benchmark_cli_matches_bench(workspace: dict[str, Path]) -> None
 def test_probe_warm_start_reaches_the_cold_start_optimum() -> None:
     """The C-grid warm start changes the solver's path only: the convex optimum (hence predictions) is the same."""
     from uniclip_plugin.bench import probe as lp
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 8))
     y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * rng.standard_normal(300) > 0).astype(int) + (x[:, 2] > 1)

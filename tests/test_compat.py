@@ -1,4 +1,5 @@
 """Each upstream fix in uniclip_plugin.compat: the upstream failure, then the fix."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,22 @@ uniclip_plugin.register()  # import alone registers nothing
 
 
 def _wds_args(pattern: str, n: int, batch: int = 1) -> argparse.Namespace:
-    return argparse.Namespace(train_data=pattern, train_num_samples=n, train_data_upsampling_factors=None,
-                              dataset_resampled=False, seed=0, batch_size=batch, workers=0, world_size=1)
+    return argparse.Namespace(
+        train_data=pattern,
+        train_num_samples=n,
+        train_data_upsampling_factors=None,
+        dataset_resampled=False,
+        seed=0,
+        batch_size=batch,
+        workers=0,
+        world_size=1,
+    )
 
 
 def _iterate_train_pipeline(pattern: str, n: int) -> list:
     import open_clip
     from open_clip_train.data import get_wds_dataset
+
     _, _, preprocess = open_clip.create_model_and_transforms("CLIP-Tiny-32")
     tok = open_clip.get_tokenizer("CLIP-Tiny-32")
     info = get_wds_dataset(_wds_args(pattern, n), preprocess, is_train=True, epoch=0, tokenizer=tok)
@@ -48,6 +58,7 @@ def test_e1_e2_dependencies_import_and_missing_ones_are_named(monkeypatch: pytes
 
 def test_e3_end_of_shard_marker(tiny_shard: Path) -> None:
     import open_clip_train.data as octd
+
     upstream = compat.UPSTREAM["tarfile_to_samples_nothrow"]
     if compat.wds_has_end_of_shard_marker():  # webdataset >= 0.2.87
         with pytest.raises(KeyError, match="fname"):
@@ -77,6 +88,7 @@ def test_e4_numpy24_accuracy() -> None:
     import clip_benchmark.metrics.zeroshot_classification as zc
     import numpy as np
     import open_clip_train.zero_shot as ozs
+
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     target = torch.tensor([1, 0, 0])
     if tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 4):
@@ -90,6 +102,7 @@ def test_e4_numpy24_accuracy() -> None:
 
 def test_e5_cpu_ddp_device_ids(tmp_path: Path) -> None:
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         module = torch.nn.Linear(2, 2)
@@ -107,11 +120,13 @@ def test_e6_torchrun_separator() -> None:
     assert compat.strip_torchrun_separator(["--", "train", "--logs", "x"]) == ["train", "--logs", "x"]
     assert compat.strip_torchrun_separator(["train"]) == ["train"]
     from uniclip_plugin.cli import main
+
     assert main(["--", "list"]) == 0
 
 
 def test_atomic_checkpoint_is_the_archive_torch_writes(tmp_path: Path) -> None:
     import open_clip_train.main as ocm
+
     target, plain = tmp_path / "epoch_1.pt", tmp_path / "plain" / "epoch_1.pt"
     plain.parent.mkdir()
     old_umask = os.umask(0o027)
@@ -127,9 +142,11 @@ def test_atomic_checkpoint_is_the_archive_torch_writes(tmp_path: Path) -> None:
     assert ocm.torch.nn is torch.nn  # everything else is torch's own
 
 
-def test_atomic_checkpoint_failed_write_keeps_previous_file_and_raises(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_checkpoint_failed_write_keeps_previous_file_and_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import open_clip_train.main as ocm
+
     target = tmp_path / "epoch_1.pt"
     ocm.torch.save({"ok": 1}, target)
 
@@ -148,6 +165,7 @@ def test_atomic_checkpoint_failed_write_keeps_previous_file_and_raises(tmp_path:
 
 def test_apply_all_is_idempotent() -> None:
     import open_clip_train.data as octd
+
     fn = octd.tarfile_to_samples_nothrow
     compat.apply_all()
     assert octd.tarfile_to_samples_nothrow is fn

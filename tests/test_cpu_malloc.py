@@ -1,5 +1,6 @@
 """The CPU allocator setting (uniclip_plugin/cpu_malloc.py): with it, a freed 64 MiB block is reused without fresh
 page faults; with glibc's default settings every allocation of that size maps and faults new pages."""
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 
 def _cpu_malloc() -> Any:
     import importlib
+
     return importlib.import_module("uniclip_plugin.cpu_malloc")
 
 
@@ -44,8 +46,9 @@ def _probe(mode: str) -> dict:
     chosen = mod.allocator_env()
     env = {k: v for k, v in os.environ.items() if k not in chosen and k != mod.OPT_OUT_ENV}
     env["OMP_NUM_THREADS"] = "1"
-    out = subprocess.run([sys.executable, "-c", PROBE, str(MODULE), mode], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(MODULE), mode], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -6,6 +6,7 @@ byte-for-byte as ``.deb`` archives (unpacked by the real ``dpkg -x``) and an mlx
 ``apt-get`` executables on PATH hand them out, so the builder runs its real download, cache, extraction, join,
 rendering and writing code; only the network is replaced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,28 +38,29 @@ ROOT = Path(__file__).resolve().parents[1]
 # every Debian/Ubuntu base system, so its absence is a broken machine, not a reason to skip.
 assert shutil.which("dpkg"), "dpkg is needed to unpack .deb archives (apt-get install dpkg)"
 
-SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><circle cx="36" cy="36" r="30" '
-       'fill="{c}"/></svg>')
+SVG = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><circle cx="36" cy="36" r="30" fill="{c}"/></svg>'
 # hexcode as openmoji.json writes it, group, subgroup, annotation, skintone, tags
-ENTRIES = [("1F600", "smileys-emotion", "face-smiling", "grinning face", "", "face, grin"),
-           ("2764-FE0F", "smileys-emotion", "heart", "red heart", "", "heart"),
-           ("1F436", "animals-nature", "animal-mammal", "dog face", "", "dog, pet"),
-           ("1F42D", "animals-nature", "animal-mammal", "mouse face", "", "mouse"),
-           ("1F430", "animals-nature", "animal-mammal", "rabbit face", "", "bunny, rabbit"),
-           ("1F431", "animals-nature", "animal-mammal", "cat face", "", "cat"),
-           ("1F44D", "people-body", "hand-fingers-closed", "thumbs up", "", "+1, hand, thumb"),
-           ("1F44D-1F3FB", "people-body", "hand-fingers-closed", "thumbs up: light skin tone", "1F3FB", ""),
-           ("1F355", "food-drink", "food-prepared", "pizza", "", "cheese, slice"),
-           ("E000", "extras-openmoji", "extras", "openmoji extra", "", "extra")]
+ENTRIES = [
+    ("1F600", "smileys-emotion", "face-smiling", "grinning face", "", "face, grin"),
+    ("2764-FE0F", "smileys-emotion", "heart", "red heart", "", "heart"),
+    ("1F436", "animals-nature", "animal-mammal", "dog face", "", "dog, pet"),
+    ("1F42D", "animals-nature", "animal-mammal", "mouse face", "", "mouse"),
+    ("1F430", "animals-nature", "animal-mammal", "rabbit face", "", "bunny, rabbit"),
+    ("1F431", "animals-nature", "animal-mammal", "cat face", "", "cat"),
+    ("1F44D", "people-body", "hand-fingers-closed", "thumbs up", "", "+1, hand, thumb"),
+    ("1F44D-1F3FB", "people-body", "hand-fingers-closed", "thumbs up: light skin tone", "1F3FB", ""),
+    ("1F355", "food-drink", "food-prepared", "pizza", "", "cheese, slice"),
+    ("E000", "extras-openmoji", "extras", "openmoji extra", "", "extra"),
+]
 # What the fixture packages lack or break, and therefore what the counts below must reflect:
-MISSING_IN_FLUENT = {"1F355"}           # pizza: not in every style, so not a held-out concept
-CORRUPT_NOTO = {"1F436"}                # dog: undecodable Noto PNG (skipped in pre-training)
-CORRUPT_OPENMOJI = {"1F431"}            # cat: undecodable OpenMoji SVG (skipped in the held-out sets)
-N_MAIN = 9                              # entries in the 9 CLDR groups (the extra is dropped)
+MISSING_IN_FLUENT = {"1F355"}  # pizza: not in every style, so not a held-out concept
+CORRUPT_NOTO = {"1F436"}  # dog: undecodable Noto PNG (skipped in pre-training)
+CORRUPT_OPENMOJI = {"1F431"}  # cat: undecodable OpenMoji SVG (skipped in the held-out sets)
+N_MAIN = 9  # entries in the 9 CLDR groups (the extra is dropped)
 PRETRAIN_ITEMS = 3 * N_MAIN - len(MISSING_IN_FLUENT)
 PRETRAIN_SAMPLES = PRETRAIN_ITEMS - len(CORRUPT_NOTO)
 HELDOUT_CONCEPTS = {"1f600", "2764", "1f436", "1f42d", "1f430", "1f44d"}  # in all styles, no skin tone, decodable
-CLIPART_KEPT_TITLES = {"Happy Dog", "apple", "Broken Thing"}   # "Broken Thing" parses but does not render
+CLIPART_KEPT_TITLES = {"Happy Dog", "apple", "Broken Thing"}  # "Broken Thing" parses but does not render
 FMNIST_N = {"train": 20, "test": 10}
 MNIST_N = 50  # 5 per digit → 40/10 stratified
 
@@ -112,45 +114,74 @@ def make_deb(path: Path, package: str, files: dict[str, bytes], symlinks: Option
     fields = f"Package: {package}\nVersion: 1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n"
     control = _tar_gz_bytes([("./", None, None), ("./control", fields.encode(), None)])
     out = b"!<arch>\n"
-    for name, data in (("debian-binary", b"2.0\n"), ("control.tar.gz", control),
-                       ("data.tar.gz", _tar_gz_bytes(entries))):
+    for name, data in (
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.gz", control),
+        ("data.tar.gz", _tar_gz_bytes(entries)),
+    ):
         out += f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode() + data
         out += b"\n" if len(data) % 2 else b""
     path.write_bytes(out)
 
 
-def _clip_svg(title: str, keywords: list[str], body: str = '<rect x="10" y="10" width="20" height="40" fill="#2a2"/>',
-              size: tuple[int, int] = (100, 100)) -> bytes:
+def _clip_svg(
+    title: str,
+    keywords: list[str],
+    body: str = '<rect x="10" y="10" width="20" height="40" fill="#2a2"/>',
+    size: tuple[int, int] = (100, 100),
+) -> bytes:
     kws = "".join(f"<rdf:li>{k}</rdf:li>" for k in keywords)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/" '
-            f'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
-            f'width="{size[0]}" height="{size[1]}"><metadata><rdf:RDF><cc:Work><dc:title>{title}</dc:title>'
-            f'<dc:subject><rdf:Bag>{kws}</rdf:Bag></dc:subject></cc:Work></rdf:RDF></metadata>{body}</svg>').encode()
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/" '
+        f'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+        f'width="{size[0]}" height="{size[1]}"><metadata><rdf:RDF><cc:Work><dc:title>{title}</dc:title>'
+        f"<dc:subject><rdf:Bag>{kws}</rdf:Bag></dc:subject></cc:Work></rdf:RDF></metadata>{body}</svg>"
+    ).encode()
 
 
 def _idx(images: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
-    return (gzip.compress(b"\0\0\x08\x03" + b"\0" * 12 + images.tobytes()),
-            gzip.compress(b"\0\0\x08\x01" + b"\0" * 4 + labels.astype(np.uint8).tobytes()))
+    return (
+        gzip.compress(b"\0\0\x08\x03" + b"\0" * 12 + images.tobytes()),
+        gzip.compress(b"\0\0\x08\x01" + b"\0" * 4 + labels.astype(np.uint8).tobytes()),
+    )
 
 
 def _emoji_packages(reg: Path) -> dict[str, Path]:
     """The four npm emoji tarballs: OpenMoji (metadata + colour SVGs) and the Noto, Twemoji and Fluent images."""
-    om = {"package/package.json": b'{"name": "openmoji", "license": "CC-BY-SA-4.0"}',
-          "package/LICENSE.txt": b"CC-BY-SA-4.0 fixture licence",
-          "package/data/openmoji.json": json.dumps([
-              {"hexcode": h, "group": g, "subgroups": s, "annotation": a, "skintone": t, "tags": tags,
-               "skintone_base_hexcode": "1F44D" if t else ""} for h, g, s, a, t, tags in ENTRIES]).encode(),
-          "package/black/svg/1F600.svg": SVG.format(c="#000").encode()}  # outline style: not extracted
+    om = {
+        "package/package.json": b'{"name": "openmoji", "license": "CC-BY-SA-4.0"}',
+        "package/LICENSE.txt": b"CC-BY-SA-4.0 fixture licence",
+        "package/data/openmoji.json": json.dumps(
+            [
+                {
+                    "hexcode": h,
+                    "group": g,
+                    "subgroups": s,
+                    "annotation": a,
+                    "skintone": t,
+                    "tags": tags,
+                    "skintone_base_hexcode": "1F44D" if t else "",
+                }
+                for h, g, s, a, t, tags in ENTRIES
+            ]
+        ).encode(),
+        "package/black/svg/1F600.svg": SVG.format(c="#000").encode(),
+    }  # outline style: not extracted
     for h, *_ in ENTRIES:
         name = "2764" if h == "2764-FE0F" else h  # OpenMoji's own file names drop FE0F for this one
-        om[f"package/color/svg/{name}.svg"] = (b"<svg><not-closed" if h == "1F431" else SVG.format(c="#d22").encode())
+        om[f"package/color/svg/{name}.svg"] = b"<svg><not-closed" if h == "1F431" else SVG.format(c="#d22").encode()
     archives = {"openmoji": reg / "openmoji-17.0.0.tgz"}
     _tgz(archives["openmoji"], om)
-    for key, package, folder, ext in (("noto", "emoji-datasource-google", "img/google/64", "PNG"),
-                                      ("twemoji", "emoji-datasource-twitter", "img/twitter/64", "PNG"),
-                                      ("fluent", "lobehub-fluent-emoji-3d", "assets", "WEBP")):
-        files = {"package/package.json": b'{"license": "MIT"}', "package/LICENSE": b"MIT fixture licence",
-                 f"package/{folder.replace('64', '32')}/1f600.png": b"decoy: other resolution, not extracted"}
+    for key, package, folder, ext in (
+        ("noto", "emoji-datasource-google", "img/google/64", "PNG"),
+        ("twemoji", "emoji-datasource-twitter", "img/twitter/64", "PNG"),
+        ("fluent", "lobehub-fluent-emoji-3d", "assets", "WEBP"),
+    ):
+        files = {
+            "package/package.json": b'{"license": "MIT"}',
+            "package/LICENSE": b"MIT fixture licence",
+            f"package/{folder.replace('64', '32')}/1f600.png": b"decoy: other resolution, not extracted",
+        }
         for h, group, *_ in ENTRIES:
             if group.startswith("extras") or (key == "fluent" and h in MISSING_IN_FLUENT):
                 continue
@@ -177,15 +208,19 @@ def _fmnist_deb(debs: Path, rng: np.random.Generator) -> Path:
 def _clipart_deb(debs: Path) -> Path:
     """``openclipart-svg`` as a .deb: SVGs that the filter keeps, drops (category, title) or cannot render."""
     svg = "usr/share/openclipart/svg"
-    ca = {f"{svg}/animals/dogs/happy_dog.svg": _clip_svg("Clipart by Nicu Buculei - Happy_Dog",
-                                                         ["", "dog", "hash(0x8a0a39c)", "animal", "0xa131b28", "11"]),
-          # a small drawing on a large portrait page: must be trimmed to its content
-          f"{svg}/food/apple.svg": _clip_svg("apple", ["fruit"], '<circle cx="20" cy="20" r="10" fill="#c00"/>',
-                                             (200, 400)),
-          f"{svg}/tools/broken.svg": _clip_svg("Broken Thing", ["tool"], '<rect width="oops" fill="url(#nope)"'),
-          f"{svg}/shapes/star.svg": _clip_svg("Red Star", ["shape"]),
-          f"{svg}/people/untitled.svg": _clip_svg("", ["people"]),
-          "usr/share/doc/openclipart-svg/copyright": b"public domain dedication"}
+    ca = {
+        f"{svg}/animals/dogs/happy_dog.svg": _clip_svg(
+            "Clipart by Nicu Buculei - Happy_Dog", ["", "dog", "hash(0x8a0a39c)", "animal", "0xa131b28", "11"]
+        ),
+        # a small drawing on a large portrait page: must be trimmed to its content
+        f"{svg}/food/apple.svg": _clip_svg(
+            "apple", ["fruit"], '<circle cx="20" cy="20" r="10" fill="#c00"/>', (200, 400)
+        ),
+        f"{svg}/tools/broken.svg": _clip_svg("Broken Thing", ["tool"], '<rect width="oops" fill="url(#nope)"'),
+        f"{svg}/shapes/star.svg": _clip_svg("Red Star", ["shape"]),
+        f"{svg}/people/untitled.svg": _clip_svg("", ["people"]),
+        "usr/share/doc/openclipart-svg/copyright": b"public domain dedication",
+    }
     for i in range(4):
         ca[f"{svg}/office/card_{i}.svg"] = _clip_svg("card", ["card"])  # a title used > 3 times: not specific
     path = debs / "openclipart-svg_1%3a0.18+dfsg-19_all.deb"
@@ -332,12 +367,14 @@ def test_stratified_split_is_per_subgroup_and_stable() -> None:
 def test_clipart_metadata_cleaning() -> None:
     assert clipart.clean_title("Clipart by Nicu Buculei - Happy_Dog") == "Happy Dog"
     assert clipart.clean_title("Tom &amp; Jerry ") == "Tom & Jerry"
-    assert clipart.clean_keywords(["", "Dog", "hash(0x8a0a39c)", "signs_and_symbols", "0xa131b28", "11", "dog"],
-                                  "Happy Dog") == ("dog", "signs and symbols")
+    assert clipart.clean_keywords(
+        ["", "Dog", "hash(0x8a0a39c)", "signs_and_symbols", "0xa131b28", "11", "dog"], "Happy Dog"
+    ) == ("dog", "signs and symbols")
 
 
-def test_npm_fetch_goes_through_the_client_once_then_the_cache(registry: tuple[Path, dict[str, Path]],
-                                                               tmp_path: Path) -> None:
+def test_npm_fetch_goes_through_the_client_once_then_the_cache(
+    registry: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
     reg, archives = registry
     cache = tmp_path / "cache"
     before = len(_calls(reg))
@@ -349,7 +386,7 @@ def test_npm_fetch_goes_through_the_client_once_then_the_cache(registry: tuple[P
     files = {p.relative_to(cache / "fluent").as_posix() for p in (cache / "fluent").rglob("*") if p.is_file()}
     assert "package.json" in files and "assets/1f600.webp" in files and not any("32" in f for f in files)
     assert sources.fetch("fluent", cache) == info and len(_calls(reg)) == before + 1  # marker: no work
-    shutil.rmtree(cache / "fluent")                                                    # extraction lost, archive kept
+    shutil.rmtree(cache / "fluent")  # extraction lost, archive kept
     assert sources.fetch("fluent", cache)["sha256"] == info["sha256"] and len(_calls(reg)) == before + 1
     assert not list(cache.glob(".download-*"))
 
@@ -364,11 +401,12 @@ def test_write_shards_in_parallel_matches_one_process(tmp_path: Path) -> None:
         (tmp_path / str(jobs)).mkdir()
         lost: list[int] = []
         counts = common.write_shards(tmp_path / str(jobs), names, items, _square, lost.append, "t", jobs=jobs)
-        chunks = [items[k * 100 // 3:(k + 1) * 100 // 3] for k in range(3)]  # contiguous, nearly equal inputs
+        chunks = [items[k * 100 // 3 : (k + 1) * 100 // 3] for k in range(3)]  # contiguous, nearly equal inputs
         assert counts == [sum(i % 7 != 3 for i in c) for c in chunks] and lost == [i for i in items if i % 7 == 3]
-    assert all([s["__key__"] for s in _samples([tmp_path / "1" / n])] == [s["__key__"] for s in
-                                                                          _samples([tmp_path / "2" / n])]
-               for n in names)
+    assert all(
+        [s["__key__"] for s in _samples([tmp_path / "1" / n])] == [s["__key__"] for s in _samples([tmp_path / "2" / n])]
+        for n in names
+    )
 
 
 # ----------------------------------------------------------------------------------------------- full fixture build
@@ -376,8 +414,7 @@ def test_counts_joins_and_skips(built: tuple[Path, dict]) -> None:
     out, manifest = built
     c = manifest["counts"]
     assert c["pretrain"]["samples"] == PRETRAIN_SAMPLES + len(CLIPART_KEPT_TITLES) - 1
-    assert c["pretrain"]["per_style"] == {"noto": N_MAIN - 1, "twemoji": N_MAIN, "fluent": N_MAIN - 1,
-                                          "clipart": 2}
+    assert c["pretrain"]["per_style"] == {"noto": N_MAIN - 1, "twemoji": N_MAIN, "fluent": N_MAIN - 1, "clipart": 2}
     assert manifest["targets"]["pretrain"]["skipped"] == {"noto": 1, "clipart": 1}
     h = c["heldout-emoji"]
     assert h["concepts"] == len(HELDOUT_CONCEPTS) and manifest["targets"]["heldout-emoji"]["skipped"] == {"openmoji": 1}
@@ -390,8 +427,14 @@ def test_counts_joins_and_skips(built: tuple[Path, dict]) -> None:
     assert (c["digits"]["train"], c["digits"]["test"]) == (40, 10)
     assert set(c["digits"]["test_per_class"].values()) == {1}  # stratified: one of each digit
     assert c["fmnist"]["train"] == FMNIST_N["train"] and c["fmnist"]["test"] == FMNIST_N["test"]
-    assert c["pretrain"]["clipart_filter"] == {"files": 9, "symlinks": 1, "excluded_category": 1, "no_title": 1,
-                                               "repeated_title": 4, "kept": 3}
+    assert c["pretrain"]["clipart_filter"] == {
+        "files": 9,
+        "symlinks": 1,
+        "excluded_category": 1,
+        "no_title": 1,
+        "repeated_title": 4,
+        "kept": 3,
+    }
     assert not list(out.rglob(".tmp-*")) and not list(out.rglob(".old-*"))
 
 
@@ -413,8 +456,11 @@ def test_pretrain_samples_captions_keywords_and_no_heldout_style(built: tuple[Pa
     assert "openmoji" not in styles
     img = Image.open(io.BytesIO(by_key["noto_1f600"]["png"]))
     assert img.mode == "RGB" and img.size == (16, 16) and img.getpixel((0, 0)) == (255, 255, 255)
-    clips = [json.loads(s["json"]) | {"txt": s["txt"].decode(), "png": s["png"]} for s in samples
-             if json.loads(s["json"])["source"] == "openclipart"]
+    clips = [
+        json.loads(s["json"]) | {"txt": s["txt"].decode(), "png": s["png"]}
+        for s in samples
+        if json.loads(s["json"])["source"] == "openclipart"
+    ]
     assert {c["txt"] for c in clips} == CLIPART_KEPT_TITLES - {"Broken Thing"}
     dog = next(c for c in clips if c["txt"] == "Happy Dog")
     assert dog["keywords"] == ["dog", "animal"] and dog["category"] == "animals/dogs"
@@ -426,6 +472,7 @@ def _open_clip_loader_fix() -> None:
     """webdataset 1.0.2 breaks open_clip_train's loader (KeyError 'fname'); use the plugin's fix, else a local one."""
     try:
         from uniclip_plugin import compat
+
         compat.apply_all()
         return
     except (ImportError, AttributeError):
@@ -437,15 +484,25 @@ def _open_clip_loader_fix() -> None:
     def tarfile_to_samples_nothrow(src, handler=octd.log_and_continue):  # noqa: ANN001, ANN202
         files = tar_file_expander(url_opener(src, handler=handler), handler=handler, eof_value=None)
         return octd.group_by_keys_nothrow(files, handler=handler)
+
     octd.tarfile_to_samples_nothrow = wds.filters.pipelinefilter(tarfile_to_samples_nothrow)
 
 
 def _open_clip_count(pattern: str, batch_size: int = 1, workers: int = 0) -> int:
     import open_clip
     from open_clip_train.data import get_wds_dataset
+
     _open_clip_loader_fix()
-    args = argparse.Namespace(train_data=pattern, train_num_samples=None, train_data_upsampling_factors=None,
-                              dataset_resampled=False, seed=0, batch_size=batch_size, workers=workers, world_size=1)
+    args = argparse.Namespace(
+        train_data=pattern,
+        train_num_samples=None,
+        train_data_upsampling_factors=None,
+        dataset_resampled=False,
+        seed=0,
+        batch_size=batch_size,
+        workers=workers,
+        world_size=1,
+    )
     preprocess = open_clip.image_transform(16, is_train=True)
     info = get_wds_dataset(args, preprocess, is_train=True, epoch=0, tokenizer=open_clip.get_tokenizer("RN50"))
     assert info.dataloader.num_samples == args.train_num_samples or info.dataloader.num_samples > 0
@@ -467,26 +524,43 @@ def test_pretrain_shards_read_by_open_clip_train(built: tuple[Path, dict]) -> No
 def test_eval_sets_read_by_clip_benchmark(built: tuple[Path, dict]) -> None:
     from clip_benchmark.datasets.builder import build_dataset
     from torchvision import transforms
+
     out, manifest = built
     tf = transforms.ToTensor()
     wds_dir = out / "wds"
-    ds = build_dataset("wds/heldout_emoji_retrieval", root=str(wds_dir / "heldout_emoji_retrieval"), transform=tf,
-                       split="test", task="zeroshot_retrieval")
+    ds = build_dataset(
+        "wds/heldout_emoji_retrieval",
+        root=str(wds_dir / "heldout_emoji_retrieval"),
+        transform=tf,
+        split="test",
+        task="zeroshot_retrieval",
+    )
     captions = sorted(c for _, caps in ds for c in caps)
     assert captions == ["dog face", "grinning face", "mouse face", "rabbit face", "red heart", "thumbs up"]
-    ds = build_dataset("wds/heldout_emoji_group", root=str(wds_dir / "heldout_emoji_group"), transform=tf,
-                       split="test", task="zeroshot_classification")
+    ds = build_dataset(
+        "wds/heldout_emoji_group",
+        root=str(wds_dir / "heldout_emoji_group"),
+        transform=tf,
+        split="test",
+        task="zeroshot_classification",
+    )
     assert ds.classes == ["smileys & emotion", "people & body", "animals & nature"]
     assert all("{c}" in t for t in ds.templates) and len(list(ds)) == 5
-    ds = build_dataset("wds/heldout_emoji_subgroup", root=str(wds_dir / "heldout_emoji_subgroup"), transform=tf,
-                       split="train", task="linear_probe")
-    (image, label), = list(ds)
+    ds = build_dataset(
+        "wds/heldout_emoji_subgroup",
+        root=str(wds_dir / "heldout_emoji_subgroup"),
+        transform=tf,
+        split="train",
+        task="linear_probe",
+    )
+    ((image, label),) = list(ds)
     assert image.shape == (3, 16, 16) and ds.classes[label] == "animal mammal"
     names = ["digits", "fmnist"]
     for name in names:
         for split in ("train", "test"):
-            ds = build_dataset(f"wds/{name}", root=str(wds_dir / name), transform=tf, split=split,
-                               task="zeroshot_classification")
+            ds = build_dataset(
+                f"wds/{name}", root=str(wds_dir / name), transform=tf, split=split, task="zeroshot_classification"
+            )
             items = list(ds)
             assert len(items) == manifest["counts"][name][split] and items[0][0].shape == (3, 16, 16)
             assert (wds_dir / name / split / "nshards.txt").read_text().strip() == "4"  # CLI default: 4 workers
@@ -502,15 +576,28 @@ def test_manifest_card_licences_and_info(built: tuple[Path, dict], registry: tup
         assert record["sha256"] == hashlib.sha256(archives[key].read_bytes()).hexdigest(), key
     assert manifest["sources"]["clipart"]["version"] == "1:0.18+dfsg-19"  # %3a in the file name
     lic = {p.name for p in (out / "licenses").iterdir()}
-    assert {"openmoji-LICENSE.txt", "twemoji-LICENSE", "noto-LICENSE", "fluent-package.json",
-            "mnist-LICENSE-BSD3.txt", "ATTRIBUTION.md"} <= lic
+    assert {
+        "openmoji-LICENSE.txt",
+        "twemoji-LICENSE",
+        "noto-LICENSE",
+        "fluent-package.json",
+        "mnist-LICENSE-BSD3.txt",
+        "ATTRIBUTION.md",
+    } <= lic
     assert "Twemoji graphics" in (out / "licenses" / "ATTRIBUTION.md").read_text()
     card = (out / "DATA_CARD.md").read_text()
-    for needle in ("CC-BY-SA-4.0", "CC-BY-4.0", "cross-style transfer", "stratified by subgroup",
-                   manifest["sources"]["openmoji"]["sha256"], "| animals-nature | 3 |"):
+    for needle in (
+        "CC-BY-SA-4.0",
+        "CC-BY-4.0",
+        "cross-style transfer",
+        "stratified by subgroup",
+        manifest["sources"]["openmoji"]["sha256"],
+        "| animals-nature | 3 |",
+    ):
         assert needle in card, needle
-    proc = subprocess.run([sys.executable, str(ROOT / "harness" / "data.py"), "info", str(out)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "harness" / "data.py"), "info", str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "heldout-emoji [16 px" in proc.stdout and "CC-BY-SA-4.0" in proc.stdout
 
 
@@ -527,24 +614,25 @@ def test_rebuilds_only_what_changed(registry: tuple[Path, dict[str, Path]], tmp_
     calls, pre, held = len(_calls(reg)), _mtimes(out / "pretrain"), _mtimes(out / "wds" / "heldout_emoji_group")
     assert D.build(out, ("pretrain", "heldout-emoji", "digits"), res=16)["built_now"] == []  # no work at all
     assert _mtimes(out / "pretrain") == pre and len(_calls(reg)) == calls
-    m = D.build(out, ["heldout-emoji"], res=24)                       # another resolution: that target only
+    m = D.build(out, ["heldout-emoji"], res=24)  # another resolution: that target only
     assert m["built_now"] == ["heldout-emoji"]
     assert m["targets"]["heldout-emoji"]["res"] == 24 and m["targets"]["pretrain"]["res"] == 16
     assert _mtimes(out / "pretrain") == pre and _mtimes(out / "wds" / "heldout_emoji_group") != held
     assert Image.open(io.BytesIO(_samples([out / "wds/heldout_emoji_retrieval/test/0.tar"])[0]["png"])).size == (24, 24)
-    shutil.rmtree(out / "wds" / "digits")                              # a deleted output is rebuilt
+    shutil.rmtree(out / "wds" / "digits")  # a deleted output is rebuilt
     assert D.build(out, ("digits",), res=16)["built_now"] == ["digits"] and (out / "wds/digits/test/0.tar").is_file()
     assert D.build(out, ("pretrain",), res=16, force=True)["built_now"] == ["pretrain"]
     assert _mtimes(out / "pretrain") != pre
-    m = D.build(out, ("digits",), res=16, digits="sklearn")            # another option: rebuilt, card follows
+    m = D.build(out, ("digits",), res=16, digits="sklearn")  # another option: rebuilt, card follows
     assert m["built_now"] == ["digits"]
     assert (m["counts"]["digits"]["train"], m["counts"]["digits"]["test"]) == (1078, 719)
     assert "sklearn-digits" in m["sources"] and "mnist" not in m["sources"]
     assert len(_calls(reg)) == calls  # every rebuild used the cache
 
 
-def test_interrupted_build_publishes_nothing(registry: tuple[Path, dict[str, Path]], tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_build_publishes_nothing(
+    registry: tuple[Path, dict[str, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "data"
     D.build(out, ["heldout-emoji"], res=16)
     before, manifest_before = _mtimes(out / "wds"), (out / "manifest.json").read_text()
@@ -555,6 +643,7 @@ def test_interrupted_build_publishes_nothing(registry: tuple[Path, dict[str, Pat
         if n["calls"] > 5:
             raise KeyboardInterrupt
         return real(item, res)
+
     monkeypatch.setattr(D, "make_image_sample", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         D.build(out, ["pretrain"], res=16)
@@ -570,8 +659,12 @@ def test_interrupted_build_publishes_nothing(registry: tuple[Path, dict[str, Pat
 
 
 def _cli(args: list[str], env_path: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "harness" / "data.py"), *args], capture_output=True, text=True,
-                          env={**os.environ, "PATH": env_path, **env})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "harness" / "data.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": env_path, **env},
+    )
 
 
 def test_missing_client_is_one_line(tmp_path: Path) -> None:
@@ -584,30 +677,38 @@ def test_missing_client_is_one_line(tmp_path: Path) -> None:
 
 
 def test_unreachable_registry_is_one_line(registry: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
-    proc = _cli(["build", "--out", str(tmp_path / "d"), "--only", "pretrain"], os.environ["PATH"],
-                FAKE_REGISTRY_DOWN="1")
+    proc = _cli(
+        ["build", "--out", str(tmp_path / "d"), "--only", "pretrain"], os.environ["PATH"], FAKE_REGISTRY_DOWN="1"
+    )
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert last.startswith("data.py: error: `npm pack openmoji@17.0.0") and "ENOTFOUND" in last and "registry" in last
     proc = _cli(["build", "--out", str(tmp_path / "d"), "--only", "cifar"], os.environ["PATH"])
-    assert proc.returncode == 2 and proc.stderr.strip() == ("data.py: error: unknown target(s) cifar; choices: "
-                                                            "pretrain, heldout-emoji, fmnist, digits")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "data.py: error: unknown target(s) cifar; choices: pretrain, heldout-emoji, fmnist, digits"
+    )
 
 
-def test_apt_update_runs_once_when_lists_are_missing(registry: tuple[Path, dict[str, Path]],
-                                                     built: tuple[Path, dict]) -> None:
+def test_apt_update_runs_once_when_lists_are_missing(
+    registry: tuple[Path, dict[str, Path]], built: tuple[Path, dict]
+) -> None:
     reg, _ = registry  # ``built`` fetched both Debian packages through the fake apt-get
     apt = [c for c in _calls(reg) if c.startswith("apt-get")]
     # the first download failed (no lists), update ran once, later downloads went straight through
     assert apt[0].startswith("apt-get download ") and apt[1] == "apt-get update" and apt[2] == apt[0]
-    assert sorted(apt) == ["apt-get download dataset-fashion-mnist", "apt-get download openclipart-svg",
-                           "apt-get download openclipart-svg", "apt-get update"]
+    assert sorted(apt) == [
+        "apt-get download dataset-fashion-mnist",
+        "apt-get download openclipart-svg",
+        "apt-get download openclipart-svg",
+        "apt-get update",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------- generated data
 def test_synthetic_pretrain_shards(tmp_path: Path) -> None:
-    info = S.build_synthetic_pretrain(tmp_path / "p", n_samples=40, res=16, n_shards=4, corrupt_images=2,
-                                      empty_captions=1)
+    info = S.build_synthetic_pretrain(
+        tmp_path / "p", n_samples=40, res=16, n_shards=4, corrupt_images=2, empty_captions=1
+    )
     assert info["pattern"] == str(tmp_path / "p" / "shard-{000000..000003}.tar") and info["n_samples"] == 40
     sizes = json.loads((tmp_path / "p" / "sizes.json").read_text())
     assert sum(sizes.values()) == 40 and len(info["shards"]) == 4 and not list((tmp_path / "p").glob(".*"))
@@ -622,15 +723,29 @@ def test_synthetic_pretrain_shards(tmp_path: Path) -> None:
 def test_synthetic_eval_sets_and_cli(tmp_path: Path) -> None:
     from clip_benchmark.datasets.builder import build_dataset
     from torchvision import transforms
-    proc = subprocess.run([sys.executable, "-m", "uniclip_plugin.testing.synthetic", "--out", str(tmp_path),
-                           "--n", "16", "--res", "16"], capture_output=True, text=True)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "uniclip_plugin.testing.synthetic", "--out", str(tmp_path), "--n", "16", "--res", "16"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     paths = json.loads(proc.stdout)
-    ds = build_dataset("wds/synth_shapes", root=paths["synth_shapes"], transform=transforms.ToTensor(),
-                       split="train", task="linear_probe")
+    ds = build_dataset(
+        "wds/synth_shapes",
+        root=paths["synth_shapes"],
+        transform=transforms.ToTensor(),
+        split="train",
+        task="linear_probe",
+    )
     assert ds.classes == list(S.SHAPES) and len(list(ds)) == 20 * len(S.SHAPES)
-    ds = build_dataset("wds/synth_retrieval", root=paths["synth_retrieval"], transform=transforms.ToTensor(),
-                       split="test", task="zeroshot_retrieval")
+    ds = build_dataset(
+        "wds/synth_retrieval",
+        root=paths["synth_retrieval"],
+        transform=transforms.ToTensor(),
+        split="test",
+        task="zeroshot_retrieval",
+    )
     items = list(ds)
     assert len(items) == len(S.SHAPES) * len(S.COLOURS) and len(items[0][1]) == 2
     assert not list((tmp_path / "wds").glob(".tmp-*")) and _open_clip_count(paths["pretrain"]) == 16
@@ -639,6 +754,7 @@ def test_synthetic_eval_sets_and_cli(tmp_path: Path) -> None:
 def test_shard_members_carry_no_pax_headers(built: tuple[Path, dict]) -> None:
     """Integer member mtimes: no per-member pax header, which would double the time to read a shard back."""
     import tarfile
+
     out, _ = built
     for shard in sorted(out.rglob("*.tar")):
         with tarfile.open(shard) as tar:

@@ -4,6 +4,7 @@ Needs ``npm`` and the npm registry (about 155 MB of tarballs: the held-out conce
 the three pre-training styles also have, so all four emoji packages take part in the join). Set
 ``UNICLIP_DATA_CACHE`` to a folder to keep the downloads between runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,17 @@ pytestmark = pytest.mark.integration
 # emoji-datasource-* 16.0.0, fluent 1.1.0).
 CONCEPTS = 1852
 OVERLAP_WITH_SKIN_TONES = 3372
-PER_GROUP = {"activities": 85, "animals-nature": 157, "flags": 253, "food-drink": 128, "objects": 261,
-             "people-body": 361, "smileys-emotion": 166, "symbols": 223, "travel-places": 218}
+PER_GROUP = {
+    "activities": 85,
+    "animals-nature": 157,
+    "flags": 253,
+    "food-drink": 128,
+    "objects": 261,
+    "people-body": 361,
+    "smileys-emotion": 166,
+    "symbols": 223,
+    "travel-places": 218,
+}
 
 
 def test_heldout_emoji_from_the_real_packages(tmp_path: Path) -> None:
@@ -41,8 +51,14 @@ def test_heldout_emoji_from_the_real_packages(tmp_path: Path) -> None:
 
     from clip_benchmark.datasets.builder import build_dataset
     from torchvision import transforms
-    ds = build_dataset("wds/heldout_emoji_retrieval", root=str(tmp_path / "data" / "wds" / "heldout_emoji_retrieval"),
-                       transform=transforms.ToTensor(), split="test", task="zeroshot_retrieval")
+
+    ds = build_dataset(
+        "wds/heldout_emoji_retrieval",
+        root=str(tmp_path / "data" / "wds" / "heldout_emoji_retrieval"),
+        transform=transforms.ToTensor(),
+        split="test",
+        task="zeroshot_retrieval",
+    )
     captions = [c for _, caps in ds for c in caps]
     assert len(captions) == len(set(captions)) == CONCEPTS  # docs/DATA.md: all annotations are unique (1:1 retrieval)
     assert "dog face" in captions and "flag: Iceland" in captions

@@ -1,5 +1,6 @@
 """2-rank DDP (gloo) on the UniCLIP model with --local-loss --gather-with-grad: parameter gradients equal the
 single-process gradient on the global batch. Identity views ("none" preset) make the forward deterministic."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ def _setup() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     import open_clip
 
     import uniclip_plugin
+
     uniclip_plugin.register()  # import alone registers nothing
     torch.manual_seed(0)
     model = open_clip.create_model("UniCLIP-Tiny-32", uniclip_cfg=CFG, output_dict=True)
@@ -33,8 +35,10 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     from uniclip_plugin.testing.gloo_group import gloo_group
+
     with gloo_group(rank, WORLD, init_file):
         from uniclip_plugin.losses.mpnce import UniversalContrastiveLoss
+
         model, images, texts = _setup()
         ddp = torch.nn.parallel.DistributedDataParallel(model)  # compat's subclass drops CPU device_ids
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -47,6 +51,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.multiproc
 def test_ddp_parameter_gradients_equal_single_process(tmp_path: Path) -> None:
     from uniclip_plugin.losses.mpnce import UniversalContrastiveLoss
+
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     model, images, texts = _setup()

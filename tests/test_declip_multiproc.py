@@ -3,8 +3,10 @@ identical NNS queues on both ranks (= the single-process queue), and DDP skippin
 
 Light imports only: spawned children re-import this module, and importing open_clip costs ~10 s per process here.
 """
+
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,17 +17,18 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-import importlib
-
 F64 = torch.float64
 
 
 def _features(seed: int, b: int, r: int, d: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     unit = lambda *shape: F.normalize(torch.randn(*shape, generator=g, dtype=F64), dim=-1)  # noqa: E731
-    return {"image_features": unit(b, 2, d), "text_features": unit(b, r, d), "text_nn": unit(b, r, d),
-            "logit_scale": torch.tensor(3.0 + seed, dtype=F64)}
-
+    return {
+        "image_features": unit(b, 2, d),
+        "text_features": unit(b, r, d),
+        "text_nn": unit(b, r, d),
+        "logit_scale": torch.tensor(3.0 + seed, dtype=F64),
+    }
 
 
 WORLD, B_LOCAL = 2, 3
@@ -50,6 +53,7 @@ def _steps() -> list[torch.Tensor]:
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     from uniclip_plugin.testing.gloo_group import gloo_group
+
     with gloo_group(rank, WORLD, init_file):
         losses = importlib.import_module("uniclip_plugin.losses.declip")
         nns = importlib.import_module("uniclip_plugin.nns")
@@ -60,7 +64,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             fn = losses.DeCLIPLoss(1.0, 0, 0, 1.0, local_loss=local, rank=rank, world_size=WORLD)
             results[f"local={local}"] = _loss_and_grads(fn, f)
         torch.manual_seed(0)
-        bank = nns.NNMemoryBank(8, 4)                                    # 3 steps × 12 rows: wraps around
+        bank = nns.NNMemoryBank(8, 4)  # 3 steps × 12 rows: wraps around
         for step in _steps():
             bank.enqueue(step[part])
         results["queue"], results["ptr"] = bank.queue.clone(), bank.ptr.clone()
@@ -89,6 +93,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     from uniclip_plugin.losses.declip import DeCLIPLoss
     from uniclip_plugin.nns import NNMemoryBank
+
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     want = _loss_and_grads(DeCLIPLoss(1.0, 0, 0, 1.0), _global_features())
@@ -113,5 +118,5 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
         assert torch.equal(r["queue"], ranks[0]["queue"]) and torch.allclose(r["queue"], single.queue)
         assert int(r["ptr"]) == int(single.ptr)
     for rank, r in enumerate(ranks):
-        assert torch.all(r["ddp_queue"] == rank + 1.0)                       # ignored: kept per rank
-        assert torch.all(r["ddp_shared"] == 1.0)                             # others: rank 0's, broadcast
+        assert torch.all(r["ddp_queue"] == rank + 1.0)  # ignored: kept per rank
+        assert torch.all(r["ddp_shared"] == 1.0)  # others: rank 0's, broadcast

@@ -1,5 +1,6 @@
 """The no-training diagnostic (``python -m uniclip_plugin.study.diagnose``): the negative-mass shares equal a float64
 loop over anchors and negatives, and the script runs end to end on a tiny checkpoint and generated shards."""
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,32 @@ def test_negative_mass_share_equals_a_loop_over_anchors() -> None:
 
 def test_the_script_runs_on_a_checkpoint(tmp_path: Path) -> None:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     shards = build_synthetic_pretrain(tmp_path / "shards", n_samples=64, res=32, n_shards=2, seed=0)
     torch.manual_seed(0)
     model = open_clip.create_model("UniCLIP-Tiny-32", uniclip_cfg={"view_presets": ["clip", "simclr"]})
     ckpt = tmp_path / "epoch_1.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     out = tmp_path / "diag.json"
-    assert main(["--checkpoint", str(ckpt), "--data", shards["pattern"], "--batch", "16", "--batches", "2",
-                 "--uniclip-cfg", '{"view_presets": ["clip", "simclr"]}', "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                shards["pattern"],
+                "--batch",
+                "16",
+                "--batches",
+                "2",
+                "--uniclip-cfg",
+                '{"view_presets": ["clip", "simclr"]}',
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     for key in ("neg_share_own_image", "neg_share_own_text", "prob_it", "prob_ii"):
         assert 0.0 < result[key] < 1.0, (key, result)

@@ -8,8 +8,10 @@ parameters upstream of x_r see W · ∂L/∂x_r / W = ∂L/∂x_r, the global gr
   * features: rank r's gradient / W == the single-process gradient of L w.r.t. rank r's samples;
   * scales/offsets (replicated, not gathered): mean over ranks of ∂L_r/∂θ == ∂L/∂θ (what DDP's average gives).
 """
+
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,15 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import importlib
-
 WORLD, B_LOCAL, V, D = 2, 4, 2, 8
 OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")  # = losses.mpnce.OBJECTIVES (asserted below)
 CHUNKS = (0, 3)  # unchunked and chunked (3 does not divide the 12 local rows)
 # the options that change which pairs count and how they are weighted (per-pair objectives)
-PAIR_OPTIONS = ({"text_positives": "caption"}, {"balance": "group", "group_weights": (1.0, 0.4)},
-                {"text_positives": "caption", "balance": "group", "group_weights": (0.6, 1.0)})
+PAIR_OPTIONS = (
+    {"text_positives": "caption"},
+    {"balance": "group", "group_weights": (1.0, 0.4)},
+    {"text_positives": "caption", "balance": "group", "group_weights": (0.6, 1.0)},
+)
 
 
 def _inputs() -> tuple[torch.Tensor, ...]:
@@ -48,6 +51,7 @@ def _run(loss_fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[to
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     from uniclip_plugin.testing.gloo_group import gloo_group
+
     with gloo_group(rank, WORLD, init_file):
         mpnce = importlib.import_module("uniclip_plugin.losses.mpnce")
         img, txt, scales, offsets = _inputs()
@@ -57,19 +61,45 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for objective in OBJECTIVES:
             for chunk in CHUNKS:
                 results[f"{objective}/{chunk}"] = _run(
-                    mpnce.universal_contrastive_loss, local, objective=objective, chunk_size=chunk, local_loss=True,
-                    gather_with_grad=True, rank=rank, world_size=WORLD)
+                    mpnce.universal_contrastive_loss,
+                    local,
+                    objective=objective,
+                    chunk_size=chunk,
+                    local_loss=True,
+                    gather_with_grad=True,
+                    rank=rank,
+                    world_size=WORLD,
+                )
         for i, options in enumerate(PAIR_OPTIONS):
             for chunk in CHUNKS:
                 results[f"options{i}/{chunk}"] = _run(
-                    mpnce.universal_contrastive_loss, local, chunk_size=chunk, local_loss=True, gather_with_grad=True,
-                    rank=rank, world_size=WORLD, **options)
+                    mpnce.universal_contrastive_loss,
+                    local,
+                    chunk_size=chunk,
+                    local_loss=True,
+                    gather_with_grad=True,
+                    rank=rank,
+                    world_size=WORLD,
+                    **options,
+                )
         # Rows = every gathered element (open_clip without --local-loss): each rank computes the global loss.
-        results["global_rows"] = _run(mpnce.universal_contrastive_loss, local, local_loss=False, gather_with_grad=True,
-                                      rank=rank, world_size=WORLD)
+        results["global_rows"] = _run(
+            mpnce.universal_contrastive_loss,
+            local,
+            local_loss=False,
+            gather_with_grad=True,
+            rank=rank,
+            world_size=WORLD,
+        )
         # Gather without grad: same value; gradients reach the local features only through the live local slice.
-        results["no_grad_gather"] = _run(mpnce.universal_contrastive_loss, local, local_loss=True,
-                                         gather_with_grad=False, rank=rank, world_size=WORLD)
+        results["no_grad_gather"] = _run(
+            mpnce.universal_contrastive_loss,
+            local,
+            local_loss=True,
+            gather_with_grad=False,
+            rank=rank,
+            world_size=WORLD,
+        )
         try:
             mpnce.universal_contrastive_loss(*local, rank=1 - rank, world_size=WORLD)
             results["wrong_rank"] = "no error"
@@ -88,6 +118,7 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     from uniclip_plugin.losses.mpnce import OBJECTIVES as objectives
     from uniclip_plugin.losses.mpnce import universal_contrastive_loss
+
     assert objectives == OBJECTIVES
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
@@ -112,9 +143,9 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
                 assert _rel_err(sum(g[k] for g in got) / WORLD, want[k]) <= 1e-5, (options, chunk, k)
     want = _run(universal_contrastive_loss, features)
     for r in ranks:
-        assert _rel_err(r["global_rows"][0], want[0]) <= 1e-5        # every rank: the global loss
+        assert _rel_err(r["global_rows"][0], want[0]) <= 1e-5  # every rank: the global loss
         for k in (3, 4):
-            assert _rel_err(r["global_rows"][k], want[k]) <= 1e-5    # replicated parameters: the global gradient
+            assert _rel_err(r["global_rows"][k], want[k]) <= 1e-5  # replicated parameters: the global gradient
     # Without --local-loss every rank backpropagates the whole global loss, and all_gather's backward sums the W
     # copies: the features' gradient is W × the global one (still W × after DDP's mean; open_clip #616 / #894).
     assert _rel_err(torch.cat([r["global_rows"][1] for r in ranks]), want[1] * WORLD) <= 1e-5
@@ -131,17 +162,21 @@ def _no_grad_gather_reference(features: tuple[torch.Tensor, ...], rank: int) -> 
     from unittest import mock
 
     import uniclip_plugin.losses.mpnce as mpnce
+
     img, txt, scales, offsets = features
     part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
     leaves = [t.clone().requires_grad_() for t in (img[part], txt[part], scales, offsets)]
 
     def gather(i: torch.Tensor, t: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = [(i, t) if k == rank else (img[k * B_LOCAL:(k + 1) * B_LOCAL], txt[k * B_LOCAL:(k + 1) * B_LOCAL])
-                  for k in range(WORLD)]
+        blocks = [
+            (i, t) if k == rank else (img[k * B_LOCAL : (k + 1) * B_LOCAL], txt[k * B_LOCAL : (k + 1) * B_LOCAL])
+            for k in range(WORLD)
+        ]
         return torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks])
 
     with mock.patch.object(mpnce, "gather_universal", gather):
-        loss = mpnce.universal_contrastive_loss(*leaves, local_loss=True, gather_with_grad=False, rank=rank,
-                                                world_size=WORLD)["contrastive_loss"]
+        loss = mpnce.universal_contrastive_loss(
+            *leaves, local_loss=True, gather_with_grad=False, rank=rank, world_size=WORLD
+        )["contrastive_loss"]
     loss.backward()
     return [loss.detach()] + [t.grad for t in leaves]

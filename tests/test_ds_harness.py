@@ -11,6 +11,7 @@ forward; the reference runs the model on each rank's half of the batch under the
 then exactly rank r's), concatenates the batch-first outputs and evaluates the loss once on the global batch. The
 model has no cross-sample layers (no BatchNorm), so this equals one forward on the global batch with those views.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,12 @@ TRAIN = str(REPO / "harness" / "train.py")
 # ------------------------------------------------------------------------------------------------------------- helpers
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     # A cached extension dir keeps any JIT build of DeepSpeed ops (not needed with --no-cpu-shm-comm) out of each run.
     env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/uniclip_torch_extensions")
     return env
@@ -60,8 +65,16 @@ def _free_port() -> int:
 
 def _launch(args: list[str], **kw: Any) -> subprocess.Popen:
     cmd = [DEEPSPEED, "--num_gpus", str(WORLD), "--master_port", str(_free_port())] + args
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)  # own process group: a SIGKILL reaches launcher + ranks
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )  # own process group: a SIGKILL reaches launcher + ranks
 
 
 def _run(args: list[str], timeout: float = 300) -> tuple[int, str]:
@@ -76,10 +89,35 @@ def _run(args: list[str], timeout: float = 300) -> tuple[int, str]:
 
 
 def _train_args(shards: dict, logs: Path, name: str, config: str, *extra: str) -> list[str]:
-    return [TRAIN, "--deepspeed_config", str(REPO / "deepspeed_configs" / config), "--model", "UniCLIP-Tiny-32",
-            "--loss", "uniclip_mpnce", "--train-data", shards["pattern"], "--batch-size", "8", "--epochs", "1",
-            "--lr", "1e-3", "--warmup", "2", "--workers", "1", "--logs", str(logs), "--name", name,
-            "--log-every-n-steps", "4", "--no-cpu-shm-comm", *extra]
+    return [
+        TRAIN,
+        "--deepspeed_config",
+        str(REPO / "deepspeed_configs" / config),
+        "--model",
+        "UniCLIP-Tiny-32",
+        "--loss",
+        "uniclip_mpnce",
+        "--train-data",
+        shards["pattern"],
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "2",
+        "--workers",
+        "1",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "4",
+        "--no-cpu-shm-comm",
+        *extra,
+    ]
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -94,13 +132,34 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _step_args(loss: str, model: str) -> argparse.Namespace:
     from uniclip_plugin.ds.cli import build_parser
-    return build_parser().parse_args(["--model", model, "--loss", loss, "--lr", str(LR), "--wd", str(WD),
-                                      "--eps", str(EPS), "--beta1", "0.9", "--beta2", "0.98", "--warmup", "1",
-                                      "--seed", "0"])
+
+    return build_parser().parse_args(
+        [
+            "--model",
+            model,
+            "--loss",
+            loss,
+            "--lr",
+            str(LR),
+            "--wd",
+            str(WD),
+            "--eps",
+            str(EPS),
+            "--beta1",
+            "0.9",
+            "--beta2",
+            "0.98",
+            "--warmup",
+            "1",
+            "--seed",
+            "0",
+        ]
+    )
 
 
 def _global_batch(model: str) -> tuple[torch.Tensor, torch.Tensor]:
     import open_clip
+
     g = torch.Generator().manual_seed(123)
     images = torch.randn(WORLD * B_LOCAL, 3, 32, 32, generator=g)
     texts = open_clip.get_tokenizer(model)([f"a picture of shape number {i}" for i in range(WORLD * B_LOCAL)])
@@ -109,15 +168,17 @@ def _global_batch(model: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _probe(model: str) -> tuple[torch.Tensor, torch.Tensor]:
     import open_clip
+
     g = torch.Generator().manual_seed(7)
-    return torch.randn(5, 3, 32, 32, generator=g), open_clip.get_tokenizer(model)(["a red circle", "a blue bar",
-                                                                                      "one cyan ring", "a cross",
-                                                                                      "a square in black"])
+    return torch.randn(5, 3, 32, 32, generator=g), open_clip.get_tokenizer(model)(
+        ["a red circle", "a blue bar", "one cyan ring", "a cross", "a square in black"]
+    )
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     # 256 samples, 2 ranks × 8 per rank: 16 steps per epoch.
     return build_synthetic_pretrain(tmp_path_factory.mktemp("ds_data"), n_samples=256, res=32, n_shards=4, seed=0)
 
@@ -132,11 +193,20 @@ def _engine_for(loss: str, model_name: str, config: str, rank: int) -> tuple[Any
     from uniclip_plugin.ds.build import build_model, check_model_and_loss, param_groups
     from uniclip_plugin.ds.config import load_config, prepare_config
     from uniclip_plugin.train_hooks import TrainLossAdapter
+
     args = _step_args(loss, model_name)
     args.name = f"{loss}-{Path(config).stem}"
     check_model_and_loss(args)
-    cfg = prepare_config(load_config(REPO / "deepspeed_configs" / config), world_size=WORLD, batch_size=B_LOCAL,
-                         lr=LR, betas=(args.beta1, args.beta2), eps=EPS, weight_decay=WD, on_cpu=True)
+    cfg = prepare_config(
+        load_config(REPO / "deepspeed_configs" / config),
+        world_size=WORLD,
+        batch_size=B_LOCAL,
+        lr=LR,
+        betas=(args.beta1, args.beta2),
+        eps=EPS,
+        weight_decay=WD,
+        on_cpu=True,
+    )
     setup = integration.prepare(args, rank=rank, world_size=WORLD, exact_global_loss=True)
     loss_fn = TrainLossAdapter(setup.loss, log_every=10**9, is_master=False)
     model, _, _ = build_model(args, setup)
@@ -148,6 +218,7 @@ def _engine_for(loss: str, model_name: str, config: str, rank: int) -> tuple[Any
 
 def _full_params(engine: Any) -> dict[str, torch.Tensor]:
     import deepspeed
+
     params = list(engine.module.parameters())
     zero3 = engine.zero_optimization_stage() == 3
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3):
@@ -161,6 +232,7 @@ def _capture_grads(engine: Any) -> dict[str, torch.Tensor]:
 
     def step_capturing_grads(*a: Any, **kw: Any) -> Any:
         from deepspeed.utils import safe_get_full_grad  # every rank (a collective under ZeRO-1/2/3)
+
         grads.update({n: safe_get_full_grad(p).detach().float().clone() for n, p in engine.module.named_parameters()})
         return real_step(*a, **kw)
 
@@ -174,6 +246,7 @@ def _save_run(engine: Any, out_dir: Path, run: tuple, rank: int) -> None:
 
     from uniclip_plugin.ds import checkpoint as ckpt
     from uniclip_plugin.ds.setup import run_meta, write_params
+
     args, cfg, layout = run
     run_dir = out_dir / "runs" / args.name
     if rank == 0:
@@ -181,13 +254,21 @@ def _save_run(engine: Any, out_dir: Path, run: tuple, rank: int) -> None:
         write_params(run_dir, args)
     dist.barrier()
     state = ckpt.TrainState(step=1, epoch=0, step_in_epoch=1, steps_per_epoch=10, total_steps=10)
-    ckpt.save_checkpoint(engine, run_dir / "checkpoints", state, run_meta(args, cfg, layout, WORLD),
-                         rank=rank, keep=1, barrier=dist.barrier)
+    ckpt.save_checkpoint(
+        engine,
+        run_dir / "checkpoints",
+        state,
+        run_meta(args, cfg, layout, WORLD),
+        rank=rank,
+        keep=1,
+        barrier=dist.barrier,
+    )
 
 
 def _zero_case(out_dir: Path, loss: str, model_name: str, stage: int, rank: int) -> dict:
     """One step of (loss, ZeRO stage) on this rank's half of the global batch, its checkpoint and eval encodings."""
     from uniclip_plugin.ds.step import train_step
+
     images, texts = _global_batch(model_name)
     probe_images, probe_texts = _probe(model_name)
     part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -202,14 +283,21 @@ def _zero_case(out_dir: Path, loss: str, model_name: str, stage: int, rank: int)
     engine.eval()
     with torch.no_grad():
         enc = engine(probe_images, probe_texts)
-    return {"loss": value, "params": params, "grads": grads, "step_s": step_s,
-            "image_features": enc["image_features"].float(), "text_features": enc["text_features"].float()}
+    return {
+        "loss": value,
+        "params": params,
+        "grads": grads,
+        "step_s": step_s,
+        "image_features": enc["image_features"].float(),
+        "text_features": enc["text_features"].float(),
+    }
 
 
 def _bf16_dtypes(engine: Any, loss_fn: Any, images: torch.Tensor, texts: torch.Tensor) -> dict:
     """Six bf16 ZeRO-2 steps: the model runs in bf16, the loss's logits must be fp32."""
     import uniclip_plugin.losses.mpnce as mpnce
     from uniclip_plugin.ds.step import train_step
+
     seen: dict[str, list[str]] = {"outputs": [], "loss_inputs": [], "logits": []}
     original = mpnce.domain_logits
 
@@ -235,6 +323,7 @@ def _overflow(engine: Any, loss_fn: Any, images: torch.Tensor, texts: torch.Tens
     SkipWatcher must log each skip and stop on a streak."""
     from uniclip_plugin.ds.errors import HarnessError
     from uniclip_plugin.ds.step import SkipWatcher, train_step
+
     skipped_before = engine.skipped_steps
     watch = SkipWatcher(max_consecutive=2)
     hook = next(p for p in engine.module.parameters() if p.dim() > 1).register_hook(lambda g: g * float("inf"))
@@ -249,14 +338,19 @@ def _overflow(engine: Any, loss_fn: Any, images: torch.Tensor, texts: torch.Tens
             stop_message = str(err)
     hook.remove()
     unchanged = max((_full_params(engine)[k] - before[k]).abs().max().item() for k in before)
-    return {"skipped_before_overflow": skipped_before, "overflow_applied": applied,
-            "overflow_skipped": engine.skipped_steps - skipped_before, "overflow_stop": stop_message,
-            "overflow_max_change": unchanged}
+    return {
+        "skipped_before_overflow": skipped_before,
+        "overflow_applied": applied,
+        "overflow_skipped": engine.skipped_steps - skipped_before,
+        "overflow_stop": stop_message,
+        "overflow_max_change": unchanged,
+    }
 
 
 def _nonfinite(rank: int) -> dict:
     """A NaN image on ONE rank: every rank stops before the optimiser step and the weights stay as they were."""
     from uniclip_plugin.ds.step import NonFiniteLoss, train_step
+
     engine, loss_fn, _ = _engine_for("uniclip_mpnce", "UniCLIP-Tiny-32", "zero2.json", rank)
     images, texts = _global_batch("UniCLIP-Tiny-32")
     part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -280,6 +374,7 @@ def _worker(out_dir: Path) -> None:
 
     import uniclip_plugin
     from uniclip_plugin.ds.distributed import init_distributed
+
     uniclip_plugin.register()
     init_distributed(no_cpu_shm_comm=True)
     rank = dist.get_rank()
@@ -290,20 +385,24 @@ def _worker(out_dir: Path) -> None:
     engine, loss_fn, _ = _engine_for("uniclip_mpnce", "UniCLIP-Tiny-32", "zero2_bf16.json", rank)
     images, texts = _global_batch("UniCLIP-Tiny-32")
     part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-    results["bf16"] = {**_bf16_dtypes(engine, loss_fn, images[part], texts[part]),
-                       **_overflow(engine, loss_fn, images[part], texts[part])}
+    results["bf16"] = {
+        **_bf16_dtypes(engine, loss_fn, images[part], texts[part]),
+        **_overflow(engine, loss_fn, images[part], texts[part]),
+    }
     del engine
     results["nonfinite"] = _nonfinite(rank)
     torch.save(results, out_dir / f"worker_rank{rank}.pt")
 
 
-def _reference_step(loss: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                                          dict[str, torch.Tensor], float, torch.Tensor]:
+def _reference_step(
+    loss: str, model_name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], float, torch.Tensor]:
     """One AdamW step in one process on the global batch, with rank r's views on half r (see the module docstring)."""
     import uniclip_plugin
     from uniclip_plugin import integration
     from uniclip_plugin.ds.build import build_model, check_model_and_loss, param_groups
     from uniclip_plugin.ds.step import loss_inputs
+
     uniclip_plugin.register()
     args = _step_args(loss, model_name)
     check_model_and_loss(args)
@@ -318,10 +417,14 @@ def _reference_step(loss: str, model_name: str) -> tuple[dict[str, torch.Tensor]
     halves = []
     for r in range(WORLD):
         torch.manual_seed(VIEW_SEED + r)
-        halves.append(loss_inputs(model(images[r * B_LOCAL:(r + 1) * B_LOCAL], texts[r * B_LOCAL:(r + 1) * B_LOCAL])))
+        halves.append(
+            loss_inputs(model(images[r * B_LOCAL : (r + 1) * B_LOCAL], texts[r * B_LOCAL : (r + 1) * B_LOCAL]))
+        )
     # open_clip's batch-first contract: every key but logit_scale/logit_bias is per sample.
-    merged = {k: (v if k in ("logit_scale", "logit_bias") else torch.cat([h[k] for h in halves]))
-              for k, v in halves[0].items()}
+    merged = {
+        k: (v if k in ("logit_scale", "logit_bias") else torch.cat([h[k] for h in halves]))
+        for k, v in halves[0].items()
+    }
     out = loss_fn(**merged, output_dict=True)
     total = sum(v for k, v in out.items() if k.endswith("_loss"))
     opt.zero_grad()
@@ -335,11 +438,17 @@ def _reference_step(loss: str, model_name: str) -> tuple[dict[str, torch.Tensor]
 # --------------------------------------------------------------------------------------------------- fast unit checks
 def test_config_fills_auto_and_checks_batch_arithmetic() -> None:
     from uniclip_plugin.ds.config import ConfigError, load_config, prepare_config
+
     raw = load_config(REPO / "deepspeed_configs" / "zero2_bf16.json")
     cfg = prepare_config(raw, world_size=4, batch_size=8, lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
     assert (cfg["train_micro_batch_size_per_gpu"], cfg["train_batch_size"]) == (8, 32)
-    assert cfg["optimizer"]["params"] == {"lr": 5e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.2,
-                                          "torch_adam": True}
+    assert cfg["optimizer"]["params"] == {
+        "lr": 5e-4,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.2,
+        "torch_adam": True,
+    }
     assert cfg["gradient_clipping"] == 0.0 and cfg["bf16"]["enabled"] is True and "_comment" not in cfg
     cfg = prepare_config(raw, world_size=4, global_batch_size=32, lr=1, betas=(0.9, 0.9), eps=1, weight_decay=0)
     assert cfg["train_micro_batch_size_per_gpu"] == 8
@@ -348,8 +457,12 @@ def test_config_fills_auto_and_checks_batch_arithmetic() -> None:
     no_clip = {k: v for k, v in raw.items() if k != "gradient_clipping"}
     with pytest.raises(ConfigError, match="gradient_clipping explicitly"):
         prepare_config(no_clip, world_size=1, batch_size=8, lr=1, betas=(0.9, 0.9), eps=1, weight_decay=0)
-    assert prepare_config(no_clip, world_size=1, batch_size=8, lr=1, betas=(0.9, 0.9), eps=1, weight_decay=0,
-                          grad_clip_norm=1.0)["gradient_clipping"] == 1.0
+    assert (
+        prepare_config(
+            no_clip, world_size=1, batch_size=8, lr=1, betas=(0.9, 0.9), eps=1, weight_decay=0, grad_clip_norm=1.0
+        )["gradient_clipping"]
+        == 1.0
+    )
     for stage in STAGES:  # every shipped config: explicit clipping, AdamW, the stage its name says
         for suffix in ("", "_bf16"):
             shipped = load_config(REPO / "deepspeed_configs" / f"zero{stage}{suffix}.json")
@@ -361,6 +474,7 @@ def test_param_groups_follow_open_clip_train_and_no_zero_dim_params() -> None:
     import uniclip_plugin
     from uniclip_plugin import integration
     from uniclip_plugin.ds.build import build_model, param_groups
+
     uniclip_plugin.register()
     args = _step_args("clip", "CLIP-Tiny-32")
     model, _, _ = build_model(args, integration.prepare(args))
@@ -405,6 +519,7 @@ def test_rng_and_extra_state_round_trip() -> None:
 
 def test_an_incomplete_checkpoint_is_never_latest(tmp_path: Path) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     good = tmp_path / ckpt.tag_of(3)
     good.mkdir()
     (good / ckpt.META_FILE).write_text("{}")
@@ -424,6 +539,7 @@ def test_an_incomplete_checkpoint_is_never_latest(tmp_path: Path) -> None:
 def test_skip_watcher_logs_each_skip_and_stops_on_a_streak(caplog: pytest.LogCaptureFixture) -> None:
     from uniclip_plugin.ds.errors import HarnessError
     from uniclip_plugin.ds.step import SkipWatcher
+
     watch = SkipWatcher(max_consecutive=3)
     for step, applied in enumerate([True, False, False, True, False, False]):
         watch.update(applied, step)
@@ -440,9 +556,29 @@ def test_misconfiguration_is_one_line(case: str, tmp_path: Path, shards: dict) -
         cfg.pop("bf16")
         cfg["fp16"] = {"enabled": True}
         Path(config).write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, TRAIN, "--deepspeed_config", config, "--model", "UniCLIP-Tiny-32", "--loss",
-                           "uniclip_mpnce", "--train-data", shards["pattern"], "--batch-size", "8", "--logs",
-                           str(tmp_path / "runs")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TRAIN,
+            "--deepspeed_config",
+            config,
+            "--model",
+            "UniCLIP-Tiny-32",
+            "--loss",
+            "uniclip_mpnce",
+            "--train-data",
+            shards["pattern"],
+            "--batch-size",
+            "8",
+            "--logs",
+            str(tmp_path / "runs"),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert len(lines) == 1 and lines[0].startswith("train.py: error: "), proc.stderr
@@ -454,7 +590,7 @@ def test_misconfiguration_is_one_line(case: str, tmp_path: Path, shards: dict) -
 @pytest.mark.multiproc
 def test_world_size_that_does_not_divide_the_batch_is_one_line(tmp_path: Path, shards: dict) -> None:
     args = _train_args(shards, tmp_path / "runs", "bad", "zero2.json")
-    args[args.index("--batch-size"):args.index("--batch-size") + 2] = ["--global-batch-size", "15"]
+    args[args.index("--batch-size") : args.index("--batch-size") + 2] = ["--global-batch-size", "15"]
     rc, out = _run(args, timeout=120)
     errors = [ln for ln in out.splitlines() if "train.py: error: " in ln]
     assert rc != 0 and "Traceback" not in out, out[-3000:]
@@ -472,8 +608,9 @@ def worker_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list
 
 @pytest.mark.multiproc
 @pytest.mark.parametrize("loss,model_name", CASES)
-def test_one_step_under_zero_1_2_3_equals_single_process(loss: str, model_name: str,
-                                                         worker_results: tuple[Path, list[dict]]) -> None:
+def test_one_step_under_zero_1_2_3_equals_single_process(
+    loss: str, model_name: str, worker_results: tuple[Path, list[dict]]
+) -> None:
     _, ranks = worker_results
     before, after, ref_grads, ref_loss, aug_params = _reference_step(loss, model_name)
     if loss == "uniclip_mpnce":  # the views really are random (else the 1-vs-2 comparison would be trivial)
@@ -485,12 +622,18 @@ def test_one_step_under_zero_1_2_3_equals_single_process(loss: str, model_name: 
         res = ranks[0][f"{loss}/zero{stage}"]
         assert ranks[1][f"{loss}/zero{stage}"]["loss"] == pytest.approx(res["loss"], abs=0)
         assert res["loss"] == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
-        delta = max((res["params"][n] - after[n].float().reshape(res["params"][n].shape)).abs().max().item()
-                    for n in after)
-        grad_err = max(((res["grads"][n].reshape(g.shape) - g).norm() / (g.norm() + 1e-12)).item()
-                       for n, g in ref_grads.items() if g.norm() > 1e-6)
-        report.append(f"ZeRO-{stage}: max|Δθ| {delta:.2e}, worst per-tensor grad rel. err {grad_err:.1e}, loss "
-                      f"{res['loss']:.6f} vs {ref_loss:.6f}")
+        delta = max(
+            (res["params"][n] - after[n].float().reshape(res["params"][n].shape)).abs().max().item() for n in after
+        )
+        grad_err = max(
+            ((res["grads"][n].reshape(g.shape) - g).norm() / (g.norm() + 1e-12)).item()
+            for n, g in ref_grads.items()
+            if g.norm() > 1e-6
+        )
+        report.append(
+            f"ZeRO-{stage}: max|Δθ| {delta:.2e}, worst per-tensor grad rel. err {grad_err:.1e}, loss "
+            f"{res['loss']:.6f} vs {ref_loss:.6f}"
+        )
         assert delta <= 1e-5 and grad_err <= 1e-4, report[-1]
     print(f"\n{loss}: max update {update:.2e}; " + "; ".join(report))
 
@@ -501,6 +644,7 @@ def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_resu
 
     import uniclip_plugin
     from uniclip_plugin.ds.export import export_run
+
     uniclip_plugin.register()
     out_dir, ranks = worker_results
     worst = 0.0
@@ -509,8 +653,14 @@ def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_resu
         for stage in STAGES:
             run_dir = out_dir / "runs" / f"{loss}-zero{stage}"
             if (loss, stage) == ("uniclip_mpnce", 3):  # the CLI route once (ZeRO-3: partitioned weights)
-                proc = subprocess.run([sys.executable, TRAIN, "--export", str(run_dir), "--out", "model.pt"], cwd=REPO,
-                                      env=_env(), capture_output=True, text=True, timeout=120)
+                proc = subprocess.run(
+                    [sys.executable, TRAIN, "--export", str(run_dir), "--out", "model.pt"],
+                    cwd=REPO,
+                    env=_env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
                 assert proc.returncode == 0, proc.stderr[-3000:]
                 path = run_dir / "export" / "model.pt"
                 assert path.is_file()
@@ -523,8 +673,10 @@ def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_resu
                 img = model.encode_image(probe_images, normalize=True)
                 txt = model.encode_text(probe_texts, normalize=True)
             engine_out = ranks[0][f"{loss}/zero{stage}"]
-            diff = max((img - engine_out["image_features"]).abs().max().item(),
-                       (txt - engine_out["text_features"]).abs().max().item())
+            diff = max(
+                (img - engine_out["image_features"]).abs().max().item(),
+                (txt - engine_out["text_features"]).abs().max().item(),
+            )
             worst = max(worst, diff)
             assert diff <= 1e-5, f"{loss} ZeRO-{stage}: export encodes {diff:.2e} away from the engine"
             assert torch.load(path, weights_only=True)["state_dict"]["logit_scale"].shape == model.logit_scale.shape
@@ -532,8 +684,7 @@ def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_resu
 
 
 @pytest.mark.multiproc
-def test_bf16_zero2_fp32_logits_skipped_steps_and_nonfinite_loss_stop(
-        worker_results: tuple[Path, list[dict]]) -> None:
+def test_bf16_zero2_fp32_logits_skipped_steps_and_nonfinite_loss_stop(worker_results: tuple[Path, list[dict]]) -> None:
     _, ranks = worker_results
     for res in ranks:
         bf16 = res["bf16"]
@@ -555,6 +706,7 @@ def bf16_runs(tmp_path_factory: pytest.TempPathFactory, shards: dict) -> dict:
     time (independent processes, fewer minutes), a run SIGKILLed right after its first mid-epoch checkpoint; then
     that run resumed with ``--resume latest``."""
     from uniclip_plugin.ds import checkpoint as ckpt
+
     logs = tmp_path_factory.mktemp("ds_runs")
     config = "zero2_bf16.json"
     reference = _launch(_train_args(shards, logs, "ref", config, "--save-every-n-steps", "0"))
@@ -563,7 +715,7 @@ def bf16_runs(tmp_path_factory: pytest.TempPathFactory, shards: dict) -> dict:
     deadline = time.time() + 300
     while time.time() < deadline and victim.poll() is None:
         tag = ckpt.read_latest(killed_dir / "checkpoints") if (killed_dir / "checkpoints").is_dir() else None
-        if tag and int(tag[len(ckpt.TAG_PREFIX):]) >= 3:
+        if tag and int(tag[len(ckpt.TAG_PREFIX) :]) >= 3:
             break
         time.sleep(0.02)
     still_running = victim.poll() is None
@@ -604,6 +756,7 @@ def test_bf16_zero2_cli_run_trains(bf16_runs: dict) -> None:
 @pytest.mark.multiproc
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(bf16_runs: dict) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     logs, state = bf16_runs["logs"], bf16_runs["state"]
     assert 0 < state["step_in_epoch"] < state["steps_per_epoch"], state  # killed mid-epoch
     assert "Resuming from" in bf16_runs["resume_out"]
@@ -616,13 +769,16 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(bf16_runs: dict
     exact = sum(m["loss"] == reference[m["step"]] for m in resumed)
     final_ref = ckpt.consolidated_fp32_state_dict(logs / "ref" / "checkpoints", ckpt.tag_of(16))
     final_resumed = ckpt.consolidated_fp32_state_dict(logs / "killed" / "checkpoints", ckpt.tag_of(16))
-    delta = max((final_ref[k] - final_resumed[k]).abs().max().item() for k in final_ref
-                if torch.is_tensor(final_ref[k]))
+    delta = max(
+        (final_ref[k] - final_resumed[k]).abs().max().item() for k in final_ref if torch.is_tensor(final_ref[k])
+    )
     assert delta <= 1e-6
-    print(f"\nkilled after checkpoint step {state['step']} (batch {state['step_in_epoch']}/{state['steps_per_epoch']}"
-          f", {len(bf16_runs['logged_before'])} steps logged before the kill); resumed steps {resumed[0]['step']}..16:"
-          f" next-step loss {resumed[0]['loss']:.7f} vs {reference[resumed[0]['step']]:.7f}; {exact}/{len(resumed)} "
-          f"losses bit-identical; final fp32 weights max|Δθ| {delta:.1e}")
+    print(
+        f"\nkilled after checkpoint step {state['step']} (batch {state['step_in_epoch']}/{state['steps_per_epoch']}"
+        f", {len(bf16_runs['logged_before'])} steps logged before the kill); resumed steps {resumed[0]['step']}..16:"
+        f" next-step loss {resumed[0]['loss']:.7f} vs {reference[resumed[0]['step']]:.7f}; {exact}/{len(resumed)} "
+        f"losses bit-identical; final fp32 weights max|Δθ| {delta:.1e}"
+    )
 
 
 if __name__ == "__main__":  # worker mode, started by the deepspeed launcher in worker_results
@@ -639,5 +795,6 @@ def test_cpu_run_sets_the_allocator(bf16_runs: dict) -> None:
     """harness/train.py on CPU sets glibc to keep freed memory (uniclip_plugin/cpu_malloc.py), as open_clip train."""
     out = bf16_runs["resume_out"]
     from uniclip_plugin.cpu_malloc import allocator_env
+
     expected = "allocator left as the environment" if allocator_env() else "malloc keeps freed memory"
     assert "train.py: " in out and expected in out, out[-3000:]

@@ -7,6 +7,7 @@ Two 2-rank CPU runs (gloo, ``deepspeed --num_gpus 2``) start together and differ
 both use a ``csv_monitor`` config, ``--val-data`` and ``--pretrained``. The engine-load check runs this file as a
 worker under the launcher (``python tests/test_ds_tools.py --load-dir D --out F``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,12 @@ MODEL = "UniCLIP-Tiny-32"
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/uniclip_torch_extensions")
     return env
 
@@ -47,8 +52,9 @@ def _free_port() -> int:
 
 def _launch(args: list[str]) -> subprocess.Popen:
     cmd = [DEEPSPEED, "--num_gpus", str(WORLD), "--master_port", str(_free_port())] + args
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -63,10 +69,35 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def _train_args(data: dict, logs: Path, name: str, config: str, *extra: str) -> list[str]:
-    return [TRAIN, "--deepspeed_config", config, "--model", MODEL, "--loss", "uniclip_mpnce", "--train-data",
-            data["train"], "--train-num-samples", str(STEPS_PER_EPOCH * 16), "--batch-size", "8", "--lr", "1e-3",
-            "--warmup", "2", "--workers", "1", "--logs", str(logs), "--name", name, "--log-every-n-steps", "2",
-            "--no-cpu-shm-comm", *extra]
+    return [
+        TRAIN,
+        "--deepspeed_config",
+        config,
+        "--model",
+        MODEL,
+        "--loss",
+        "uniclip_mpnce",
+        "--train-data",
+        data["train"],
+        "--train-num-samples",
+        str(STEPS_PER_EPOCH * 16),
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "2",
+        "--workers",
+        "1",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "2",
+        "--no-cpu-shm-comm",
+        *extra,
+    ]
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -78,6 +109,7 @@ def _pretrained_file(path: Path) -> Path:
     import open_clip
 
     import uniclip_plugin
+
     uniclip_plugin.register()
     torch.manual_seed(123)
     torch.save({"state_dict": open_clip.create_model(MODEL).state_dict()}, path)
@@ -87,6 +119,7 @@ def _pretrained_file(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     root = tmp_path_factory.mktemp("tools_data")
     train = build_synthetic_pretrain(root / "train", n_samples=128, res=32, n_shards=4, seed=0)
     val = build_synthetic_pretrain(root / "val", n_samples=24, res=32, n_shards=1, seed=1)
@@ -102,10 +135,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data: dict) -> dict:
     cfg["csv_monitor"] = {"enabled": True}
     config = logs / "zero2_csv.json"
     config.write_text(json.dumps(cfg))
-    common = ("--epochs", "2", "--save-every-n-steps", "2", "--val-data", data["val"], "--val-frequency", "1",
-              "--pretrained", str(data["pretrained"]))
-    procs = {name: _launch(_train_args(data, logs, name, str(config), *common, *extra))
-             for name, extra in (("plain", ()), ("gc", ("--grad-checkpointing",)))}
+    common = (
+        "--epochs",
+        "2",
+        "--save-every-n-steps",
+        "2",
+        "--val-data",
+        data["val"],
+        "--val-frequency",
+        "1",
+        "--pretrained",
+        str(data["pretrained"]),
+    )
+    procs = {
+        name: _launch(_train_args(data, logs, name, str(config), *common, *extra))
+        for name, extra in (("plain", ()), ("gc", ("--grad-checkpointing",)))
+    }
     outs = {name: _finish(proc, 400) for name, proc in procs.items()}
     return {"logs": logs, "out": outs}
 
@@ -117,13 +162,20 @@ def test_zero_to_fp32_script_converts_a_checkpoint_without_a_tag(runs: dict, tmp
 
     import uniclip_plugin
     from uniclip_plugin.ds import checkpoint as ckpt
+
     ckpt_dir = runs["logs"] / "plain" / "checkpoints"
     tag = ckpt.read_latest(ckpt_dir)
     assert tag == ckpt.tag_of(2 * STEPS_PER_EPOCH) == (ckpt_dir / ckpt.DS_LATEST).read_text().strip()
     script = ckpt_dir / "zero_to_fp32.py"  # DeepSpeed copies its converter next to the checkpoints
     assert script.is_file()
-    proc = subprocess.run([sys.executable, str(script), str(ckpt_dir), str(tmp_path / "fp32")], cwd=tmp_path,
-                          env=_env(), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ckpt_dir), str(tmp_path / "fp32")],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     files = sorted((tmp_path / "fp32").iterdir())
     assert [f.name for f in files] == ["pytorch_model.bin"], files
@@ -138,6 +190,7 @@ def test_zero_to_fp32_script_converts_a_checkpoint_without_a_tag(runs: dict, tmp
 @pytest.mark.multiproc
 def test_a_fresh_engine_loads_the_checkpoint_without_a_tag(runs: dict, tmp_path: Path) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     ckpt_dir = runs["logs"] / "plain" / "checkpoints"
     proc = _launch([str(Path(__file__).resolve()), "--load-dir", str(ckpt_dir), "--out", str(tmp_path / "loaded.pt")])
     _finish(proc, 300)
@@ -169,6 +222,7 @@ def test_csv_monitor_gets_loss_lr_and_validation(runs: dict) -> None:
 @pytest.mark.multiproc
 def test_validation_writes_eval_lines_and_results_jsonl(runs: dict) -> None:
     from uniclip_plugin.runs import RunDir
+
     run_dir = runs["logs"] / "plain"
     results = [json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in results] == [1, 2]
@@ -189,8 +243,10 @@ def test_grad_checkpointing_gives_the_same_losses(runs: dict) -> None:
     assert "Gradient checkpointing on" not in (runs["logs"] / "plain" / "out.log").read_text()
     assert gc[0] == pytest.approx(plain[0], abs=1e-6)
     assert gc == pytest.approx(plain, rel=1e-4)
-    print(f"\nfirst-step loss {plain[0]:.7f} vs {gc[0]:.7f} with --grad-checkpointing; max |Δloss| over "
-          f"{len(plain)} steps {max(abs(a - b) for a, b in zip(plain, gc, strict=True)):.1e}")
+    print(
+        f"\nfirst-step loss {plain[0]:.7f} vs {gc[0]:.7f} with --grad-checkpointing; max |Δloss| over "
+        f"{len(plain)} steps {max(abs(a - b) for a, b in zip(plain, gc, strict=True)):.1e}"
+    )
 
 
 @pytest.mark.multiproc
@@ -203,8 +259,10 @@ def test_pretrained_reaches_model_creation(data: dict) -> None:
     from uniclip_plugin import integration
     from uniclip_plugin.ds.build import build_model
     from uniclip_plugin.ds.cli import build_parser
-    args = build_parser().parse_args(["--model", MODEL, "--loss", "uniclip_mpnce", "--pretrained",
-                                      str(data["pretrained"])])
+
+    args = build_parser().parse_args(
+        ["--model", MODEL, "--loss", "uniclip_mpnce", "--pretrained", str(data["pretrained"])]
+    )
     model, _, _ = build_model(args, integration.prepare(args))
     saved = torch.load(data["pretrained"], weights_only=True)["state_dict"]
     assert all(torch.equal(v, saved[k].reshape(v.shape)) for k, v in model.state_dict().items())
@@ -216,8 +274,17 @@ def test_pretrained_reaches_model_creation(data: dict) -> None:
 # ------------------------------------------------------------------------------------------------------------- task 4
 def test_offload_config_is_accepted_by_the_config_loader() -> None:
     from uniclip_plugin.ds.config import load_config, prepare_config, zero_stage_of
-    cfg = prepare_config(load_config(REPO / "deepspeed_configs" / "zero3_offload.json"), world_size=2, batch_size=8,
-                         lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, on_cpu=True)
+
+    cfg = prepare_config(
+        load_config(REPO / "deepspeed_configs" / "zero3_offload.json"),
+        world_size=2,
+        batch_size=8,
+        lr=1e-3,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        weight_decay=0.2,
+        on_cpu=True,
+    )
     zero = cfg["zero_optimization"]
     assert zero_stage_of(cfg) == 3 and cfg["gradient_clipping"] == 0.0
     assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
@@ -227,8 +294,16 @@ def test_offload_config_is_accepted_by_the_config_loader() -> None:
 def test_zero3_offload_trains_on_cpu(tmp_path: Path, data: dict) -> None:
     """Smoke test; the first run JIT-builds DeepSpeed's CPU Adam (about 3.5 min on 2 busy cores), later ones reuse
     TORCH_EXTENSIONS_DIR."""
-    args = _train_args(data, tmp_path, "offload", str(REPO / "deepspeed_configs" / "zero3_offload.json"),
-                       "--epochs", "1", "--val-data", data["val"])
+    args = _train_args(
+        data,
+        tmp_path,
+        "offload",
+        str(REPO / "deepspeed_configs" / "zero3_offload.json"),
+        "--epochs",
+        "1",
+        "--val-data",
+        data["val"],
+    )
     out = _finish(_launch(args), 590)
     rows = _metrics(tmp_path / "offload")
     assert len(rows) == STEPS_PER_EPOCH and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), out[-3000:]
@@ -250,6 +325,7 @@ def _load_worker(ckpt_dir: Path, out: Path) -> None:
     from uniclip_plugin.ds.build import build_model, param_groups
     from uniclip_plugin.ds.cli import build_parser
     from uniclip_plugin.ds.distributed import init_distributed
+
     uniclip_plugin.register()
     init_distributed(no_cpu_shm_comm=True)
     cfg = json.loads((ckpt_dir.parent / "ds_config.json").read_text())
@@ -262,8 +338,16 @@ def _load_worker(ckpt_dir: Path, out: Path) -> None:
     path, client = engine.load_checkpoint(str(ckpt_dir))  # no tag: DeepSpeed reads checkpoints/latest
     params = {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
     if dist.get_rank() == 0:
-        torch.save({"path": path, "client": client, "tag": Path(path).parent.name, "params": params,
-                    "global_steps": engine.global_steps}, out)
+        torch.save(
+            {
+                "path": path,
+                "client": client,
+                "tag": Path(path).parent.name,
+                "params": params,
+                "global_steps": engine.global_steps,
+            },
+            out,
+        )
 
 
 def _worker_main(argv: Any = None) -> None:

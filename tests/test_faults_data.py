@@ -1,5 +1,6 @@
 """A shard truncated in the middle of a member, read by open_clip_train's train loader with the plugin registered:
 the samples before the cut train, the rest of that shard is skipped and counted, and the epoch completes."""
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ def _truncate_inside_image(shard: str, sample: int) -> tuple[list[str], list[str
 @pytest.fixture
 def truncated(tmp_path: Path) -> dict:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     info = build_synthetic_pretrain(tmp_path, n_samples=N_SAMPLES, res=16, n_shards=N_SHARDS, seed=0)
     info["ids"] = _ids_by_key(info["shards"])
     info["before_cut"], info["lost"] = _truncate_inside_image(info["shards"][CUT_SHARD], CUT_SAMPLE)
@@ -66,11 +68,20 @@ def truncated(tmp_path: Path) -> dict:
 
 def test_truncated_shard_trains_the_samples_before_the_cut_and_counts_the_rest(truncated: dict) -> None:
     from open_clip_train.data import get_wds_dataset
+
     assert truncated["written"] == N_SAMPLES and len(truncated["ids"]) == N_SAMPLES  # every image distinct
     # --train-num-samples unset: open_clip_train reads sizes.json, which counts the written samples
-    args = argparse.Namespace(train_data=truncated["pattern"], train_num_samples=None,
-                              train_data_upsampling_factors=None, dataset_resampled=False, seed=0, batch_size=1,
-                              workers=0, world_size=1, rank=0)
+    args = argparse.Namespace(
+        train_data=truncated["pattern"],
+        train_num_samples=None,
+        train_data_upsampling_factors=None,
+        dataset_resampled=False,
+        seed=0,
+        batch_size=1,
+        workers=0,
+        world_size=1,
+        rank=0,
+    )
     before = dict(compat.SKIPPED_SAMPLES)
     info = get_wds_dataset(args, _fingerprint, is_train=True, epoch=0, tokenizer=_no_tokens)
     used = [truncated["ids"][bytes(fp.tolist())] for images, _ in info.dataloader for fp in images]

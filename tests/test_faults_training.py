@@ -9,6 +9,7 @@ test sees what the surviving rank itself does. Each process runs this file in wo
 Every faulted run is compared with an uninterrupted reference run of the same command: after the fault, ``--resume
 latest`` must give the reference's losses at the same steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,18 @@ DIST_TIMEOUT = 30  # --dist-timeout of the faulted runs (s): the bound on a surv
 
 def _env(rank: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RANK=str(rank),
-               WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(port), PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/uniclip_torch_extensions")
     return env
 
@@ -49,12 +59,43 @@ def _free_port() -> int:
 
 
 def _train_args(shards: dict, logs: Path, name: str, *extra: str) -> list[str]:
-    return [str(REPO / "harness" / "train.py"), "--deepspeed_config", str(REPO / "deepspeed_configs" / "zero2.json"),
-            "--model", "UniCLIP-Tiny-32", "--loss", "uniclip_mpnce", "--train-data", shards["pattern"],
-            "--train-num-samples", str(STEPS * PER_STEP), "--batch-size", "8", "--epochs", "1", "--lr", "1e-3",
-            "--warmup", "2", "--workers", "1", "--logs", str(logs), "--name", name, "--log-every-n-steps", "1",
-            "--save-every-n-steps", "2", "--keep-checkpoints", "2", "--no-cpu-shm-comm",
-            "--dist-timeout", str(DIST_TIMEOUT), *extra]
+    return [
+        str(REPO / "harness" / "train.py"),
+        "--deepspeed_config",
+        str(REPO / "deepspeed_configs" / "zero2.json"),
+        "--model",
+        "UniCLIP-Tiny-32",
+        "--loss",
+        "uniclip_mpnce",
+        "--train-data",
+        shards["pattern"],
+        "--train-num-samples",
+        str(STEPS * PER_STEP),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "2",
+        "--workers",
+        "1",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "1",
+        "--save-every-n-steps",
+        "2",
+        "--keep-checkpoints",
+        "2",
+        "--no-cpu-shm-comm",
+        "--dist-timeout",
+        str(DIST_TIMEOUT),
+        *extra,
+    ]
 
 
 class Ranks:
@@ -66,11 +107,29 @@ class Ranks:
         self.mark = logs / f"{tag}.fault_time"
         self.procs = []
         for rank in range(WORLD):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--fault", fault, "--fault-step", str(fault_step),
-                   "--mark", str(self.mark), "--", *train_args]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--fault",
+                fault,
+                "--fault-step",
+                str(fault_step),
+                "--mark",
+                str(self.mark),
+                "--",
+                *train_args,
+            ]
             with open(self.logs[rank], "w") as out:
-                self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(rank, port), stdout=out,
-                                                   stderr=subprocess.STDOUT, start_new_session=True))
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        cwd=REPO,
+                        env=_env(rank, port),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         self.exit_time: dict[int, float] = {}
 
     def wait(self, timeout: float = 240) -> list[int]:
@@ -121,6 +180,7 @@ def _assert_resumed_like_reference(logs: Path, name: str, reference: dict[int, f
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     return build_synthetic_pretrain(tmp_path_factory.mktemp("fault_data"), n_samples=128, res=32, n_shards=4, seed=0)
 
 
@@ -137,9 +197,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, shards: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------------------- tests
 @pytest.mark.multiproc
-def test_rank_killed_mid_step_survivor_exits_and_resume_matches(tmp_path: Path, shards: dict,
-                                                                reference: dict) -> None:
+def test_rank_killed_mid_step_survivor_exits_and_resume_matches(tmp_path: Path, shards: dict, reference: dict) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     ranks = Ranks(_train_args(shards, tmp_path, "kill"), tmp_path, "kill", fault="kill", fault_step=5)
     codes = ranks.wait(timeout=DIST_TIMEOUT + 120)
     killed_at = float(ranks.mark.read_text())
@@ -155,15 +215,19 @@ def test_rank_killed_mid_step_survivor_exits_and_resume_matches(tmp_path: Path, 
     codes, resumed = _resume(shards, tmp_path, "kill", "kill_resume")
     assert codes == [0, 0], resumed.output(0)[-3000:]
     _assert_resumed_like_reference(tmp_path, "kill", reference["losses"], first_step=5)
-    print(f"\nSIGKILL rank 1 in step 5: rank 0 exited {survivor_s:.1f} s later (exit 2, one line); resume from "
-          f"step_4 took {time.time() - t0:.1f} s; steps 5-6 equal the reference; samples lost: 0 (1 step, "
-          f"{PER_STEP} samples, recomputed)")
+    print(
+        f"\nSIGKILL rank 1 in step 5: rank 0 exited {survivor_s:.1f} s later (exit 2, one line); resume from "
+        f"step_4 took {time.time() - t0:.1f} s; steps 5-6 equal the reference; samples lost: 0 (1 step, "
+        f"{PER_STEP} samples, recomputed)"
+    )
 
 
 @pytest.mark.multiproc
 def test_disk_full_while_saving_stops_with_one_line_and_keeps_the_previous_checkpoint(
-        tmp_path: Path, shards: dict, reference: dict) -> None:
+    tmp_path: Path, shards: dict, reference: dict
+) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     ranks = Ranks(_train_args(shards, tmp_path, "full"), tmp_path, "full", fault="enospc", fault_step=4)
     codes = ranks.wait()
     stop_s = max(ranks.exit_time.values()) - float(ranks.mark.read_text())
@@ -180,8 +244,10 @@ def test_disk_full_while_saving_stops_with_one_line_and_keeps_the_previous_check
     codes, resumed = _resume(shards, tmp_path, "full", "full_resume")
     assert codes == [0, 0], resumed.output(0)[-3000:]
     _assert_resumed_like_reference(tmp_path, "full", reference["losses"], first_step=3)
-    print(f"\nENOSPC on rank 1 saving step_4: both ranks stopped {stop_s:.1f} s after the failed write (one line); "
-          f"step_2 intact and resumed, steps 3-6 equal the reference; samples lost: 0 ({2 * PER_STEP} recomputed)")
+    print(
+        f"\nENOSPC on rank 1 saving step_4: both ranks stopped {stop_s:.1f} s after the failed write (one line); "
+        f"step_2 intact and resumed, steps 3-6 equal the reference; samples lost: 0 ({2 * PER_STEP} recomputed)"
+    )
 
 
 def _copy_run(reference: dict, tmp_path: Path, name: str) -> Path:
@@ -192,9 +258,11 @@ def _copy_run(reference: dict, tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.multiproc
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, shards: dict,
-                                                                  reference: dict) -> None:
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    tmp_path: Path, shards: dict, reference: dict
+) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     ckpt_dir = _copy_run(reference, tmp_path, "ref")  # the reference's name: the resume checks the run meta
     model_states = ckpt_dir / ckpt.tag_of(6) / "mp_rank_00_model_states.pt"
     model_states.write_bytes(model_states.read_bytes()[: model_states.stat().st_size // 2])  # truncated
@@ -213,6 +281,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path
 @pytest.mark.multiproc
 def test_no_intact_checkpoint_refuses_with_the_fix(tmp_path: Path, shards: dict, reference: dict) -> None:
     from uniclip_plugin.ds import checkpoint as ckpt
+
     ckpt_dir = _copy_run(reference, tmp_path, "ref")
     for step in (4, 6):  # one truncated, one overwritten with garbage of the right size
         path = ckpt_dir / ckpt.tag_of(step) / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
@@ -240,6 +309,7 @@ def _install_fault(kind: str, step: int, mark: Path) -> None:
 
     import uniclip_plugin.ds.trainer as trainer
     from uniclip_plugin.ds import checkpoint as ckpt
+
     if os.environ.get("RANK") != "1" or kind == "none":
         return
     if kind == "kill":
@@ -247,9 +317,11 @@ def _install_fault(kind: str, step: int, mark: Path) -> None:
 
         def train_step_then_die(engine, loss_fn, images, texts, index, on_outputs=None):  # noqa: ANN001, ANN202
             if index + 1 == step:
+
                 def die(raw: dict, inputs: dict) -> None:  # mid-step: after the forward, before the loss all-reduce
                     mark.write_text(repr(time.time()))
                     os.kill(os.getpid(), signal.SIGKILL)
+
                 on_outputs = die
             return real_step(engine, loss_fn, images, texts, index, on_outputs)
 
@@ -275,5 +347,6 @@ if __name__ == "__main__":
     worker = parser.parse_args()
     _install_fault(worker.fault, worker.fault_step, worker.mark)
     from uniclip_plugin.ds.cli import main
+
     train_argv = worker.train[1:] if worker.train[:1] == ["--"] else worker.train
     sys.exit(main(train_argv[1:]))  # train_argv[0] is harness/train.py (kept for a readable command line)

@@ -1,5 +1,6 @@
 """House rule: no function over 60 lines (def line to last line) outside the numeric kernels named in
 docs/DESIGN.md ("Numeric kernels")."""
+
 from __future__ import annotations
 
 import ast
@@ -27,5 +28,7 @@ def test_no_function_over_60_lines_outside_the_numeric_kernels() -> None:
     for folder in ("uniclip_plugin", "harness"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            offenders += [f"{rel}:{name} ({n} lines)" for name, n in _long_functions(path) if (rel, name) not in KERNELS]
+            offenders += [
+                f"{rel}:{name} ({n} lines)" for name, n in _long_functions(path) if (rel, name) not in KERNELS
+            ]
     assert offenders == []

@@ -1,6 +1,7 @@
 """``open_clip export`` writes an open_clip hub bundle of a plugin checkpoint; it loads as ``local-dir:DIR`` and, from a
 pre-populated huggingface_hub cache (offline), as ``hf-hub:ORG/NAME``, encoding fixed images and texts exactly as the
 model it was written from."""
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,9 @@ def test_uniclip_bundle_keeps_options_not_in_the_weights(tmp_path: Path, capsys:
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_hf_hub_name_from_the_hub_cache_offline(name: str, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_hub_name_from_the_hub_cache_offline(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, out = _export(name, tmp_path, capsys)
     revision = "1" * 40
     repo = tmp_path / "hub" / "models--someone--tiny-plugin"

@@ -1,5 +1,6 @@
 """``import uniclip_plugin`` defines names only: open_clip_train, clip_benchmark, open_clip's factory and torch's DDP
 are untouched until ``register()`` (which every console script calls, and the model functions call on first use)."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def test_import_alone_leaves_open_clip_train_clip_benchmark_and_ddp_untouched() 
 
 
 def test_import_alone_imports_no_heavy_module() -> None:
-    code = ("import json, sys; import uniclip_plugin; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('open_clip', 'open_clip_train', 'clip_benchmark', 'deepspeed', 'torch', 'webdataset'))))")
+    code = (
+        "import json, sys; import uniclip_plugin; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('open_clip', 'open_clip_train', 'clip_benchmark', 'deepspeed', 'torch', 'webdataset'))))"
+    )
     assert _run(code) == []

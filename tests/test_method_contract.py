@@ -2,6 +2,7 @@
 tested by registering it): its Tiny model trains one finite step in which every trainable parameter gets a gradient,
 its checkpoint reloads in stock open_clip once the plugin is registered, in eval mode it is a plain CLIP, and its
 flags are listed by ``open_clip train --help``."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,8 +1,8 @@
 """UniCLIP model: registration in open_clip's factory, output contract, ablation switches, checkpoints."""
+
 from __future__ import annotations
 
 import argparse
-
 import json
 from pathlib import Path
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import uniclip_plugin
-from uniclip_plugin import factory
 from uniclip_plugin.errors import PluginError
 from uniclip_plugin.losses.mpnce import UniversalContrastiveLoss
 from uniclip_plugin.model.uniclip import UniCLIP
@@ -92,8 +91,17 @@ def test_starts_as_plain_clip_and_eval_uses_identity_view() -> None:
     assert out["logit_scale"].shape == ()
 
 
-@pytest.mark.parametrize("cfg", [{}, {"views": 1}, {"aug_embed": False}, {"domain_similarity": False},
-                                 {"aug_fusion": "add"}, {"views": 3, "view_preset": "mocov2"}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"views": 1},
+        {"aug_embed": False},
+        {"domain_similarity": False},
+        {"aug_fusion": "add"},
+        {"views": 3, "view_preset": "mocov2"},
+    ],
+)
 def test_every_parameter_gets_a_gradient(cfg: dict) -> None:
     """DDP (no find_unused_parameters in open_clip_train) needs a gradient for every parameter at every step."""
     model = _model(**cfg)
@@ -112,6 +120,7 @@ def test_ablation_switches_change_the_model() -> None:
 
 def test_overrides_are_deep_merged() -> None:
     from uniclip_plugin import integration
+
     setup = integration.prepare(argparse.Namespace(loss="uniclip_mpnce", views=3))
     model, _, _ = integration.create_model_and_transforms(NAME, setup, uniclip_cfg={"aug_fusion": "add"})
     assert model.uniclip_cfg.views == 3 and model.uniclip_cfg.aug_fusion == "add"
@@ -153,6 +162,7 @@ def test_open_clip_train_checkpoint_loads_in_stock_open_clip(tmp_path: Path) -> 
 
 def test_local_dir_bundle(tmp_path: Path) -> None:
     from safetensors.torch import save_file
+
     model = _model(views=1)
     cfg = dict(open_clip.get_model_config(NAME))
     cfg["uniclip_cfg"] = dict(cfg["uniclip_cfg"], views=1)
@@ -167,8 +177,15 @@ def test_local_dir_bundle(tmp_path: Path) -> None:
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))
 
 
-@pytest.mark.parametrize("cfg", [{"aug_embed": False}, {"domain_similarity": False}, {"aug_fusion": "add"},
-                                 {"views": 1, "aug_embed": False, "domain_similarity": False}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"aug_embed": False},
+        {"domain_similarity": False},
+        {"aug_fusion": "add"},
+        {"views": 1, "aug_embed": False, "domain_similarity": False},
+    ],
+)
 def test_ablated_checkpoint_loads_by_its_base_name(tmp_path: Path, cfg: dict) -> None:
     """Options that change the weights are read off the checkpoint, so an ablation run loads like any other."""
     model = _model(**cfg)

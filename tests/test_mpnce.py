@@ -1,5 +1,6 @@
 """MP-NCE and its ablation objectives: naive float64 loops from the formulas, gradcheck, closed forms, open_clip's
 ClipLoss, chunked-path parity and its saved-memory bound, bf16 autocast, the module contract."""
+
 from __future__ import annotations
 
 import itertools
@@ -33,8 +34,15 @@ def _params(domain: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return 2 + 10 * torch.rand(3, generator=g, dtype=F64), 0.3 * torch.randn(3, generator=g, dtype=F64)
 
 
-def naive_loss(img: torch.Tensor, txt: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, objective: str,
-               tt_neg: bool = True, form: str = "shift_scale") -> torch.Tensor:
+def naive_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    objective: str,
+    tt_neg: bool = True,
+    form: str = "shift_scale",
+) -> torch.Tensor:
     """Python loops over anchors and pairs, straight from the definitions in losses/mpnce.py."""
     b, v, _ = img.shape
     elems = [(img[i, k], i, 0) for i in range(b) for k in range(v)] + [(txt[i], i, 1) for i in range(b)]
@@ -75,6 +83,7 @@ def _loss(*args: torch.Tensor, **kw: object) -> torch.Tensor:
 # Exactness
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("views", [1, 2, 3])
 @pytest.mark.parametrize("domain", [True, False], ids=["domain_sim", "shared_sim"])
@@ -85,8 +94,16 @@ def test_matches_naive_reference(objective: str, views: int, domain: bool) -> No
         for tt_neg, form in itertools.product([True, False], SIMILARITY_FORMS):
             want = naive_loss(img, txt, scales, offsets, objective, tt_neg, form)
             for chunk in (0, 5):  # unchunked (autograd) and chunked (closed-form gradient) paths
-                got = _loss(img, txt, scales, offsets, objective=objective, text_text_negatives=tt_neg,
-                            similarity_form=form, chunk_size=chunk)
+                got = _loss(
+                    img,
+                    txt,
+                    scales,
+                    offsets,
+                    objective=objective,
+                    text_text_negatives=tt_neg,
+                    similarity_form=form,
+                    chunk_size=chunk,
+                )
                 assert got.dtype == F64
                 assert abs(got.item() - want.item()) <= 1e-10, (seed, tt_neg, form, chunk, got, want)
 
@@ -100,8 +117,11 @@ def test_gradcheck(objective: str, chunk: int) -> None:
     inputs = tuple(t.clone().requires_grad_() for t in (img, txt, scales, offsets))
     for tt_neg, form in ((True, "shift_scale"), (False, "scale_shift")):
         assert torch.autograd.gradcheck(
-            lambda a, b, c, d: _loss(a, b, c, d, objective=objective, text_text_negatives=tt_neg,
-                                     similarity_form=form, chunk_size=chunk), inputs)
+            lambda a, b, c, d, tt_neg=tt_neg, form=form: _loss(
+                a, b, c, d, objective=objective, text_text_negatives=tt_neg, similarity_form=form, chunk_size=chunk
+            ),
+            inputs,
+        )
 
 
 def _closed_form(objective: str, b: int, v: int, tt_neg: bool) -> float:
@@ -114,13 +134,13 @@ def _closed_form(objective: str, b: int, v: int, tt_neg: bool) -> float:
     """
     n_img_anchor = (v + 1) * (b - 1)
     n_txt_anchor = (v + 1) * (b - 1) if tt_neg else v * (b - 1)
-    if objective == "mpnce":    # mean over pairs = mean over anchors (V pairs each)
+    if objective == "mpnce":  # mean over pairs = mean over anchors (V pairs each)
         per_img, per_txt = math.log(1 + n_img_anchor), math.log(1 + n_txt_anchor)
     elif objective == "supcon":
         per_img, per_txt = math.log(v + n_img_anchor), math.log(v + n_txt_anchor)
     elif objective == "milnce":
         per_img, per_txt = math.log((v + n_img_anchor) / v), math.log((v + n_txt_anchor) / v)
-    else:                       # infonce: image anchor = (V−1) image positives + 1 text; text anchor = V images
+    else:  # infonce: image anchor = (V−1) image positives + 1 text; text anchor = V images
         per_img = ((v - 1) * math.log(1 + v * (b - 1)) + math.log(b)) / v
         per_txt = math.log(1 + v * (b - 1))
     return (v * per_img + per_txt) / (v + 1)
@@ -158,7 +178,8 @@ def test_closed_form_with_domain_dependent_similarity() -> None:
     want = (v * image_anchor + text_anchor) / (v + 1)
     assert _loss(img, txt, scales, offsets).item() == pytest.approx(want, rel=1e-12)
     assert _loss(img, txt, scales, offsets, objective="infonce").item() == pytest.approx(
-        _closed_form("infonce", b, v, True), abs=1e-12)
+        _closed_form("infonce", b, v, True), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("chunk", [0, 4])
@@ -189,8 +210,9 @@ def test_row_layout_follows_sample_and_domain_ids() -> None:
     b, v, world, rank = 3, 2, 3, 1
     img, txt = _features(world * b, v, 4, seed=0)
     _, sid_cols, _ = universal_embeddings(img, txt)
-    _, sid_rows, dom_rows = universal_embeddings(img[rank * b:(rank + 1) * b], txt[rank * b:(rank + 1) * b],
-                                                 sample_offset=rank * b)
+    _, sid_rows, dom_rows = universal_embeddings(
+        img[rank * b : (rank + 1) * b], txt[rank * b : (rank + 1) * b], sample_offset=rank * b
+    )
     layout = mpnce._Layout(v, b, rank * b, world * b)
     blk = layout.block(0, layout.rows, torch.device("cpu"))
     for r in range(layout.rows):
@@ -205,6 +227,7 @@ def test_row_layout_follows_sample_and_domain_ids() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Chunked path
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _loss_and_grads(chunk: int, objective: str, tt_neg: bool, dtype: torch.dtype = F64) -> list[torch.Tensor]:
     img, txt = _features(7, 2, 8, seed=3, dtype=dtype)
@@ -226,9 +249,9 @@ def test_chunked_equals_unchunked(objective: str, tt_neg: bool) -> None:
     """
     want64, want32 = _loss_and_grads(0, objective, tt_neg), _loss_and_grads(0, objective, tt_neg, torch.float32)
     for chunk in (7, 5, 8, 1, 100):
-        for w, g in zip(want64, _loss_and_grads(chunk, objective, tt_neg)):
+        for w, g in zip(want64, _loss_and_grads(chunk, objective, tt_neg), strict=False):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
-        for w, g in zip(want32, _loss_and_grads(chunk, objective, tt_neg, torch.float32)):
+        for w, g in zip(want32, _loss_and_grads(chunk, objective, tt_neg, torch.float32), strict=False):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
@@ -245,16 +268,17 @@ def test_chunking_bounds_the_memory_autograd_keeps() -> None:
     small, large = 32, 128  # M = 96 and 384
     unchunked = _saved_bytes(small, 0), _saved_bytes(large, 0)
     chunked = _saved_bytes(small, 16), _saved_bytes(large, 16)
-    assert unchunked[1] / unchunked[0] > 12   # ≈ (384/96)² = 16
-    assert chunked[1] / chunked[0] < 5        # ≈ 384/96 = 4
+    assert unchunked[1] / unchunked[0] > 12  # ≈ (384/96)² = 16
+    assert chunked[1] / chunked[0] < 5  # ≈ 384/96 = 4
     m = 3 * large
-    assert chunked[1] < m * m * 4 / 8         # far below one fp32 M × M matrix
-    assert unchunked[1] > m * m * 4           # while the unchunked path keeps at least one
+    assert chunked[1] < m * m * 4 / 8  # far below one fp32 M × M matrix
+    assert unchunked[1] > m * m * 4  # while the unchunked path keeps at least one
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Mixed precision
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("chunk", [0, 6])
 def test_bf16_autocast_keeps_fp32_logits(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,13 +313,20 @@ def test_bf16_autocast_keeps_fp32_logits(chunk: int, monkeypatch: pytest.MonkeyP
 # Module contract, metrics, validation
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_module_has_no_parameters_and_reads_logit_bias() -> None:
     loss = UniversalContrastiveLoss(objective="supcon", chunk_size=3)
     assert list(loss.parameters()) == [] and list(loss.buffers()) == [] and loss.state_dict() == {}
     img, txt = _features(4, 2, 8, seed=2)
     scales, offsets = _params(True, 2)
-    out = loss(image_features=img, text_features=txt, logit_scale=torch.tensor(123.0), aug_params=torch.zeros(4, 2, 12),
-               logit_bias=torch.stack([scales, offsets]), output_dict=True)
+    out = loss(
+        image_features=img,
+        text_features=txt,
+        logit_scale=torch.tensor(123.0),
+        aug_params=torch.zeros(4, 2, 12),
+        logit_bias=torch.stack([scales, offsets]),
+        output_dict=True,
+    )
     assert abs(out["contrastive_loss"].item() - naive_loss(img, txt, scales, offsets, "supcon").item()) <= 1e-10
     assert [k for k in out if k.endswith("_loss")] == ["contrastive_loss"]
     total = loss(img, txt, None, torch.stack([scales, offsets]))  # positional; logit_scale is ignored
@@ -351,8 +382,17 @@ def test_bad_inputs_are_clear_errors() -> None:
 # Caption-view positives and group-balanced MP-NCE (per-pair objectives)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def naive_pair_loss(img: torch.Tensor, txt: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, objective: str,
-                    text_positives: str, balance: str, weights: tuple[float, float]) -> dict[str, torch.Tensor]:
+
+def naive_pair_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    objective: str,
+    text_positives: str,
+    balance: str,
+    weights: tuple[float, float],
+) -> dict[str, torch.Tensor]:
     """Loops from the definitions: positives are same-sample pairs, minus the text's pairs with views ≥ 1 when only
     the caption view (view 0) pairs with the text; those pairs are then neither positive nor negative. ``count``:
     mean over every positive pair; ``group``: w_it · mean over IT pairs + w_ii · mean over II pairs."""
@@ -369,8 +409,11 @@ def naive_pair_loss(img: torch.Tensor, txt: torch.Tensor, scales: torch.Tensor, 
 
     groups: dict[str, list[torch.Tensor]] = {"it": [], "ii": []}
     for u, (_, iu, du, _) in enumerate(elems):
-        pos = [p for p, (_, ip, dp, _) in enumerate(elems)
-               if p != u and ip == iu and (du == dp == 0 or pairs_with_text(u, p))]
+        pos = [
+            p
+            for p, (_, ip, dp, _) in enumerate(elems)
+            if p != u and ip == iu and (du == dp == 0 or pairs_with_text(u, p))
+        ]
         neg = [n for n, (_, i_n, _, _) in enumerate(elems) if i_n != iu]
         for p in pos:
             cands = neg if objective == "mpnce" else [n for n in neg if elems[n][2] == elems[p][2]]
@@ -383,11 +426,15 @@ def naive_pair_loss(img: torch.Tensor, txt: torch.Tensor, scales: torch.Tensor, 
         loss = weights[0] * torch.stack(groups["it"]).mean()
         if groups["ii"]:
             loss = loss + weights[1] * torch.stack(groups["ii"]).mean()
-    out = {"loss": loss, "loss_it": torch.stack(groups["it"]).mean(),
-           "prob_it": torch.stack([torch.exp(-t) for t in groups["it"]]).mean()}
+    out = {
+        "loss": loss,
+        "loss_it": torch.stack(groups["it"]).mean(),
+        "prob_it": torch.stack([torch.exp(-t) for t in groups["it"]]).mean(),
+    }
     if groups["ii"]:
-        out.update(loss_ii=torch.stack(groups["ii"]).mean(),
-                   prob_ii=torch.stack([torch.exp(-t) for t in groups["ii"]]).mean())
+        out.update(
+            loss_ii=torch.stack(groups["ii"]).mean(), prob_ii=torch.stack([torch.exp(-t) for t in groups["ii"]]).mean()
+        )
     return out
 
 
@@ -395,16 +442,26 @@ def naive_pair_loss(img: torch.Tensor, txt: torch.Tensor, scales: torch.Tensor, 
 @pytest.mark.parametrize("views", [1, 2, 3])
 @pytest.mark.parametrize("text_positives", ["all", "caption"])
 @pytest.mark.parametrize("balance", ["count", "group"])
-def test_caption_positives_and_group_balance_match_the_naive_reference(objective: str, views: int,
-                                                                        text_positives: str, balance: str) -> None:
+def test_caption_positives_and_group_balance_match_the_naive_reference(
+    objective: str, views: int, text_positives: str, balance: str
+) -> None:
     for seed in range(3):
         img, txt = _features(4, views, 6, seed)
         scales, offsets = _params(True, seed)
         weights = (1.0, 0.5) if seed % 2 else (0.7, 1.3)
         want = naive_pair_loss(img, txt, scales, offsets, objective, text_positives, balance, weights)
         for chunk in (0, 5):
-            got = universal_contrastive_loss(img, txt, scales, offsets, objective=objective, chunk_size=chunk,
-                                             text_positives=text_positives, balance=balance, group_weights=weights)
+            got = universal_contrastive_loss(
+                img,
+                txt,
+                scales,
+                offsets,
+                objective=objective,
+                chunk_size=chunk,
+                text_positives=text_positives,
+                balance=balance,
+                group_weights=weights,
+            )
             assert abs(got["contrastive_loss"].item() - want["loss"].item()) <= 1e-10, (seed, chunk)
             for key in ("loss_it", "prob_it", "loss_ii", "prob_ii"):
                 assert (key in got) == (key in want), key
@@ -418,8 +475,11 @@ def test_gradcheck_of_caption_positives_and_group_balance(chunk: int) -> None:
     scales, offsets = _params(True, 5)
     inputs = tuple(t.clone().requires_grad_() for t in (img, txt, scales, offsets))
     assert torch.autograd.gradcheck(
-        lambda a, b, c, d: _loss(a, b, c, d, chunk_size=chunk, text_positives="caption", balance="group",
-                                 group_weights=(1.0, 0.3)), inputs)
+        lambda a, b, c, d: _loss(
+            a, b, c, d, chunk_size=chunk, text_positives="caption", balance="group", group_weights=(1.0, 0.3)
+        ),
+        inputs,
+    )
 
 
 def test_the_paper_settings_are_the_defaults_and_equal_the_count_weighted_mean() -> None:

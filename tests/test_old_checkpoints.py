@@ -1,6 +1,7 @@
 """Checkpoints written before the restructure still load: the package as it was at ``BEFORE`` (taken from git
 history) writes checkpoints of every plugin model family, ablated ones included, with its own override mechanism;
 the current code loads them by their base config names and encodes fixed inputs exactly as the old code did."""
+
 from __future__ import annotations
 
 import io
@@ -55,21 +56,27 @@ factory.set_model_overrides({})
 def old_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("old")
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "uniclip_plugin"], capture_output=True)
-    assert archive.returncode == 0, (f"git history must hold {BEFORE} (a full clone): "
-                                     f"{archive.stderr.decode()[-500:]}")
+    assert archive.returncode == 0, f"git history must hold {BEFORE} (a full clone): {archive.stderr.decode()[-500:]}"
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(tmp / "src", filter="data")
     import json
-    proc = subprocess.run([sys.executable, "-c", _WRITER, str(tmp), json.dumps(CASES)], cwd=tmp / "src",
-                          env={"PYTHONPATH": str(tmp / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRITER, str(tmp), json.dumps(CASES)],
+        cwd=tmp / "src",
+        env={"PYTHONPATH": str(tmp / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp
 
 
 @pytest.mark.parametrize("key", sorted(CASES))
-def test_a_checkpoint_of_the_code_before_the_restructure_loads_and_encodes_the_same(old_checkpoints: Path,
-                                                                                    key: str) -> None:
+def test_a_checkpoint_of_the_code_before_the_restructure_loads_and_encodes_the_same(
+    old_checkpoints: Path, key: str
+) -> None:
     name = CASES[key][0]
     model, _, _ = open_clip.create_model_and_transforms(name, pretrained=str(old_checkpoints / f"{key}.pt"))
     model.eval()

@@ -1,5 +1,6 @@
 """Smoke test of the measurements of ``uniclip_plugin.perf`` (``harness/perf.py``) at tiny sizes: structure and
 positivity only, never timings (the targets are checked by running ``python harness/perf.py``, not by unit tests)."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,15 @@ def test_one_round_robin_times_towers_steps_and_extras() -> None:
     extra = {f"uniclip:{k}": f for k, f in steps.part_passes("uniclip_mpnce", f"UniCLIP-{SIZE}", BATCH).items()}
     rows, medians = steps.method_steps(SIZE, BATCH, iters=1, warmup=0, methods=("clip", "uniclip_mpnce"), extra=extra)
     assert list(rows) == ["clip", "uniclip_mpnce"]
-    assert set(medians) == {"image", "text", "image_x2", "uniclip:views", "uniclip:aug_embed", "uniclip:loss",
-                            "uniclip:optimizer"}
+    assert set(medians) == {
+        "image",
+        "text",
+        "image_x2",
+        "uniclip:views",
+        "uniclip:aug_embed",
+        "uniclip:loss",
+        "uniclip:optimizer",
+    }
     assert all(_positive(v) for v in medians.values())
     uni = rows["uniclip_mpnce"]
     assert uni["bound"] == pytest.approx(steps.bound_of(2, 1, medians))
@@ -92,11 +100,17 @@ def test_two_process_gather_loss_time() -> None:
 
 
 def test_data_efficiency_interpolates_and_reports_not_reached() -> None:
-    clip = [{"epoch": e, "step": 50 * e, "seconds": 1.0 * e, "val_r1": 20.0 * e} for e in (1, 2)]   # final 40 @ 100
-    curves = {"clip": {"0": clip, "1": clip},
-              "uniclip": {"0": [{"epoch": 1, "step": 20, "seconds": 1.0, "val_r1": 30.0},
-                                {"epoch": 2, "step": 40, "seconds": 2.0, "val_r1": 50.0}],
-                          "1": [{"epoch": 1, "step": 100, "seconds": 1.0, "val_r1": 39.0}]}}
+    clip = [{"epoch": e, "step": 50 * e, "seconds": 1.0 * e, "val_r1": 20.0 * e} for e in (1, 2)]  # final 40 @ 100
+    curves = {
+        "clip": {"0": clip, "1": clip},
+        "uniclip": {
+            "0": [
+                {"epoch": 1, "step": 20, "seconds": 1.0, "val_r1": 30.0},
+                {"epoch": 2, "step": 40, "seconds": 2.0, "val_r1": 50.0},
+            ],
+            "1": [{"epoch": 1, "step": 100, "seconds": 1.0, "val_r1": 39.0}],
+        },
+    }
     eff = efficiency.data_efficiency(curves)
     assert eff["seeds"]["0"]["steps"] == pytest.approx(30.0) and eff["seeds"]["0"]["fraction"] == pytest.approx(0.3)
     assert eff["seeds"]["1"]["steps"] is None and eff["seeds"]["1"]["fraction"] is None
@@ -109,9 +123,14 @@ def test_data_efficiency_interpolates_and_reports_not_reached() -> None:
 def test_accelerator_section_runs_its_steps_on_cpu_and_reports_no_gpu() -> None:
     """The GPU comparison's code path, run on CPU with the tiny configs (the GPU numbers come from harness/perf.py
     itself)."""
-    rows = accelerator.accelerator_compare("cpu", models=(("clip", f"CLIP-{SIZE}"),
-                                                          ("uniclip_mpnce", f"UniCLIP-{SIZE}")),
-                                           batch=BATCH, iters=1, warmup=1, dtype=None)
+    rows = accelerator.accelerator_compare(
+        "cpu",
+        models=(("clip", f"CLIP-{SIZE}"), ("uniclip_mpnce", f"UniCLIP-{SIZE}")),
+        batch=BATCH,
+        iters=1,
+        warmup=1,
+        dtype=None,
+    )
     assert list(rows) == ["clip", "uniclip_mpnce"]
     for row in rows.values():
         assert _positive(row["step_s"]) and _positive(row["samples_per_s"]) and row["peak_allocated_bytes"] is None
@@ -140,4 +159,3 @@ def test_train_threads_times_open_clip_train_steps_per_thread_count() -> None:
         measured = rows[0][f"threads_{count}"]
         assert measured["logged_steps"] >= 3  # steps 2, 4, 6, 8 logged; the first is left out as warm-up
         assert 0 < measured["step_s"] < measured["wall_s"] and 0 <= measured["data_s"] <= measured["step_s"]
-

@@ -1,6 +1,7 @@
 """Plots a reader sees, checked through the matplotlib figures' own properties (never pixels): bar charts on a
 y-range fitted to the values with their error bars, validation curves with one colour per method (thin seeds, thick
 mean), loss curves one panel per method, and the small docs/img PNGs redrawn from a report's tables."""
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,14 @@ def _row(method: str, dataset: str, task: str, metric: str, mean: float, std: fl
 
 
 def test_bar_charts_fit_the_y_range_to_the_values_and_keep_error_bars() -> None:
-    summary = [_row(m, "emoji", "zeroshot_retrieval", metric, mean, 0.01)
-               for m, base in (("uniclip", 0.02), ("clip", 0.05)) for metric, mean in
-               (("image_retrieval_recall@1", base), ("image_retrieval_recall@5", base + 0.1))]
-    summary += [_row(m, "fmnist", "linear_probe", "lp_acc1", mean, 0.005) for m, mean in (("uniclip", 0.72),
-                                                                                         ("clip", 0.82))]
+    summary = [
+        _row(m, "emoji", "zeroshot_retrieval", metric, mean, 0.01)
+        for m, base in (("uniclip", 0.02), ("clip", 0.05))
+        for metric, mean in (("image_retrieval_recall@1", base), ("image_retrieval_recall@5", base + 0.1))
+    ]
+    summary += [
+        _row(m, "fmnist", "linear_probe", "lp_acc1", mean, 0.005) for m, mean in (("uniclip", 0.72), ("clip", 0.82))
+    ]
     figs = task_bar_figures(summary, ["uniclip", "clip"])
     try:
         ret = figs["zeroshot_retrieval"].axes[0]
@@ -56,9 +60,11 @@ def _curve(values: list[float], seconds_per_epoch: float) -> list[dict]:
 
 
 def test_validation_curves_give_each_method_one_colour_thin_seeds_and_a_thick_mean() -> None:
-    curves = {"clip": {str(s): _curve([0.1, 1 + s, 2 + s], 30.0 + s) for s in range(3)},
-              "uniclip": {str(s): _curve([0.1, 0.5 + s, 1.5 + s], 40.0) for s in range(3)},
-              "slip": {"0": _curve([0.1, 0.7, 1.2], 35.0)}}
+    curves = {
+        "clip": {str(s): _curve([0.1, 1 + s, 2 + s], 30.0 + s) for s in range(3)},
+        "uniclip": {str(s): _curve([0.1, 0.5 + s, 1.5 + s], 40.0) for s in range(3)},
+        "slip": {"0": _curve([0.1, 0.7, 1.2], 35.0)},
+    }
     fig = validation_figure(curves)
     try:
         for ax in fig.axes:
@@ -81,8 +87,13 @@ def test_validation_curves_give_each_method_one_colour_thin_seeds_and_a_thick_me
 
 
 def test_loss_curves_get_one_axes_per_method() -> None:
-    curves = {"clip-seed0": [(0, 5.0), (100, 4.0)], "clip-seed1": [(0, 5.1), (100, 4.2)],
-              "uniclip-seed0": [(0, 9.0), (100, 7.0)], "declip-seed0": [(0, 3.0), (100, 2.5)], "slip-seed0": []}
+    curves = {
+        "clip-seed0": [(0, 5.0), (100, 4.0)],
+        "clip-seed1": [(0, 5.1), (100, 4.2)],
+        "uniclip-seed0": [(0, 9.0), (100, 7.0)],
+        "declip-seed0": [(0, 3.0), (100, 2.5)],
+        "slip-seed0": [],
+    }
     fig = loss_figure(curves)
     try:
         assert sorted(ax.get_title() for ax in fig.axes) == ["clip", "declip", "uniclip"]
@@ -105,8 +116,9 @@ def test_docs_images_are_redrawn_from_a_reports_tables(tmp_path: Path) -> None:
     assert len(test) == 16 and test[0]["uniclip (n=3)"] == "12.1 ± 2.8"
     (tmp_path / "RESULTS.md").write_text(report)
     written = images_from_report(tmp_path / "RESULTS.md", tmp_path / "img", "full-tuned")
-    assert sorted(p.name for p in written) == sorted(f"full-tuned_{n}.png" for n in (
-        "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "validation"))
+    assert sorted(p.name for p in written) == sorted(
+        f"full-tuned_{n}.png" for n in ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "validation")
+    )
     for p in written:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(data) < 60_000

@@ -1,6 +1,7 @@
 """Plugin models start from pretrained open_clip weights (offline): a stock CLIP checkpoint file and a pretrained tag
 of the base architecture (a fake tag whose weights sit in huggingface_hub's cache, standing in for the hub). Towers
 equal the file's, the method's own parts stay at their init, and two log lines name the new and the unused keys."""
+
 from __future__ import annotations
 
 import logging
@@ -71,14 +72,16 @@ def _check_started_from_clip(name: str, got: dict[str, torch.Tensor], caplog: py
 
 
 @pytest.mark.parametrize("name", PLUGIN_MODELS)
-def test_stock_clip_file_starts_every_plugin_model(name: str, clip_file: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_stock_clip_file_starts_every_plugin_model(
+    name: str, clip_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     got = _loaded(name, str(clip_file), caplog)
     _check_started_from_clip(name, got, caplog)
 
 
 def test_uniclip_from_clip_keeps_aug_embedding_and_takes_the_image_text_scale(
-        clip_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clip_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     got, fresh = _loaded("UniCLIP-Tiny-32", str(clip_file), caplog), _fresh("UniCLIP-Tiny-32")
     assert "aug_embed.fuse.weight" in got  # not silently built without the augmentation-aware embedding
     want = fresh["logit_scale"].clone()
@@ -88,8 +91,9 @@ def test_uniclip_from_clip_keeps_aug_embedding_and_takes_the_image_text_scale(
     assert "partly from the file (rest at init): logit_scale" in caplog.text
 
 
-def test_declip_from_clip_copies_the_49408_token_rows_and_keeps_the_mask_row(clip_file: Path,
-                                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_declip_from_clip_copies_the_49408_token_rows_and_keeps_the_mask_row(
+    clip_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     got, fresh = _loaded("DeCLIP-Tiny-32", str(clip_file), caplog), _fresh("DeCLIP-Tiny-32")
     clip_rows = stock_clip_state()["token_embedding.weight"]
     assert got["token_embedding.weight"].shape[0] == clip_rows.shape[0] + 1
@@ -130,10 +134,15 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-def test_tag_of_the_base_architecture_from_the_hub_cache(tmp_path: Path, clip_file: Path, offline_hub: None,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_tag_of_the_base_architecture_from_the_hub_cache(
+    tmp_path: Path,
+    clip_file: Path,
+    offline_hub: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     import safetensors.torch
+
     weights = tmp_path / "open_clip_model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in stock_clip_state().items()}, str(weights))
     cache = tmp_path / "hub"
@@ -143,8 +152,9 @@ def test_tag_of_the_base_architecture_from_the_hub_cache(tmp_path: Path, clip_fi
     assert uniclip_plugin.list_pretrained_tags("UniCLIP-Tiny-32") == ["fake_tag"]
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO, logger="uniclip_plugin.pretrained"):
-        model, _, val = uniclip_plugin.create_model_and_transforms("UniCLIP-Tiny-32", pretrained="fake_tag",
-                                                                   cache_dir=str(cache))
+        model, _, val = uniclip_plugin.create_model_and_transforms(
+            "UniCLIP-Tiny-32", pretrained="fake_tag", cache_dir=str(cache)
+        )
     _check_started_from_clip("UniCLIP-Tiny-32", model.state_dict(), caplog)
     assert model.visual.preprocess_cfg["mean"] == (0.5, 0.5, 0.5)  # the tag's preprocessing, as open_clip does
 
@@ -152,7 +162,8 @@ def test_tag_of_the_base_architecture_from_the_hub_cache(tmp_path: Path, clip_fi
 def test_list_pretrained_tags_answers_the_base_architecture() -> None:
     assert "laion2b_s34b_b79k" in uniclip_plugin.list_pretrained_tags("UniCLIP-ViT-B-32")
     assert uniclip_plugin.list_pretrained_tags("UniCLIP-ViT-B-32") == open_clip.list_pretrained_tags_by_model(
-        "ViT-B-32")
+        "ViT-B-32"
+    )
     assert uniclip_plugin.list_pretrained_tags("ViT-B-32") == open_clip.list_pretrained_tags_by_model("ViT-B-32")
     assert pretrained.base_model_name("SLIP-Tiny-32", factory.plugin_model_config("SLIP-Tiny-32")) == BASE
 
@@ -174,14 +185,50 @@ def test_open_clip_train_from_a_clip_file(clip_file: Path, tmp_path: Path) -> No
     import sys
 
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     shards = build_synthetic_pretrain(tmp_path / "shards", n_samples=64, res=32, n_shards=2, seed=0)
-    cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", "uniclip_mpnce", "--model", "UniCLIP-Tiny-32",
-           "--pretrained", str(clip_file), "--train-data", shards["pattern"], "--dataset-type", "webdataset",
-           "--dataset-resampled", "--train-num-samples", "64", "--batch-size", "16", "--epochs", "1", "--lr", "1e-3",
-           "--precision", "fp32", "--device", "cpu", "--workers", "1", "--logs", str(tmp_path / "logs"), "--name",
-           "ft", "--zeroshot-frequency", "0", "--save-frequency", "1", "--seed", "0"]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--loss",
+        "uniclip_mpnce",
+        "--model",
+        "UniCLIP-Tiny-32",
+        "--pretrained",
+        str(clip_file),
+        "--train-data",
+        shards["pattern"],
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        "64",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--logs",
+        str(tmp_path / "logs"),
+        "--name",
+        "ft",
+        "--zeroshot-frequency",
+        "0",
+        "--save-frequency",
+        "1",
+        "--seed",
+        "0",
+    ]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "logs" / "ft" / "out.log").read_text()
     assert "from CLIP checkpoint" in log and "aug_embed.fuse.weight" in log

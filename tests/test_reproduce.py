@@ -1,4 +1,5 @@
 """CI smoke of the study driver on generated data: every stage runs and the report is written."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
-           "--data", str(tmp_path / "data")]
+    cmd = [
+        sys.executable,
+        "harness/reproduce.py",
+        "--profile",
+        "smoke",
+        "--synthetic",
+        "--out",
+        str(tmp_path),
+        "--data",
+        str(tmp_path / "data"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # feedback on long work: "run k of N" per run, each child's output in a file of its run folder, not on stdout
@@ -28,8 +38,10 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     for method in methods:
         assert f"**{method}**" in report
         assert f"| {method} | " in report  # validation / cost / equal wall-clock row
-    assert ("| dataset | task | metric | uniclip (n=1) | clip (n=1) | clip-aug (n=1) | slip (n=1) | declip (n=1) |"
-            in report)
+    assert (
+        "| dataset | task | metric | uniclip (n=1) | clip (n=1) | clip-aug (n=1) | slip (n=1) | declip (n=1) |"
+        in report
+    )
     assert "| uniclip-seed0 |" in report  # learned per-domain-pair temperatures and offsets
     assert "Data efficiency" in report and "validation_curves.png" in report
     # 4 evaluations per run: shapes zero-shot + probe, the full retrieval set, the validation-disjoint retrieval set
@@ -48,10 +60,30 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
     from uniclip_plugin.study import analysis as study
     from uniclip_plugin.study.plan import TUNE_LRS
     from uniclip_plugin.study.run import choose_lr
+
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path),
-           "--data", str(tmp_path / "data"), "--tune", "--tune-profile", "smoke", "--methods", "clip,uniclip",
-           "--threads", "1", "--seeds", "2", "--ablations", "uniclip-v1"]
+    cmd = [
+        sys.executable,
+        "harness/reproduce.py",
+        "--profile",
+        "smoke",
+        "--synthetic",
+        "--out",
+        str(tmp_path),
+        "--data",
+        str(tmp_path / "data"),
+        "--tune",
+        "--tune-profile",
+        "smoke",
+        "--methods",
+        "clip,uniclip",
+        "--threads",
+        "1",
+        "--seeds",
+        "2",
+        "--ablations",
+        "uniclip-v1",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tuning = json.loads((tmp_path / "results" / "smoke-tuned" / "tuning.json").read_text())
@@ -61,7 +93,7 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
         chosen = tuning["chosen"][method]
         assert chosen == choose_lr({float(lr): v for lr, v in scores.items()}, 1e-3)
         # the tuning run's validation curve is the one scored: its best epoch gives the recorded value
-        curve = (tmp_path / "runs" / "tune-smoke" / f"{method}-lr{chosen:g}-seed0" / "checkpoints" / "results.jsonl")
+        curve = tmp_path / "runs" / "tune-smoke" / f"{method}-lr{chosen:g}-seed0" / "checkpoints" / "results.jsonl"
         points = study.val_curve(curve.parents[1], 2, None)
         assert max(p["val_r1"] for p in points if p["epoch"] >= 1) == scores[f"{chosen:g}"]
         run = tmp_path / "runs" / "smoke-tuned" / f"{method}-seed0"
@@ -81,6 +113,7 @@ def test_tuning_picks_each_methods_lr_on_validation_and_trains_with_it(tmp_path:
 
 def test_choose_lr_prefers_the_best_score_then_the_default_then_the_smaller_lr() -> None:
     from uniclip_plugin.study.run import choose_lr
+
     assert choose_lr({5e-4: 1.0, 1e-3: 2.0, 2e-3: 3.0}, 1e-3) == 2e-3
     assert choose_lr({5e-4: 3.0, 1e-3: 3.0, 2e-3: 3.0}, 1e-3) == 1e-3
     assert choose_lr({5e-4: 3.0, 1e-3: 1.0, 2e-3: 3.0}, 1e-3) == 5e-4
@@ -89,19 +122,25 @@ def test_choose_lr_prefers_the_best_score_then_the_default_then_the_smaller_lr()
 
 def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_seeds(tmp_path: Path) -> None:
     from uniclip_plugin.study.report import ablation_table
+
     results = tmp_path / "results.csv"
     header = "method,run,dataset,task,metric,value,model,checkpoint\n"
-    rows = ["uniclip,uniclip-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.25,M,c",
-            "uniclip,uniclip-seed1,heldout_emoji_group,zeroshot_classification,acc1,0.05,M,c",
-            "uniclip-v1,uniclip-v1-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.20,M,c",
-            "uniclip-v1,uniclip-v1-seed0,fmnist,zeroshot_classification,acc1,0.5,M,c"]  # no full-model value: no column
+    rows = [
+        "uniclip,uniclip-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.25,M,c",
+        "uniclip,uniclip-seed1,heldout_emoji_group,zeroshot_classification,acc1,0.05,M,c",
+        "uniclip-v1,uniclip-v1-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.20,M,c",
+        "uniclip-v1,uniclip-v1-seed0,fmnist,zeroshot_classification,acc1,0.5,M,c",
+    ]  # no full-model value: no column
     results.write_text(header + "\n".join(rows) + "\n")
-    curves = [{"method": "uniclip", "final_val_r1": [2.0, 1.0]}, {"method": "uniclip-v1", "final_val_r1": [1.5]},
-              {"method": "uniclip-infonce", "final_val_r1": []}]
+    curves = [
+        {"method": "uniclip", "final_val_r1": [2.0, 1.0]},
+        {"method": "uniclip-v1", "final_val_r1": [1.5]},
+        {"method": "uniclip-infonce", "final_val_r1": []},
+    ]
     lines = ablation_table(results, curves, "uniclip", ["uniclip-v1", "uniclip-infonce"])
     assert lines[0] == "| run | seeds | final val R@1 | group zero-shot |"
-    assert lines[2] == "| uniclip | 0..1 | 1.5 | 15.0 |"                      # mean over its own seeds
-    assert lines[3] == "| uniclip-v1 | 0 | 1.5 (Δ -0.5) | 20.0 (Δ -5.0) |"    # against the full model's seed 0
+    assert lines[2] == "| uniclip | 0..1 | 1.5 | 15.0 |"  # mean over its own seeds
+    assert lines[3] == "| uniclip-v1 | 0 | 1.5 (Δ -0.5) | 20.0 (Δ -5.0) |"  # against the full model's seed 0
     assert lines[4] == "| uniclip-infonce | – | – | – |"
 
 
@@ -110,6 +149,7 @@ def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_pa
     error instead of being reported under the new lr."""
     from uniclip_plugin.study.plan import METHODS, PROFILES
     from uniclip_plugin.study.run import stale_settings, train, train_command
+
     clip, prof, val = METHODS[0], PROFILES["smoke"], {"val": "unused", "val_samples": 1}
     run = tmp_path / "clip-seed0"
     (run / "checkpoints").mkdir(parents=True)
@@ -125,8 +165,17 @@ def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_pa
     command = reused["command"]
     (run / "command.json").write_text(json.dumps(["/old/python", *command[1:]]))
     assert stale_settings(run, command) == []
-    moved = train_command(clip, prof, "/elsewhere/data", 64, tmp_path / "moved", 0,
-                          {"val": "/elsewhere/val", "val_samples": 1}, lr=2e-3, name="clip-seed0")
+    moved = train_command(
+        clip,
+        prof,
+        "/elsewhere/data",
+        64,
+        tmp_path / "moved",
+        0,
+        {"val": "/elsewhere/val", "val_samples": 1},
+        lr=2e-3,
+        name="clip-seed0",
+    )
     assert stale_settings(run, moved) == []
     with pytest.raises(SystemExit, match=r"asks for \(--batch-size 32 -> 64\)"):
         train(clip, dataclasses.replace(prof, batch=64), "data", 64, tmp_path, 0, val, threads=1, lr=2e-3)

@@ -1,4 +1,5 @@
 """The run-folder reader (``uniclip_plugin.runs``) on small hand-written runs of both trainers."""
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,18 @@ def _open_clip_run(root: Path) -> Path:
     """An open_clip_train run: params.txt, command.json, three epochs, results.jsonl and out.log."""
     run = root / "uniclip-seed2"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "params.txt").write_text("batch_size: 32\nlr: 0.001\nmodel: UniCLIP-Tiny-32\nname: uniclip-seed2\n"
-                                    "train_data: /x/{0..3}.tar\n")
+    (run / "params.txt").write_text(
+        "batch_size: 32\nlr: 0.001\nmodel: UniCLIP-Tiny-32\nname: uniclip-seed2\ntrain_data: /x/{0..3}.tar\n"
+    )
     (run / "command.json").write_text(json.dumps(["python", "-m", "uniclip_plugin.cli", "train"]))
     for n in (1, 2, 10):
         _ckpt(run / "checkpoints" / f"epoch_{n}.pt", n)
-    lines = [{"epoch": 0, "image_to_text_R@1": 0.1, "text_to_image_R@1": 0.3, "clip_val_loss": 4.0},
-             {"epoch": 1, "image_to_text_R@1": 0.2, "text_to_image_R@1": 0.4},
-             {"epoch": 1, "image_to_text_R@1": 0.3, "text_to_image_R@1": 0.5, "clip_val_loss": 3.0},  # resumed
-             {"epoch": 2, "zeroshot": 1.0}]  # no retrieval metrics: not a validation point
+    lines = [
+        {"epoch": 0, "image_to_text_R@1": 0.1, "text_to_image_R@1": 0.3, "clip_val_loss": 4.0},
+        {"epoch": 1, "image_to_text_R@1": 0.2, "text_to_image_R@1": 0.4},
+        {"epoch": 1, "image_to_text_R@1": 0.3, "text_to_image_R@1": 0.5, "clip_val_loss": 3.0},  # resumed
+        {"epoch": 2, "zeroshot": 1.0},
+    ]  # no retrieval metrics: not a validation point
     (run / "checkpoints" / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     (run / "out.log").write_text(
         "2026-01-01,00:00:00 | INFO | Start epoch 0\n"
@@ -38,7 +42,8 @@ def _open_clip_run(root: Path) -> Path:
         "2026-01-01,00:00:02 | INFO | Train Epoch: 1 [ 256/256 (100%)] Data (t): 0.020 Batch (t): 0.300, 640.0/s, "
         "640.0/s/gpu LR: 1.0000e-05 Logit Scale: 14.286 Mpnce_loss: 3.5000e-01 (1.2) Loss: 3.5000e-01 (1.2)\n"
         "2026-01-01,00:00:03 | INFO | Train Epoch: 1 [ 256/256 (100%)] Data (t): 0.030 Batch (t): 0.200, 640.0/s, "
-        "640.0/s/gpu LR: 1.0000e-05 Logit Scale: 14.286 Mpnce_loss: nan (1.2) Loss: nan (1.2)\n")
+        "640.0/s/gpu LR: 1.0000e-05 Logit Scale: 14.286 Mpnce_loss: nan (1.2) Loss: nan (1.2)\n"
+    )
     return run
 
 
@@ -47,15 +52,21 @@ def _deepspeed_run(root: Path) -> Path:
     run = root / "ds-s1"
     run.mkdir(parents=True)
     (run / "params.txt").write_text("batch_size: None\nloss: clip\nmodel: CLIP-Tiny-32\nname: ds-s1\n")
-    (run / "ds_config.json").write_text(json.dumps({"train_batch_size": 64, "gradient_accumulation_steps": 2,
-                                                    "train_micro_batch_size_per_gpu": 16}))
+    (run / "ds_config.json").write_text(
+        json.dumps({"train_batch_size": 64, "gradient_accumulation_steps": 2, "train_micro_batch_size_per_gpu": 16})
+    )
     rows = [{"step": 1, "session": "a", "epoch": 0, "loss": 4.0, "lr": 0.0}, {"step": 2, "session": "a", "loss": 3.5}]
     resumed = [{"step": 2, "session": "b", "epoch": 0, "loss": 3.4}, {"step": 3, "session": "b", "loss": 3.0}]
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 3, "lo\n'
-                                       + "\n".join(json.dumps(r) for r in resumed) + "\n")
+    (run / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows)
+        + '\n{"step": 3, "lo\n'
+        + "\n".join(json.dumps(r) for r in resumed)
+        + "\n"
+    )
     # the log's own line format is not what the curve is read from
-    (run / "out.log").write_text("2026 | INFO | Train Epoch: 0 [32/256 (12%)] step 1/8 Loss: 9.0 LR: 1e-4 "
-                                 "9 samples/s\n")
+    (run / "out.log").write_text(
+        "2026 | INFO | Train Epoch: 0 [32/256 (12%)] step 1/8 Loss: 9.0 LR: 1e-4 9 samples/s\n"
+    )
     (run / "checkpoints" / "step_3").mkdir(parents=True)
     (run / "checkpoints" / "LATEST").write_text("step_3\n")
     _ckpt(run / "export" / "step_5.pt", 0)

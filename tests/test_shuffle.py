@@ -1,5 +1,6 @@
 """The train pipeline's sample shuffle is seeded from (--seed, epoch, rank, worker): a new order every epoch, also with
 open_clip_train's persistent dataloader workers, and the same order for the same (seed, epoch) in a fresh loader."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,17 +27,27 @@ def _no_tokens(text: str) -> torch.Tensor:
 
 
 def _args(pattern: str, seed: int, workers: int, rank: int = 0) -> argparse.Namespace:
-    return argparse.Namespace(train_data=pattern, train_num_samples=N_SAMPLES, train_data_upsampling_factors=None,
-                              dataset_resampled=False, seed=seed, batch_size=BATCH, workers=workers, world_size=1,
-                              rank=rank)
+    return argparse.Namespace(
+        train_data=pattern,
+        train_num_samples=N_SAMPLES,
+        train_data_upsampling_factors=None,
+        dataset_resampled=False,
+        seed=seed,
+        batch_size=BATCH,
+        workers=workers,
+        world_size=1,
+        rank=rank,
+    )
 
 
 def _orders(pattern: str, seed: int, epochs: list[int], workers: int) -> list[list[bytes]]:
     """Each epoch's sample order from one open_clip_train loader, set_epoch'd as ``train_one_epoch`` does."""
     from open_clip_train.data import get_wds_dataset
+
     torch.manual_seed(seed)  # main.py's random_seed(args.seed, rank) precedes the loader
-    info = get_wds_dataset(_args(pattern, seed, workers), _fingerprint, is_train=True, epoch=epochs[0],
-                           tokenizer=_no_tokens)
+    info = get_wds_dataset(
+        _args(pattern, seed, workers), _fingerprint, is_train=True, epoch=epochs[0], tokenizer=_no_tokens
+    )
     loader = info.dataloader.pipeline[0]  # the torch DataLoader inside open_clip_train's WebLoader
     assert loader.persistent_workers == (workers > 0)
     orders = []
@@ -51,6 +62,7 @@ def _same_shard_order_in_epochs_0_and_1(pattern: str) -> int:
     shuffle seeded without the epoch repeats its order."""
     import braceexpand
     from open_clip_train.data import SharedEpoch, detshuffle2
+
     urls = [{"url": u} for u in braceexpand.braceexpand(pattern)]
 
     def order(seed: int, epoch: int) -> list[str]:
@@ -63,8 +75,10 @@ def _same_shard_order_in_epochs_0_and_1(pattern: str) -> int:
 @pytest.fixture(scope="module")
 def pattern(tmp_path_factory: pytest.TempPathFactory) -> str:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
-    info = build_synthetic_pretrain(tmp_path_factory.mktemp("shards"), n_samples=N_SAMPLES, res=16,
-                                    n_shards=N_SHARDS, seed=0)
+
+    info = build_synthetic_pretrain(
+        tmp_path_factory.mktemp("shards"), n_samples=N_SAMPLES, res=16, n_shards=N_SHARDS, seed=0
+    )
     return info["pattern"]
 
 
@@ -94,6 +108,7 @@ def test_order_depends_on_rank_and_worker() -> None:
 def test_open_clip_train_get_data_binds_the_shuffle(pattern: str) -> None:
     """``main.py`` reaches get_wds_dataset through ``get_data`` → ``get_dataset_fn`` (a module-global lookup)."""
     from open_clip_train.data import get_data
+
     args = _args(pattern, 7, 0, rank=1)
     for name, value in dict(dataset_type="webdataset", val_data=None, imagenet_val=None, imagenet_v2=None).items():
         setattr(args, name, value)
@@ -108,6 +123,7 @@ def test_open_clip_train_get_data_binds_the_shuffle(pattern: str) -> None:
 def test_rank_without_args_rank_comes_from_the_launcher(pattern: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The DeepSpeed trainer's namespace has no ``rank``: torchrun's RANK keeps ranks' shuffles apart."""
     from open_clip_train.data import get_wds_dataset
+
     monkeypatch.setenv("RANK", "3")
     args = _args(pattern, 0, 0)
     del args.rank

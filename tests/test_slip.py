@@ -5,6 +5,7 @@ the model's one-pass training forward and plain-CLIP eval, 2 gloo ranks == 1 pro
 Only torch and pytest are imported at the top: ``mp.spawn`` children re-import this module, and the package import
 (open_clip + registration) would cost each of them several seconds (see tests/test_distributed_loss.py).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-import importlib
 
 F64 = torch.float64
 NAME = "SLIP-Tiny-32"
@@ -46,6 +45,7 @@ def _inputs(b: int, d: int, e: int, seed: int) -> tuple[torch.Tensor, ...]:
 # Naive references: explicit loops over rows and candidates, from the formulas of losses/slip.py
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _nll(pos: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
     """−log(e^pos / Σ_c e^c); ``candidates`` include the positive."""
     return -torch.log(torch.exp(pos) / sum(torch.exp(c) for c in candidates))
@@ -54,10 +54,12 @@ def _nll(pos: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
 def naive_clip(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     n = img.shape[0]
-    i2t = [_nll(scale * torch.dot(img[i], txt[i]), [scale * torch.dot(img[i], txt[j]) for j in range(n)])
-           for i in range(n)]
-    t2i = [_nll(scale * torch.dot(txt[i], img[i]), [scale * torch.dot(txt[i], img[j]) for j in range(n)])
-           for i in range(n)]
+    i2t = [
+        _nll(scale * torch.dot(img[i], txt[i]), [scale * torch.dot(img[i], txt[j]) for j in range(n)]) for i in range(n)
+    ]
+    t2i = [
+        _nll(scale * torch.dot(txt[i], img[i]), [scale * torch.dot(txt[i], img[j]) for j in range(n)]) for i in range(n)
+    ]
     return (torch.stack(i2t).mean() + torch.stack(t2i).mean()) / 2
 
 
@@ -84,6 +86,7 @@ def _total(out: dict[str, torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------------
 # Loss: exactness, gradient, contract
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("b", [1, 2, 5])
@@ -121,15 +124,16 @@ def test_gradcheck_and_gradient_equals_reference() -> None:
     slip = _loss_module()
     leaves = [t.clone().requires_grad_() for t in _inputs(3, 4, 3, seed=7)]
 
-    def total(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, z_1: torch.Tensor, z_2: torch.Tensor
-              ) -> torch.Tensor:
+    def total(
+        img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, z_1: torch.Tensor, z_2: torch.Tensor
+    ) -> torch.Tensor:
         return _total(slip.slip_loss(img, txt, scale, z_1, z_2, ssl_scale=0.7, ssl_temp=0.2))
 
     assert torch.autograd.gradcheck(total, tuple(leaves))
     got = torch.autograd.grad(total(*leaves), leaves)
     img, txt, scale, z_1, z_2 = leaves
     want = torch.autograd.grad(naive_clip(img, txt, scale) + 0.7 * naive_ntxent(z_1, z_2, 0.2), leaves)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert torch.allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
@@ -158,12 +162,15 @@ def test_float32_under_bf16_autocast() -> None:
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _model(**kwargs: Any) -> Any:
     import open_clip
 
     import uniclip_plugin
+
     uniclip_plugin.register()  # import alone registers nothing
     from uniclip_plugin.model.slip import SLIP
+
     torch.manual_seed(0)
     model = open_clip.create_model(NAME, output_dict=True, **kwargs)
     assert isinstance(model, SLIP)
@@ -172,6 +179,7 @@ def _model(**kwargs: Any) -> Any:
 
 def _batch(b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     import open_clip
+
     images = torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     return images, open_clip.get_tokenizer(NAME)([f"a photo of thing {i}" for i in range(b)])
 
@@ -185,16 +193,22 @@ def test_training_forward_contract_and_one_tower_pass() -> None:
     model = _model(embed_dim=32)  # D = 32 ≠ vision width 64: the head input must be the width
     model.train()
     seen: list[torch.Tensor] = []
-    hooks = [model.visual.register_forward_pre_hook(lambda _m, args: seen.append(args[0])),
-             model.visual.transformer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))]
+    hooks = [
+        model.visual.register_forward_pre_hook(lambda _m, args: seen.append(args[0])),
+        model.visual.transformer.register_forward_pre_hook(lambda _m, args: seen.append(args[0])),
+    ]
     images, texts = _batch(b=4)
     out = model(images, texts)
     for h in hooks:
         h.remove()
     assert [tuple(x.shape[:1]) for x in seen] == [(12,), (12,)]  # ONE tower pass (and transformer pass) for 3·B views
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "image_features": (4, 32), "text_features": (4, 32), "logit_scale": (),
-        "ssl_embed_1": (4, 64), "ssl_embed_2": (4, 64)}
+        "image_features": (4, 32),
+        "text_features": (4, 32),
+        "logit_scale": (),
+        "ssl_embed_1": (4, 64),
+        "ssl_embed_2": (4, 64),
+    }
     assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(4), atol=1e-6)
     assert torch.allclose(out["logit_scale"], torch.tensor(1 / 0.07), rtol=1e-6)
     assert model.image_mlp.layer1.in_features == 64 == model.visual.transformer.width
@@ -202,7 +216,7 @@ def test_training_forward_contract_and_one_tower_pass() -> None:
     # Outputs from the captured views: CLIP embedding of view 0; head on the pre-projection feature of views 1, 2.
     views = seen[0].detach()
     with torch.no_grad():
-        pooled = _reference_pooled(model.visual, views)                                    # [12, 64]
+        pooled = _reference_pooled(model.visual, views)  # [12, 64]
         assert torch.allclose(out["image_features"], F.normalize(model.visual(views[:4]), dim=-1), atol=1e-6)
         for k, part in ((1, slice(4, 8)), (2, slice(8, 12))):  # BatchNorm statistics per view, as SLIP
             assert torch.allclose(out[f"ssl_embed_{k}"], model.image_mlp(pooled[part]), atol=1e-5)
@@ -232,6 +246,7 @@ def test_joint_batchnorm_option() -> None:
 
 def test_eval_forward_is_plain_clip_and_towers_share_state_dict_names() -> None:
     import open_clip
+
     model = _model().eval()
     clip = open_clip.create_model("CLIP-Tiny-32", output_dict=True).eval()
     tower_state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_mlp.")}
@@ -257,8 +272,13 @@ def test_config_errors_are_one_line_plugin_errors() -> None:
     from uniclip_plugin.config import from_dict
     from uniclip_plugin.errors import PluginError
     from uniclip_plugin.model.slip import SLIPCfg
-    for values, match in (({"ssl_views": 3}, "ssl_views must be 2"), ({"ssl_view_preset": "strong"}, "choices"),
-                          ({"ssl_mlp_dim": 0}, "ssl_mlp_dim"), ({"ssl_heads": 2}, "valid keys")):
+
+    for values, match in (
+        ({"ssl_views": 3}, "ssl_views must be 2"),
+        ({"ssl_view_preset": "strong"}, "choices"),
+        ({"ssl_mlp_dim": 0}, "ssl_mlp_dim"),
+        ({"ssl_heads": 2}, "valid keys"),
+    ):
         with pytest.raises(PluginError, match=match) as err:
             from_dict(SLIPCfg, values, "slip_cfg")
         assert "\n" not in str(err.value)
@@ -268,12 +288,17 @@ def test_configs_share_towers_with_their_clip_configs() -> None:
     import json
 
     import uniclip_plugin
+
     configs = Path(uniclip_plugin.__file__).parent / "model_configs"
-    for slip_name, base in (("SLIP-Tiny-32", "CLIP-Tiny-32"), ("SLIP-Tiny-64", "CLIP-Tiny-64"),
-                            ("SLIP-ViT-B-32", "UniCLIP-ViT-B-32")):
+    for slip_name, base in (
+        ("SLIP-Tiny-32", "CLIP-Tiny-32"),
+        ("SLIP-Tiny-64", "CLIP-Tiny-64"),
+        ("SLIP-ViT-B-32", "UniCLIP-ViT-B-32"),
+    ):
         slip_cfg, base_cfg = (json.loads((configs / f"{n}.json").read_text()) for n in (slip_name, base))
-        assert {k: slip_cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")} == \
-               {k: base_cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")}
+        assert {k: slip_cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")} == {
+            k: base_cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")
+        }
         assert "slip_cfg" in slip_cfg
     assert json.loads((configs / "SLIP-ViT-B-32.json").read_text())["slip_cfg"]["ssl_mlp_dim"] == 4096
 
@@ -282,15 +307,18 @@ def test_configs_share_towers_with_their_clip_configs() -> None:
 # CLI wiring and errors
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_cli_flags_build_the_loss_and_whole_image_transform() -> None:
-    import open_clip
 
+def test_cli_flags_build_the_loss_and_whole_image_transform() -> None:
     import argparse
+
+    import open_clip
 
     from uniclip_plugin import integration
     from uniclip_plugin.cli import plugin_parser
-    ours, rest = plugin_parser().parse_known_args(["--loss", "slip", "--ssl-scale", "0.5", "--ssl-temp", "0.2",
-                                                   "--local-loss"])
+
+    ours, rest = plugin_parser().parse_known_args(
+        ["--loss", "slip", "--ssl-scale", "0.5", "--ssl-temp", "0.2", "--local-loss"]
+    )
     assert rest == ["--local-loss"]
     setup = integration.prepare(ours)
     loss = setup.build_loss(argparse.Namespace(local_loss=True, rank=0, world_size=1))
@@ -303,6 +331,7 @@ def test_cli_flags_build_the_loss_and_whole_image_transform() -> None:
 
 def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     from uniclip_plugin.cli import main
+
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -336,13 +365,16 @@ def _run(fn: Any, features: tuple[torch.Tensor, ...], **kw: Any) -> list[torch.T
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     from uniclip_plugin.testing.gloo_group import gloo_group
+
     with gloo_group(rank, WORLD, init_file):
         slip = _loss_module(light=True)
         img, txt, scale, z_1, z_2 = _inputs(WORLD * B_LOCAL, 6, 5, seed=11)
         part = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
         local = (img[part], txt[part], scale, z_1[part], z_2[part])
-        results = {name: _run(slip.slip_loss, local, local_loss=local_loss, rank=rank, world_size=WORLD)
-                   for name, local_loss in (("local", True), ("global_rows", False))}
+        results = {
+            name: _run(slip.slip_loss, local, local_loss=local_loss, rank=rank, world_size=WORLD)
+            for name, local_loss in (("local", True), ("global_rows", False))
+        }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -372,17 +404,58 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
 # End to end: open_clip train --loss slip
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     shards = build_synthetic_pretrain(tmp_path_factory.mktemp("slip_shards"), n_samples=512, res=32, n_shards=4)
     logs = tmp_path_factory.mktemp("slip_logs")
-    cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", "slip", "--model", NAME,
-           "--train-data", shards["pattern"], "--dataset-type", "webdataset", "--dataset-resampled",
-           "--train-num-samples", "512", "--batch-size", "32", "--epochs", "3", "--lr", "2e-3", "--wd", "0.1",
-           "--warmup", "5", "--precision", "fp32", "--device", "cpu", "--workers", "1", "--logs", str(logs),
-           "--name", "slip", "--log-every-n-steps", "4", "--zeroshot-frequency", "0", "--save-frequency", "3",
-           "--seed", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--loss",
+        "slip",
+        "--model",
+        NAME,
+        "--train-data",
+        shards["pattern"],
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        "512",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "3",
+        "--lr",
+        "2e-3",
+        "--wd",
+        "0.1",
+        "--warmup",
+        "5",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--logs",
+        str(logs),
+        "--name",
+        "slip",
+        "--log-every-n-steps",
+        "4",
+        "--zeroshot-frequency",
+        "0",
+        "--save-frequency",
+        "3",
+        "--seed",
+        "0",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -404,6 +477,7 @@ def test_checkpoint_loads_in_stock_open_clip_and_encodes_identically(trained: Pa
     import open_clip
 
     from uniclip_plugin.model.slip import SLIP
+
     ckpt = trained / "checkpoints" / "epoch_3.pt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     live = open_clip.create_model(NAME)

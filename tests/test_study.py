@@ -1,4 +1,5 @@
 """The study's validation split and curve analyses (harness/study.py)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ def test_best_epoch_interpolation_and_first_reach() -> None:
 
 
 def test_data_efficiency_is_the_fraction_of_the_baselines_steps() -> None:
-    curves = {"clip": {"0": _curve([(10, 1, 1.0), (20, 2, 2.0), (40, 4, 3.0)])},
-              "uniclip": {"0": _curve([(10, 1, 2.0), (20, 2, 4.0), (40, 4, 5.0)])}}
+    curves = {
+        "clip": {"0": _curve([(10, 1, 1.0), (20, 2, 2.0), (40, 4, 3.0)])},
+        "uniclip": {"0": _curve([(10, 1, 2.0), (20, 2, 4.0), (40, 4, 5.0)])},
+    }
     (row,) = study.data_efficiency(curves)
     assert row["target_val_r1"] == 3.0 and row["steps_to_reach"] == 15 and row["fraction"] == 15 / 40
     curves["uniclip"]["0"] = _curve([(10, 1, 0.5), (40, 4, 1.0)])
@@ -38,10 +41,11 @@ def test_validation_and_test_retrieval_sets_are_disjoint_and_complete(tmp_path: 
     val = [s["__key__"] for s in read_shards(info["val"])]
     test_dir = Path(info["test"]) / "test"
     n = int((test_dir / "nshards.txt").read_text())
-    test = [s["__key__"] for i in range(n)
-            for s in read_shards(str(test_dir / f"{i}.tar"))]
-    full = [s["__key__"] for s in read_shards(sorted(str(p) for p in (tmp_path / "wds" / "synth_retrieval" /
-                                                                           "test").glob("*.tar")))]
+    test = [s["__key__"] for i in range(n) for s in read_shards(str(test_dir / f"{i}.tar"))]
+    full = [
+        s["__key__"]
+        for s in read_shards(sorted(str(p) for p in (tmp_path / "wds" / "synth_retrieval" / "test").glob("*.tar")))
+    ]
     assert not set(val) & set(test) and sorted(val + test) == sorted(full)
     assert (info["val_samples"], info["test_samples"]) == (len(val), len(test)) and val and test
     again = study.build_study_splits(tmp_path, retrieval="synth_retrieval", classification="synth_shapes")
@@ -52,12 +56,13 @@ def test_tone_confusions_split_top1_into_hit_tone_confusion_and_other_miss() -> 
     import torch
 
     from uniclip_plugin.bench.tone_confusions import classify_top1, tone_free
+
     assert tone_free("Man: Medium-Dark skin tone, red hair") == tone_free("man: light skin tone, red hair")
     assert tone_free("man: dark skin tone") != tone_free("woman: dark skin tone")
     captions = ["man: light skin tone", "man: dark skin tone", "chicken", "kiss: light skin tone, dark skin tone"]
     sim = torch.eye(4)
-    sim[0, 1] = 2.0   # image 0's top caption: the same man in another tone
-    sim[2, 3] = 2.0   # image 2's top caption: another emoji
+    sim[0, 1] = 2.0  # image 0's top caption: the same man in another tone
+    sim[2, 3] = 2.0  # image 2's top caption: another emoji
     r = classify_top1(sim, captions)
     assert (r["i2t_r1"], r["i2t_tone_confusion"], r["i2t_other_miss"]) == (0.5, 0.25, 0.25)
     assert r["i2t_r1_tone_free"] == 0.75
@@ -70,11 +75,22 @@ def test_report_quotes_commands_relative_to_the_project_root(tmp_path: Path) -> 
     import sys
 
     from uniclip_plugin.study.report import relative_command
+
     root = tmp_path / "project"
-    cmd = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--train-data",
-           str(root / "data" / "pretrain" / "emoji-{000000..000007}.tar"), "--logs", str(root / "runs" / "quick"),
-           "--models", f"u@best-seed0={root}/runs/quick/u-seed0/checkpoints/epoch_5.pt:UniCLIP-Tiny-32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--train-data",
+        str(root / "data" / "pretrain" / "emoji-{000000..000007}.tar"),
+        "--logs",
+        str(root / "runs" / "quick"),
+        "--models",
+        f"u@best-seed0={root}/runs/quick/u-seed0/checkpoints/epoch_5.pt:UniCLIP-Tiny-32",
+    ]
     assert relative_command(cmd, root) == (
         "python -m uniclip_plugin.cli train --train-data data/pretrain/emoji-{000000..000007}.tar --logs runs/quick "
-        "--models u@best-seed0=runs/quick/u-seed0/checkpoints/epoch_5.pt:UniCLIP-Tiny-32")
+        "--models u@best-seed0=runs/quick/u-seed0/checkpoints/epoch_5.pt:UniCLIP-Tiny-32"
+    )
     assert relative_command(["--out", str(root), "--data", str(tmp_path / "data")], root) == "--out . --data ../data"

@@ -1,5 +1,6 @@
 """DeCLIP text augmentation: EDA ops (textaugment semantics, explicit RNG), its determinism, the WordNet reader on a
 tiny generated database, and MLM masking rates (15 %, 80/10/10) within binomial bounds."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,30 @@ import pytest
 import torch
 
 from uniclip_plugin.errors import PluginError
-from uniclip_plugin.text_aug import (EDA, EDA_OPS, EOT_TOKEN_ID, IGNORE_INDEX, MASK_TOKEN_ID, NLTK_ENGLISH_STOPWORDS,
-                                     SOT_TOKEN_ID, EDATokenizer, WordNetSynonyms, caption_rng, find_wordnet_dir,
-                                     mask_tokens)
+from uniclip_plugin.text_aug import (
+    EDA,
+    EDA_OPS,
+    EOT_TOKEN_ID,
+    IGNORE_INDEX,
+    MASK_TOKEN_ID,
+    NLTK_ENGLISH_STOPWORDS,
+    SOT_TOKEN_ID,
+    EDATokenizer,
+    WordNetSynonyms,
+    caption_rng,
+    find_wordnet_dir,
+    mask_tokens,
+)
 
 TABLE = {"dog": ("hound", "pooch"), "beach": ("shore", "strand"), "red": ("crimson",)}
-CAPTIONS = ["a dog on the beach", "the red dog runs on a red beach", "sunset", "two cats and a dog near the water",
-            "a photo of the sea", ""]
+CAPTIONS = [
+    "a dog on the beach",
+    "the red dog runs on a red beach",
+    "sunset",
+    "two cats and a dog near the water",
+    "a photo of the sea",
+    "",
+]
 
 
 def fake_synonyms(word: str) -> tuple[str, ...]:
@@ -33,29 +51,38 @@ def write_fake_wordnet(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     header = "  1 This software and database is being provided to you\r\n  2 by Princeton University.\r\n"
     data = {
-        "noun": [("00001000", ["dog", "domestic_dog", "Canis_familiaris"]), ("00002000", ["beach"]),
-                 ("00003000", ["frump", "dog"]), ("00004000", ["cat", "true_cat"])],
+        "noun": [
+            ("00001000", ["dog", "domestic_dog", "Canis_familiaris"]),
+            ("00002000", ["beach"]),
+            ("00003000", ["frump", "dog"]),
+            ("00004000", ["cat", "true_cat"]),
+        ],
         "verb": [("00001000", ["run"]), ("00002000", ["dog", "chase", "tag-along"])],
         "adj": [("00001000", ["red(a)", "reddish", "ruddy"])],
         "adv": [],
     }
     for pos_name, synsets in data.items():
-        lines = [f"{off} 05 {pos_name[0]} {len(words):02x} " + " ".join(f"{w} 0" for w in words) + " 000 | gloss"
-                 for off, words in synsets]
-        (root / f"data.{pos_name}").write_bytes((header + "".join(l + "  \r\n" for l in lines)).encode())
+        lines = [
+            f"{off} 05 {pos_name[0]} {len(words):02x} " + " ".join(f"{w} 0" for w in words) + " 000 | gloss"
+            for off, words in synsets
+        ]
+        (root / f"data.{pos_name}").write_bytes((header + "".join(line + "  \r\n" for line in lines)).encode())
         lemmas: dict[str, list[str]] = {}
         for off, words in synsets:
             for w in words:
                 lemmas.setdefault(w.split("(")[0].lower(), []).append(off)
-        index = [f"{lemma} {pos_name[0]} {len(offs)} 1 @ {len(offs)} 0 " + " ".join(offs)
-                 for lemma, offs in sorted(lemmas.items())]
-        (root / f"index.{pos_name}").write_bytes((header + "".join(l + "  \r\n" for l in index)).encode())
+        index = [
+            f"{lemma} {pos_name[0]} {len(offs)} 1 @ {len(offs)} 0 " + " ".join(offs)
+            for lemma, offs in sorted(lemmas.items())
+        ]
+        (root / f"index.{pos_name}").write_bytes((header + "".join(line + "  \r\n" for line in index)).encode())
     (root / "noun.exc").write_text("mice mouse\n")
     (root / "verb.exc").write_text("ran run\n")
     return root
 
 
 # ------------------------------------------------------------------------------------------------------------ EDA ops
+
 
 def test_synonym_replacement_replaces_every_occurrence_of_one_word_with_a_table_synonym() -> None:
     eda = EDA(fake_synonyms)
@@ -64,14 +91,14 @@ def test_synonym_replacement_replaces_every_occurrence_of_one_word_with_a_table_
     for seed in range(60):
         new = eda.synonym_replacement(words, random.Random(seed))
         assert len(new) == len(words)
-        changed = {i for i, (a, b) in enumerate(zip(words, new)) if a != b}
+        changed = {i for i, (a, b) in enumerate(zip(words, new, strict=False)) if a != b}
         originals = {words[i] for i in changed}
-        assert len(originals) == 1, (words, new)                       # n=1: one distinct word replaced ...
+        assert len(originals) == 1, (words, new)  # n=1: one distinct word replaced ...
         (orig,) = originals
         assert changed == {i for i, w in enumerate(words) if w == orig}  # ... at every occurrence
-        assert {new[i] for i in changed} <= set(TABLE[orig])              # by one synonym
+        assert {new[i] for i in changed} <= set(TABLE[orig])  # by one synonym
         seen.add(orig)
-    assert seen == {"red", "dog", "beach"}                                # any candidate with synonyms
+    assert seen == {"red", "dog", "beach"}  # any candidate with synonyms
     # stop words and words without synonyms are never touched
     assert eda.synonym_replacement("the a on of".split(), random.Random(0)) == "the a on of".split()
     assert eda.synonym_replacement(["sunset"], random.Random(0)) == ["sunset"]
@@ -91,7 +118,7 @@ def test_random_swap_exchanges_two_positions() -> None:
     # at most 4 tries for a second index (textaugment): with 2 words it almost always swaps, 1 word never
     assert EDA.random_swap(["solo"], random.Random(0)) == ["solo"]
     swapped = sum(EDA.random_swap(["a", "b"], random.Random(s)) == ["b", "a"] for s in range(400))
-    assert swapped >= 400 * (1 - 0.5 ** 4) - 4 * math.sqrt(400 * 0.06)
+    assert swapped >= 400 * (1 - 0.5**4) - 4 * math.sqrt(400 * 0.06)
 
 
 def test_random_deletion_keeps_an_ordered_subsequence_at_rate_p() -> None:
@@ -101,7 +128,7 @@ def test_random_deletion_keeps_an_ordered_subsequence_at_rate_p() -> None:
     for seed in range(500):
         new = eda.random_deletion(words, random.Random(seed))
         it = iter(words)
-        assert all(w in it for w in new)                                   # subsequence, order kept
+        assert all(w in it for w in new)  # subsequence, order kept
         kept_total += len(new)
     n = 500 * 20
     assert abs(kept_total / n - 0.9) < 5 * math.sqrt(0.09 / n)
@@ -128,13 +155,16 @@ def test_eda_call_picks_one_op_uniformly_and_applies_it() -> None:
 
 # ------------------------------------------------------------------------------------------------------ determinism
 
+
 def _stub_package_code() -> str:
     """Python source that imports uniclip_plugin.text_aug without the package __init__ (which imports open_clip)."""
-    return ("import importlib, importlib.util, sys, types\n"
-            "spec = importlib.util.find_spec('uniclip_plugin')\n"
-            "pkg = types.ModuleType('uniclip_plugin'); pkg.__path__ = list(spec.submodule_search_locations)\n"
-            "sys.modules['uniclip_plugin'] = pkg\n"
-            "ta = importlib.import_module('uniclip_plugin.text_aug')\n")
+    return (
+        "import importlib, importlib.util, sys, types\n"
+        "spec = importlib.util.find_spec('uniclip_plugin')\n"
+        "pkg = types.ModuleType('uniclip_plugin'); pkg.__path__ = list(spec.submodule_search_locations)\n"
+        "sys.modules['uniclip_plugin'] = pkg\n"
+        "ta = importlib.import_module('uniclip_plugin.text_aug')\n"
+    )
 
 
 def test_eda_tokenizer_is_deterministic_under_a_seed_and_independent_of_pythonhashseed() -> None:
@@ -150,7 +180,7 @@ def test_eda_tokenizer_is_deterministic_under_a_seed_and_independent_of_pythonha
     other = EDATokenizer(tokenizer, seed=8, eda=eda)
     assert [other.augment(c) for c in CAPTIONS * 5] != runs[0]
     # the same caption seen again draws afresh (counter), as DeCLIP's global RNG would
-    again = [a for a, c in zip(runs[0], CAPTIONS * 5) if c == CAPTIONS[1]]
+    again = [a for a, c in zip(runs[0], CAPTIONS * 5, strict=False) if c == CAPTIONS[1]]
     assert len(set(again)) > 1
     # [N, 2, ctx]: row 0 the caption, row 1 its EDA version
     wrapped = EDATokenizer(tokenizer, seed=7, eda=eda)
@@ -165,12 +195,19 @@ def test_eda_tokenizer_is_deterministic_under_a_seed_and_independent_of_pythonha
         f"table = {json.dumps({k: list(v) for k, v in TABLE.items()})}\n"
         "eda = ta.EDA(lambda w: tuple(table.get(w, ())))\n"
         f"caps = {json.dumps(CAPTIONS)}\n"
-        "print(json.dumps([eda(c, ta.caption_rng(7, c, -1, i)) for i, c in enumerate(caps * 5)]))\n")
+        "print(json.dumps([eda(c, ta.caption_rng(7, c, -1, i)) for i, c in enumerate(caps * 5)]))\n"
+    )
     outs = []
     for hash_seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, OMP_NUM_THREADS="1")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                              cwd=Path(__file__).resolve().parents[1])
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1] == runs[0]
@@ -178,16 +215,17 @@ def test_eda_tokenizer_is_deterministic_under_a_seed_and_independent_of_pythonha
 
 # --------------------------------------------------------------------------------------------------------- WordNet
 
+
 def test_wordnet_reader_on_a_generated_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_fake_wordnet(tmp_path / "dict")
     syn = WordNetSynonyms(root)
     # all lemmas of all synsets (noun and verb), cleaned like textaugment: '_'/'-' -> ' ', lower-case, letters only
     assert syn("dog") == tuple(sorted({"domestic dog", "canis familiaris", "frump", "chase", "tag along"}))
     assert syn("Dog") == tuple(sorted({"dog", "domestic dog", "canis familiaris", "frump", "chase", "tag along"}))
-    assert syn("dogs") == tuple(sorted(set(syn("dog")) | {"dog"}))      # morphy: dogs -> dog
+    assert syn("dogs") == tuple(sorted(set(syn("dog")) | {"dog"}))  # morphy: dogs -> dog
     assert "true cat" in syn("cats")
-    assert syn("red") == ("reddish", "ruddy")                          # adjective marker "(a)" stripped
-    assert syn("ran") == ("run",)                                      # verb exception list: ran -> run
+    assert syn("red") == ("reddish", "ruddy")  # adjective marker "(a)" stripped
+    assert syn("ran") == ("run",)  # verb exception list: ran -> run
     assert syn("sunset") == ()
     monkeypatch.setenv("UNICLIP_WORDNET_DIR", str(root))
     assert find_wordnet_dir() == root
@@ -211,15 +249,16 @@ def test_real_wordnet_synonyms() -> None:
 
 # ------------------------------------------------------------------------------------------------------------- MLM
 
+
 def _token_batch(n: int, ctx: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(0, ctx - 1, (n,), generator=g)               # caption tokens, truncation included
+    lengths = torch.randint(0, ctx - 1, (n,), generator=g)  # caption tokens, truncation included
     tokens = torch.zeros(n, ctx, dtype=torch.long)
     body = torch.randint(0, SOT_TOKEN_ID, (n, ctx), generator=g)
-    body[:, ::7] = 0                                                      # id 0 ('!') inside captions too
+    body[:, ::7] = 0  # id 0 ('!') inside captions too
     for i, length in enumerate(lengths.tolist()):
         tokens[i, 0] = SOT_TOKEN_ID
-        tokens[i, 1:1 + length] = body[i, :length]
+        tokens[i, 1 : 1 + length] = body[i, :length]
         tokens[i, 1 + length] = EOT_TOKEN_ID
     return tokens
 
@@ -231,7 +270,7 @@ def test_mlm_masking_rates_and_special_tokens() -> None:
     eot = (tokens == EOT_TOKEN_ID).int().argmax(-1, keepdim=True)
     candidate = (positions > 0) & (positions < eot)
     selected = labels != IGNORE_INDEX
-    assert not (selected & ~candidate).any()                              # never SOT, EOT or padding
+    assert not (selected & ~candidate).any()  # never SOT, EOT or padding
     assert torch.equal(masked[~candidate], tokens[~candidate])
     assert torch.equal(labels[selected], tokens[selected])
     assert torch.equal(masked[~selected], tokens[~selected])
@@ -246,18 +285,24 @@ def test_mlm_masking_rates_and_special_tokens() -> None:
     randomised = n_sel - to_mask - unchanged
     assert within(to_mask, n_sel, 0.8) and within(unchanged, n_sel, 0.1 + 0.1 / SOT_TOKEN_ID)
     assert within(randomised, n_sel, 0.1 - 0.1 / SOT_TOKEN_ID)
-    assert int(masked[selected].max()) <= MASK_TOKEN_ID and int(masked[selected & (masked != MASK_TOKEN_ID)].max()) \
-        < SOT_TOKEN_ID                                                    # random ids are regular tokens
+    assert (
+        int(masked[selected].max()) <= MASK_TOKEN_ID
+        and int(masked[selected & (masked != MASK_TOKEN_ID)].max()) < SOT_TOKEN_ID
+    )  # random ids are regular tokens
     again, again_labels = mask_tokens(tokens, generator=torch.Generator().manual_seed(1))
     assert torch.equal(again, masked) and torch.equal(again_labels, labels)
     truncated = torch.full((1, 8), 5)
-    truncated[0, 0], truncated[0, -1] = SOT_TOKEN_ID, EOT_TOKEN_ID          # open_clip's truncation keeps EOT last
+    truncated[0, 0], truncated[0, -1] = SOT_TOKEN_ID, EOT_TOKEN_ID  # open_clip's truncation keeps EOT last
     _, lab = mask_tokens(truncated, probability=0.999, generator=torch.Generator().manual_seed(0))
     assert (lab[0, 1:-1] != IGNORE_INDEX).all() and lab[0, 0] == IGNORE_INDEX and lab[0, -1] == IGNORE_INDEX
 
 
 def test_caption_rng_is_keyed_by_all_parts() -> None:
-    draws = {caption_rng(0, "a", 0).random(), caption_rng(1, "a", 0).random(), caption_rng(0, "b", 0).random(),
-             caption_rng(0, "a", 1).random()}
+    draws = {
+        caption_rng(0, "a", 0).random(),
+        caption_rng(1, "a", 0).random(),
+        caption_rng(0, "b", 0).random(),
+        caption_rng(0, "a", 1).random(),
+    }
     assert len(draws) == 4
     assert caption_rng(3, "x", 2).random() == caption_rng(3, "x", 2).random()

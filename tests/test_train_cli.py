@@ -1,4 +1,5 @@
 """End to end: `open_clip train --loss uniclip_mpnce` on generated webdataset shards (tiny config, CPU, fp32)."""
+
 from __future__ import annotations
 
 import math
@@ -29,14 +30,50 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
 
 
-def _train(logs: Path, name: str, data: str, *extra: str, launcher: list[str] | None = None,
-           resampled: bool = True) -> subprocess.CompletedProcess:
+def _train(
+    logs: Path, name: str, data: str, *extra: str, launcher: list[str] | None = None, resampled: bool = True
+) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable, "-m", "uniclip_plugin.cli"]) + [
-        "train", "--loss", "uniclip_mpnce", "--model", NAME, "--train-data", data, "--dataset-type", "webdataset",
-        *(["--dataset-resampled"] if resampled else []), "--train-num-samples", str(SAMPLES_PER_EPOCH), "--batch-size", str(BATCH),
-        "--lr", "2e-3", "--wd", "0.1", "--warmup", "10", "--precision", "fp32", "--device", "cpu", "--workers", "1",
-        "--logs", str(logs), "--name", name, "--log-every-n-steps", "8", "--zeroshot-frequency", "0",
-        "--save-frequency", "1", "--seed", "0", *extra]
+        "train",
+        "--loss",
+        "uniclip_mpnce",
+        "--model",
+        NAME,
+        "--train-data",
+        data,
+        "--dataset-type",
+        "webdataset",
+        *(["--dataset-resampled"] if resampled else []),
+        "--train-num-samples",
+        str(SAMPLES_PER_EPOCH),
+        "--batch-size",
+        str(BATCH),
+        "--lr",
+        "2e-3",
+        "--wd",
+        "0.1",
+        "--warmup",
+        "10",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "8",
+        "--zeroshot-frequency",
+        "0",
+        "--save-frequency",
+        "1",
+        "--seed",
+        "0",
+        *extra,
+    ]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
 
 
@@ -47,6 +84,7 @@ def _losses(log: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     return build_synthetic_pretrain(tmp_path_factory.mktemp("shards"), n_samples=512, res=32, n_shards=4, seed=0)
 
 
@@ -69,12 +107,14 @@ def test_training_lowers_the_loss(trained: Path) -> None:
 @pytest.mark.slow
 def test_trained_model_beats_chance_retrieval_on_its_training_pairs(trained: Path, shards: dict) -> None:
     from PIL import Image
+
     ckpt = trained / "checkpoints" / "epoch_4.pt"
     model, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained=str(ckpt))  # stock open_clip
     assert isinstance(model, UniCLIP)
     model.eval()
     tokenizer = open_clip.get_tokenizer(NAME)
     import io
+
     images, captions = [], []
     for sample in read_shards(shards["shards"]):
         images.append(preprocess(Image.open(io.BytesIO(sample["png"])).convert("RGB")))
@@ -107,9 +147,12 @@ def test_resume_latest_continues(trained: Path, shards: dict) -> None:
     proc = _train(trained.parent, "uni", shards["pattern"], "--epochs", "5", "--resume", "latest")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (trained / "checkpoints" / "epoch_5.pt").is_file()
-    assert "resuming checkpoint" in (trained / "out.log").read_text().lower() + proc.stdout.lower() + proc.stderr.lower()
+    assert (
+        "resuming checkpoint" in (trained / "out.log").read_text().lower() + proc.stdout.lower() + proc.stderr.lower()
+    )
     # CPU training sets glibc to keep freed memory (uniclip_plugin/cpu_malloc.py) unless the environment chose one
     from uniclip_plugin.cpu_malloc import allocator_env
+
     expected = "allocator left as the environment" if allocator_env() else "keeps freed"
     assert "open_clip train: " in proc.stderr and expected in proc.stderr, proc.stderr[-2000:]
 
@@ -127,8 +170,9 @@ def test_same_seed_gives_the_same_loss_curve(shards: dict, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
-    proc = _train(tmp_path, "accum", shards["pattern"], "--epochs", "1", "--accum-freq", "2",
-                  "--train-num-samples", "256")
+    proc = _train(
+        tmp_path, "accum", shards["pattern"], "--epochs", "1", "--accum-freq", "2", "--train-num-samples", "256"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "accum" / "checkpoints" / "epoch_1.pt").is_file()
 
@@ -136,22 +180,35 @@ def test_accum_freq_2_runs(shards: dict, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_corrupt_image_and_empty_caption_are_skipped_and_counted_in_training(tmp_path: Path) -> None:
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
-    bad = build_synthetic_pretrain(tmp_path / "bad", n_samples=64, res=32, n_shards=1, corrupt_images=2,
-                                   empty_captions=1)
+
+    bad = build_synthetic_pretrain(
+        tmp_path / "bad", n_samples=64, res=32, n_shards=1, corrupt_images=2, empty_captions=1
+    )
     # Not resampled: one epoch streams every sample of the shard exactly once, so the counts are exact.
-    proc = _train(tmp_path, "bad", bad["pattern"], "--epochs", "1", "--train-num-samples", "64", "--batch-size", "8",
-                  resampled=False)
+    proc = _train(
+        tmp_path,
+        "bad",
+        bad["pattern"],
+        "--epochs",
+        "1",
+        "--train-num-samples",
+        "64",
+        "--batch-size",
+        "8",
+        resampled=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr + (tmp_path / "bad" / "out.log").read_text()
-    assert "Skipping the sample" in text and "'corrupt': 2" in text   # logged with a running count
+    assert "Skipping the sample" in text and "'corrupt': 2" in text  # logged with a running count
     assert "'empty_caption': 1" in text and "with an empty caption" in text
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["amp_bf16", "pure_bf16"])
 def test_bf16_precisions_train(shards: dict, tmp_path: Path, precision: str) -> None:
-    proc = _train(tmp_path, precision, shards["pattern"], "--epochs", "1", "--train-num-samples", "128",
-                  "--precision", precision)  # the last --precision wins in argparse
+    proc = _train(
+        tmp_path, precision, shards["pattern"], "--epochs", "1", "--train-num-samples", "128", "--precision", precision
+    )  # the last --precision wins in argparse
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = _losses(tmp_path / precision / "out.log")
     assert losses and all(math.isfinite(v) for v in losses)
@@ -162,8 +219,18 @@ def test_torchrun_two_cpu_processes(shards: dict, tmp_path: Path) -> None:
     open_clip_script = shutil.which("open_clip", path=str(Path(sys.executable).parent))
     assert open_clip_script, "the open_clip console script is not installed (pip install -e .)"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", open_clip_script, "--"]
-    proc = _train(tmp_path, "ddp", shards["pattern"], "--epochs", "1", "--train-num-samples", "256",
-                  "--local-loss", "--gather-with-grad", launcher=launcher)
+    proc = _train(
+        tmp_path,
+        "ddp",
+        shards["pattern"],
+        "--epochs",
+        "1",
+        "--train-num-samples",
+        "256",
+        "--local-loss",
+        "--gather-with-grad",
+        launcher=launcher,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoints" / "epoch_1.pt").is_file()
 
@@ -186,8 +253,10 @@ def test_uniclip_loss_with_plain_clip_model(capsys: pytest.CaptureFixture) -> No
 
 
 def test_missing_data_path(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    err = _one_line_error(capsys, ["train", "--loss", "uniclip_mpnce", "--model", NAME,
-                                   "--train-data", str(tmp_path / "nope-{000..003}.tar")])
+    err = _one_line_error(
+        capsys,
+        ["train", "--loss", "uniclip_mpnce", "--model", NAME, "--train-data", str(tmp_path / "nope-{000..003}.tar")],
+    )
     assert "no such file" in err and "nope-000.tar" in err
 
 
@@ -197,6 +266,7 @@ def test_unknown_subcommand(capsys: pytest.CaptureFixture) -> None:
 
 def test_cpu_is_detected_as_open_clip_train_chooses_it() -> None:
     from uniclip_plugin.cli import _trains_on_cpu
+
     assert _trains_on_cpu("cpu") and _trains_on_cpu("nosuchaccelerator")
     assert _trains_on_cpu("cuda") == (not torch.cuda.is_available())
     assert _trains_on_cpu("cuda:1") == (not torch.cuda.is_available())

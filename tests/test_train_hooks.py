@@ -1,4 +1,5 @@
 """Train-loop glue: metric stripping and the non-finite guard that stops before the optimiser step."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """UniCLIP's options beyond the paper's defaults (docs/METHODS.md §UniCLIP.6): views cut from the source resolution,
 per-view presets (a caption view), the FiLM augmentation embedding, the evaluation parameters, per-pair initial
 temperatures, bounded offsets and a fixed text–text offset; each reaches the model, and checkpoints load by name."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,8 @@ def test_views_from_a_larger_source_equal_the_per_view_reference_at_the_input_si
             assert torch.allclose(rendered[b, v], ref, atol=1e-5), (b, v)
     caption = params[:, 0]
     area = caption[:, 2] * caption[:, 3]
-    assert ((area >= 0.9 - 1e-6) & (area <= 1.0 + 1e-6)).all()       # open_clip's crop scale (0.9, 1)
-    assert (caption[:, [4, 5, 10, 11]] == 0).all()                     # no flip, colour, grayscale or blur
+    assert ((area >= 0.9 - 1e-6) & (area <= 1.0 + 1e-6)).all()  # open_clip's crop scale (0.9, 1)
+    assert (caption[:, [4, 5, 10, 11]] == 0).all()  # no flip, colour, grayscale or blur
 
 
 def test_the_training_transform_delivers_the_source_resolution_uncropped() -> None:
@@ -56,11 +57,12 @@ def test_the_training_transform_delivers_the_source_resolution_uncropped() -> No
     model, train, val = integration.create_model_and_transforms(NAME, setup)
     assert model.view_source_size == 64 and model.visual.image_size == (32, 32)
     from PIL import Image
+
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     assert train(image).shape == (3, 64, 64) and val(image).shape == (3, 32, 32)
-    assert torch.equal(train(image), train(image))                     # deterministic: no random crop
+    assert torch.equal(train(image), train(image))  # deterministic: no random crop
     plain, train_plain, val_plain = integration.create_model_and_transforms(NAME, None)
-    assert train_plain is val_plain                                    # source = input size: the eval transform
+    assert train_plain is val_plain  # source = input size: the eval transform
 
 
 def test_film_starts_as_plain_clip_and_its_encoder_gets_gradient_at_step_0() -> None:
@@ -69,15 +71,15 @@ def test_film_starts_as_plain_clip_and_its_encoder_gets_gradient_at_step_0() -> 
     params = torch.rand(4, 12)
     with torch.no_grad():
         plain = film.visual(images)
-        assert torch.equal(film.encode_image(images, aug_params=params), plain)      # γ = β = 0 at init
+        assert torch.equal(film.encode_image(images, aug_params=params), plain)  # γ = β = 0 at init
     film.train()
     UniversalContrastiveLoss()(**film(images, texts)).backward()
     last = film.aug_embed.encoder[2].weight.grad
-    assert last is not None and last.abs().sum() > 0                    # e(a) gets gradient from the first step
+    assert last is not None and last.abs().sum() > 0  # e(a) gets gradient from the first step
     concat = _model(aug_fusion="concat")
     concat.train()
     UniversalContrastiveLoss()(**concat(images, texts)).backward()
-    assert concat.aug_embed.encoder[2].weight.grad.abs().sum() == 0     # why film: concat's W₂ = 0 blocks it
+    assert concat.aug_embed.encoder[2].weight.grad.abs().sum() == 0  # why film: concat's W₂ = 0 blocks it
 
 
 def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
@@ -98,8 +100,9 @@ def test_evaluation_feeds_the_documented_parameters(fusion: str) -> None:
         want = identity.aug_embed(h, identity_aug_params(4, 1).flatten(0, 1))
         assert torch.allclose(identity.encode_image(images), want)
         assert not torch.allclose(identity.encode_image(images), identity.aug_embed(h, torch.zeros(4, 12)))
-    mean = _trained_like(_model(aug_fusion=fusion, eval_aug_params="caption_mean", views=2,
-                                view_presets=["clip", "simclr"]))
+    mean = _trained_like(
+        _model(aug_fusion=fusion, eval_aug_params="caption_mean", views=2, view_presets=["clip", "simclr"])
+    )
     params = mean.eval_aug_params(4, torch.device("cpu"))
     area = params[0, 2] * params[0, 3]
     assert 0.9 < area < 1.0 and (params[:, [4, 5, 10, 11]] == 0).all()
@@ -113,7 +116,7 @@ def test_per_pair_temperatures_bounded_offsets_and_a_fixed_text_text_offset() ->
     assert torch.allclose(scales, torch.tensor([10.0, 1 / 0.07, 20.0]))
     assert torch.allclose(offsets, torch.full((3,), 0.2))
     with torch.no_grad():
-        model.logit_bias.fill_(50.0)                                     # far out: tanh keeps it inside the bound
+        model.logit_bias.fill_(50.0)  # far out: tanh keeps it inside the bound
     assert (model.domain_similarity_params()[1].abs() <= 0.5).all()
     images, texts = _batch()
     model = _model(init_temperature=[0.1, 0.07, 0.05], offset_bound=0.5, init_offset=0.2, tt_offset="fixed")
@@ -121,20 +124,48 @@ def test_per_pair_temperatures_bounded_offsets_and_a_fixed_text_text_offset() ->
     out = model(images, texts)
     UniversalContrastiveLoss()(**out).backward()
     grad = model.logit_bias.grad
-    assert grad[2] == 0 and grad[:2].abs().sum() > 0                     # TT held, II and IT learn
+    assert grad[2] == 0 and grad[:2].abs().sum() > 0  # TT held, II and IT learn
 
 
 def test_every_new_flag_reaches_the_model_or_the_loss() -> None:
-    argv = ["--loss", "uniclip_mpnce", "--view-presets", "clip,simclr,simclr", "--aug-fusion", "film",
-            "--eval-aug-params", "caption_mean", "--init-temperatures", "0.1,0.07,0.07", "--offset-bound", "0.5",
-            "--tt-offset", "fixed", "--text-positives", "caption", "--mpnce-balance", "group",
-            "--mpnce-group-weights", "1,0.5", "--view-source-size", "64"]
+    argv = [
+        "--loss",
+        "uniclip_mpnce",
+        "--view-presets",
+        "clip,simclr,simclr",
+        "--aug-fusion",
+        "film",
+        "--eval-aug-params",
+        "caption_mean",
+        "--init-temperatures",
+        "0.1,0.07,0.07",
+        "--offset-bound",
+        "0.5",
+        "--tt-offset",
+        "fixed",
+        "--text-positives",
+        "caption",
+        "--mpnce-balance",
+        "group",
+        "--mpnce-group-weights",
+        "1,0.5",
+        "--view-source-size",
+        "64",
+    ]
     setup = integration.prepare(plugin_parser().parse_known_args(argv)[0], rank=0)
     cfg = integration.create_model_and_transforms(NAME, setup)[0].uniclip_cfg
-    assert (cfg.views, cfg.view_presets, cfg.aug_fusion, cfg.eval_aug_params) == (3, ("clip", "simclr", "simclr"),
-                                                                                 "film", "caption_mean")
-    assert (cfg.init_temperature, cfg.offset_bound, cfg.tt_offset, cfg.source_size) == ((0.1, 0.07, 0.07), 0.5,
-                                                                                         "fixed", 64)
+    assert (cfg.views, cfg.view_presets, cfg.aug_fusion, cfg.eval_aug_params) == (
+        3,
+        ("clip", "simclr", "simclr"),
+        "film",
+        "caption_mean",
+    )
+    assert (cfg.init_temperature, cfg.offset_bound, cfg.tt_offset, cfg.source_size) == (
+        (0.1, 0.07, 0.07),
+        0.5,
+        "fixed",
+        64,
+    )
     loss = setup.loss
     assert (loss.text_positives, loss.balance, loss.group_weights) == ("caption", "group", (1.0, 0.5))
 
@@ -154,6 +185,7 @@ def test_a_checkpoint_with_each_fusion_loads_by_its_base_name(fusion: str, tmp_p
 def test_film_applies_gamma_as_a_scale_and_beta_as_a_shift() -> None:
     """z = h ⊙ (1 + γ) + β with [γ; β] = e(a), checked against the encoder's own output on a trained-like embedding."""
     from uniclip_plugin.views import normalize_aug_params
+
     model = _trained_like(_model(aug_fusion="film"))
     h, params = torch.randn(5, 64, generator=torch.Generator().manual_seed(4)), torch.rand(5, 12)
     with torch.no_grad():

@@ -5,6 +5,7 @@ The reference below is independent of views.py: one sample at a time, float64, c
 flip by ``torch.flip``, colour ops written from their formulas (hue through ``colorsys``), blur by explicit
 reflect-indexed taps.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -15,8 +16,17 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-from uniclip_plugin.views import (AUG_PARAM_DIM, AUG_PARAM_NAMES, VIEW_PRESETS, MultiViewAugment, ViewAugCfg,
-                                  apply_aug_params, identity_aug_params, normalize_aug_params, sample_aug_params)
+from uniclip_plugin.views import (
+    AUG_PARAM_DIM,
+    AUG_PARAM_NAMES,
+    VIEW_PRESETS,
+    MultiViewAugment,
+    ViewAugCfg,
+    apply_aug_params,
+    identity_aug_params,
+    normalize_aug_params,
+    sample_aug_params,
+)
 
 MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, torchvision's rgb_to_grayscale
@@ -37,8 +47,9 @@ def _crop(img: torch.Tensor, y0: float, x0: float, h: float, w: float, out_h: in
             sx = min(max((x0 + w * (j + 0.5) / out_w) * width - 0.5, 0.0), width - 1.0)
             xa = int(math.floor(sx))
             xb, ax = min(xa + 1, width - 1), sx - xa
-            res[:, i, j] = ((1 - ay) * ((1 - ax) * img[:, ya, xa] + ax * img[:, ya, xb])
-                            + ay * ((1 - ax) * img[:, yb, xa] + ax * img[:, yb, xb]))
+            res[:, i, j] = (1 - ay) * ((1 - ax) * img[:, ya, xa] + ax * img[:, ya, xb]) + ay * (
+                (1 - ax) * img[:, yb, xa] + ax * img[:, yb, xb]
+            )
     return res
 
 
@@ -57,7 +68,7 @@ def _hue(x: torch.Tensor, shift: float) -> torch.Tensor:
 
 def _blur(x: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(taps**2) / (2 * sigma**2))
     k = k / k.sum()
 
     def reflect(i: torch.Tensor, n: int) -> torch.Tensor:
@@ -65,9 +76,9 @@ def _blur(x: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
         return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
     _, h, w = x.shape
-    cols = reflect(torch.arange(w).view(-1, 1) + taps.long().view(1, -1), w)   # [w, k]
+    cols = reflect(torch.arange(w).view(-1, 1) + taps.long().view(1, -1), w)  # [w, k]
     x = (x[:, :, cols] * k).sum(-1)
-    rows = reflect(torch.arange(h).view(-1, 1) + taps.long().view(1, -1), h)   # [h, k]
+    rows = reflect(torch.arange(h).view(-1, 1) + taps.long().view(1, -1), h)  # [h, k]
     return (x[:, rows, :] * k.view(1, 1, -1, 1)).sum(2)
 
 
@@ -84,7 +95,7 @@ def _reference_view(img: torch.Tensor, q: torch.Tensor, out_h: int, out_w: int, 
         x = _hue(x, q[9])
     if q[10] > 0:
         x = _luma(x).expand(3, -1, -1)
-    scale = min(out_h, out_w) / 224                                   # σ is given at 224 px
+    scale = min(out_h, out_w) / 224  # σ is given at 224 px
     if q[11] > 0:
         radius = min(math.ceil(3 * max_sigma * scale), min(out_h, out_w) - 1)
         x = _blur(x, q[11] * scale, radius)
@@ -96,7 +107,7 @@ def test_each_view_is_recomputed_from_its_parameters() -> None:
     seen = torch.zeros(4)
     for seed in range(3):
         g = torch.Generator().manual_seed(seed)
-        images = torch.rand(3, 3, 20, 24, generator=g)   # non-square source, smaller square output
+        images = torch.rand(3, 3, 20, 24, generator=g)  # non-square source, smaller square output
         params = sample_aug_params(3, 4, STRONG, generator=g, source_aspect=24 / 20)
         views = apply_aug_params(images, params, (12, 12), max_blur_sigma=STRONG.blur_sigma[1])
         assert views.shape == (3, 4, 3, 12, 12) and views.dtype == torch.float32
@@ -112,7 +123,7 @@ def test_module_views_match_their_parameters_after_normalisation() -> None:
     g = torch.Generator().manual_seed(5)
     raw = torch.rand(2, 3, 16, 20, generator=g)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    aug = MultiViewAugment(STRONG, MEAN, STD, out_size=(10, 14))   # non-square output
+    aug = MultiViewAugment(STRONG, MEAN, STD, out_size=(10, 14))  # non-square output
     views, params = aug((raw - mean) / std, 3, generator=torch.Generator().manual_seed(9))
     assert views.shape == (2, 3, 3, 10, 14) and params.shape == (2, 3, AUG_PARAM_DIM)
     rendered = views * std.unsqueeze(1) + mean.unsqueeze(1)
@@ -126,6 +137,7 @@ def test_cpu_blur_of_the_blurred_planes_only_equals_the_accelerator_path(monkeyp
     """On CPU only the planes with σ > 0 are blurred (indexed by value); an accelerator blurs every plane (σ = 0 is a
     delta kernel). Both give the same views, in float32 and bf16, also with no view or every view blurred."""
     import uniclip_plugin.views as views_module
+
     gen = torch.Generator().manual_seed(3)
     images = torch.rand(6, 3, 20, 20, generator=gen)
     params = sample_aug_params(6, 3, STRONG, generator=gen)
@@ -161,8 +173,9 @@ def test_colour_ops_equal_torchvision_in_the_fixed_order() -> None:
     """The jitter / grayscale steps are torchvision's float ops (the SimCLR / SLIP / MoCo-v2 recipe's)."""
     images = torch.rand(4, 3, 9, 9, generator=torch.Generator().manual_seed(3))
     params = identity_aug_params(4, 1)
-    params[:, 0, 5:10] = torch.tensor([[1, 1.3, 0.7, 1.2, 0.08], [1, 0.6, 1.4, 0.6, -0.1],
-                                       [1, 1.0, 1.0, 1.0, 0.05], [0, 1, 1, 1, 0]])
+    params[:, 0, 5:10] = torch.tensor(
+        [[1, 1.3, 0.7, 1.2, 0.08], [1, 0.6, 1.4, 0.6, -0.1], [1, 1.0, 1.0, 1.0, 0.05], [0, 1, 1, 1, 0]]
+    )
     params[3, 0, 10] = 1.0
     views = apply_aug_params(images, params, (9, 9))[:, 0]
     for i in range(3):
@@ -204,8 +217,9 @@ def test_low_precision_inputs_keep_their_dtype(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("preset,aspect", [("simclr", 1.0), ("simclr", 1.5), ("mocov2", 0.75)])
 def test_sampled_parameters_follow_the_config(preset: str, aspect: float) -> None:
     cfg = VIEW_PRESETS[preset]
-    p = sample_aug_params(2000, 2, cfg, generator=torch.Generator().manual_seed(0),
-                          source_aspect=aspect).reshape(-1, AUG_PARAM_DIM)
+    p = sample_aug_params(2000, 2, cfg, generator=torch.Generator().manual_seed(0), source_aspect=aspect).reshape(
+        -1, AUG_PARAM_DIM
+    )
     assert p.dtype == torch.float32
     tol = 4 * math.sqrt(0.25 / p.shape[0])  # 4 binomial standard deviations
     assert abs(p[:, 4].mean().item() - cfg.flip_p) < tol
@@ -214,7 +228,7 @@ def test_sampled_parameters_follow_the_config(preset: str, aspect: float) -> Non
     assert abs((p[:, 11] > 0).float().mean().item() - cfg.blur_p) < tol
     area = p[:, 2] * p[:, 3]
     assert area.min() >= cfg.crop_scale[0] - 1e-6 and area.max() <= cfg.crop_scale[1] + 1e-6
-    ratio = p[:, 3] / p[:, 2] * aspect                            # width / height in pixels
+    ratio = p[:, 3] / p[:, 2] * aspect  # width / height in pixels
     assert ratio.min() >= cfg.crop_ratio[0] - 1e-5 and ratio.max() <= cfg.crop_ratio[1] + 1e-5
     assert (p[:, :4] >= 0).all() and (p[:, 0] + p[:, 2] <= 1 + 1e-6).all() and (p[:, 1] + p[:, 3] <= 1 + 1e-6).all()
     off = p[:, 5] == 0
@@ -230,8 +244,10 @@ def test_sampled_parameters_follow_the_config(preset: str, aspect: float) -> Non
     src = torch.empty(3, height, round(height * aspect))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        boxes = torch.tensor([RandomResizedCrop.get_params(src, list(cfg.crop_scale), list(cfg.crop_ratio))
-                              for _ in range(2000)], dtype=torch.float64)
+        boxes = torch.tensor(
+            [RandomResizedCrop.get_params(src, list(cfg.crop_scale), list(cfg.crop_ratio)) for _ in range(2000)],
+            dtype=torch.float64,
+        )
     tv_area = boxes[:, 2] * boxes[:, 3] / (src.shape[1] * src.shape[2])
     tv_ratio = boxes[:, 3] / boxes[:, 2]
     assert abs(area.double().mean() - tv_area.mean()) < 0.03
@@ -305,6 +321,7 @@ def test_rendering_copies_no_host_tensor_to_the_device() -> None:
         def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
             built_from_data.append(name)
             return fn(*args, **kwargs)
+
         return wrapper
 
     with pytest.MonkeyPatch.context() as mp:

@@ -1,6 +1,7 @@
 """webdataset 0.2.86 (what ``open_clip_torch[training]`` allows) and 1.0.x both work: the pin admits both, and compat
 feature-detects what differs (the end-of-shard marker, ``_shuffle``'s seed argument). The tox env ``wds0286`` runs the
 data tests with 0.2.86 installed; the unit env runs them with 1.0.2."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -42,11 +43,13 @@ def test_pin_admits_what_open_clip_training_allows_and_the_installed_version() -
 
 def test_end_of_shard_marker_is_feature_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     import webdataset.tariterators as tariterators
+
     has_marker = Version(importlib.metadata.version("webdataset")) >= Version("0.2.87")
     assert compat.wds_has_end_of_shard_marker() == has_marker
 
-    def expander_0286(data: Any, handler: Any = None, select_files: Any = None,
-                      rename_files: Any = None) -> Iterator[dict]:
+    def expander_0286(
+        data: Any, handler: Any = None, select_files: Any = None, rename_files: Any = None
+    ) -> Iterator[dict]:
         yield from ()
 
     monkeypatch.setattr(tariterators, "tar_file_expander", expander_0286)  # 0.2.86's signature
@@ -55,6 +58,7 @@ def test_end_of_shard_marker_is_feature_detected(monkeypatch: pytest.MonkeyPatch
 
 def test_seeded_shuffle_passes_rng_which_both_versions_accept() -> None:
     from webdataset.filters import _shuffle
+
     assert "rng" in inspect.signature(_shuffle).parameters  # 0.2.86 has no seed= argument
     stage = compat.EpochSeededShuffle(bufsize=20, initial=20)
     stage.bind(seed=0, rank=0, epoch=0)
@@ -69,11 +73,26 @@ def test_train_pipeline_reads_shards_with_the_installed_version(tmp_path: Path) 
     from open_clip_train.data import get_wds_dataset
 
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     info = build_synthetic_pretrain(tmp_path, n_samples=16, res=16, n_shards=2, seed=0)
-    args = argparse.Namespace(train_data=info["pattern"], train_num_samples=16, train_data_upsampling_factors=None,
-                              dataset_resampled=False, seed=0, batch_size=2, workers=0, world_size=1, rank=0)
-    data = get_wds_dataset(args, lambda image: torch.tensor(image.size), is_train=True, epoch=0,
-                           tokenizer=lambda text: [torch.tensor([len(text)])])
+    args = argparse.Namespace(
+        train_data=info["pattern"],
+        train_num_samples=16,
+        train_data_upsampling_factors=None,
+        dataset_resampled=False,
+        seed=0,
+        batch_size=2,
+        workers=0,
+        world_size=1,
+        rank=0,
+    )
+    data = get_wds_dataset(
+        args,
+        lambda image: torch.tensor(image.size),
+        is_train=True,
+        epoch=0,
+        tokenizer=lambda text: [torch.tensor([len(text)])],
+    )
     batches = list(data.dataloader)
     assert len(batches) == 8 and all(images.shape == (2, 2) for images, _ in batches)
     assert webdataset.__version__ == importlib.metadata.version("webdataset")

@@ -10,6 +10,7 @@ the model functions below call it on first use::
 
 (or ``uniclip_plugin.register()`` once, then open_clip's own functions.)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,6 +26,7 @@ def register() -> None:
     if _REGISTERED:
         return
     from . import compat, factory, methods  # noqa: F401  (methods: registers the built-in specs)
+
     compat.apply_all()
     factory.install()
     _REGISTERED = True
@@ -34,6 +36,7 @@ def create_model(model_name: str, *args: Any, **kwargs: Any) -> Any:
     """``open_clip.create_model`` with the plugin registered (plugin classes for plugin configs)."""
     register()
     from . import factory
+
     return factory.create_model(model_name, *args, **kwargs)
 
 
@@ -41,6 +44,7 @@ def create_model_and_transforms(model_name: str, *args: Any, **kwargs: Any) -> A
     """``open_clip.create_model_and_transforms`` with the plugin registered."""
     register()
     import open_clip
+
     return open_clip.create_model_and_transforms(model_name, *args, **kwargs)
 
 
@@ -48,6 +52,7 @@ def create_model_from_pretrained(model_name: str, *args: Any, **kwargs: Any) -> 
     """``open_clip.create_model_from_pretrained`` with the plugin registered."""
     register()
     import open_clip
+
     return open_clip.create_model_from_pretrained(model_name, *args, **kwargs)
 
 
@@ -56,8 +61,15 @@ def list_pretrained_tags(model_name: str) -> list[str]:
     (``UniCLIP-ViT-B-32`` → ``ViT-B-32``'s), else open_clip's ``list_pretrained_tags_by_model``."""
     register()
     from . import factory
+
     return factory.list_pretrained_tags(model_name)
 
 
-__all__ = ["__version__", "create_model", "create_model_and_transforms", "create_model_from_pretrained",
-           "list_pretrained_tags", "register"]
+__all__ = [
+    "__version__",
+    "create_model",
+    "create_model_and_transforms",
+    "create_model_from_pretrained",
+    "list_pretrained_tags",
+    "register",
+]

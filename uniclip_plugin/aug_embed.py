@@ -10,6 +10,7 @@ from the first step; ``concat`` and ``add`` can only add a vector that does not 
 fused embedding serves image–image and image–text pairs; at evaluation the model feeds the identity view's parameters
 or the caption view's mean parameters (``uniclip_cfg.eval_aug_params``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,7 @@ class AugmentationAwareEmbedding(nn.Module):
         e = self.encoder(normalize_aug_params(aug_params).to(h.dtype))  # [N, D] ([N, 2D] for film)
         if self.fusion == "film":
             gamma, beta = e.chunk(2, dim=-1)
-            return torch.addcmul(h + beta, h, gamma)                      # h·(1 + γ) + β
+            return torch.addcmul(h + beta, h, gamma)  # h·(1 + γ) + β
         if self.fuse is None:
             return h + e
         return self.fuse(torch.cat([h, e], dim=-1))

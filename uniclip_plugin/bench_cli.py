@@ -15,6 +15,7 @@ numbers from ``harness/bench.py`` (fp32). Unchanged caveats: ``--task linear_pro
 (use ``harness/bench.py`` for a CPU probe), and ``--num_workers`` must not exceed a set's shard count (clip_benchmark's
 default is 4; our evaluation sets have 4 shards per split).
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,10 +36,13 @@ def load_uniclip(model_name: str, pretrained: str, cache_dir: Optional[str], dev
         tokenizer.
     """
     from . import register
+
     register()
     import open_clip
-    model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
-                                                                cache_dir=cache_dir, device=device)
+
+    model, _, transform = open_clip.create_model_and_transforms(
+        model_name, pretrained=pretrained or None, cache_dir=cache_dir, device=device
+    )
     model.eval()
     return model, transform, open_clip.get_tokenizer(model_name)
 
@@ -46,8 +50,10 @@ def load_uniclip(model_name: str, pretrained: str, cache_dir: Optional[str], dev
 def register_model_type() -> None:
     """Add ``uniclip`` to clip_benchmark's model types (idempotent)."""
     from . import register
+
     register()
     from clip_benchmark import models
+
     models.TYPE2FUNC["uniclip"] = load_uniclip
     if "uniclip" not in models.MODEL_TYPES:
         # MODEL_TYPES is frozen at import, and cli.py's `--model_type choices=` is this same list object.
@@ -56,6 +62,7 @@ def register_model_type() -> None:
 
 def _cpu_defaults(argv: list[str]) -> list[str]:
     import torch
+
     if argv[:1] == ["eval"] and "--no_amp" not in argv and not torch.cuda.is_available():
         return argv + ["--no_amp"]
     return argv
@@ -72,6 +79,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """
     register_model_type()
     from clip_benchmark import cli
+
     args = _cpu_defaults(list(sys.argv[1:] if argv is None else argv))
     saved = sys.argv
     sys.argv = ["uniclip-benchmark", *args]  # clip_benchmark's parser reads sys.argv

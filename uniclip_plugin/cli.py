@@ -6,6 +6,7 @@ so every open_clip_train flag keeps working. Multi-process: ``torchrun --nproc_p
 ... --local-loss --gather-with-grad`` (the ``--`` avoids torchrun's ``--logs`` abbreviation clash, docs/UPSTREAM.md
 E6). The method glue is ``integration``; this module only parses, checks and runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,11 @@ import torch
 
 from .errors import PluginError
 
-SUBCOMMANDS = {"train": "train a model with open_clip_train and a plugin --loss",
-               "export": "write a plugin checkpoint as an open_clip hub bundle (local-dir: / hf-hub:)",
-               "list": "list plugin losses and model configs"}
+SUBCOMMANDS = {
+    "train": "train a model with open_clip_train and a plugin --loss",
+    "export": "write a plugin checkpoint as an open_clip hub bundle (local-dir: / hf-hub:)",
+    "list": "list plugin losses and model configs",
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -34,8 +37,13 @@ class OneLineParser(argparse.ArgumentParser):
 def plugin_parser() -> argparse.ArgumentParser:
     """The plugin's flags of ``open_clip train`` (everything else is open_clip_train's)."""
     from . import integration
-    parser = OneLineParser(prog="open_clip train", add_help=False, allow_abbrev=False,
-                           description="Plugin flags (all other flags are open_clip_train's).")
+
+    parser = OneLineParser(
+        prog="open_clip train",
+        add_help=False,
+        allow_abbrev=False,
+        description="Plugin flags (all other flags are open_clip_train's).",
+    )
     integration.add_method_arguments(parser)
     return parser
 
@@ -78,13 +86,16 @@ def check_lr(value: Optional[str]) -> None:
     except ValueError:
         lr = math.nan
     if not (math.isfinite(lr) and lr > 0):
-        raise PluginError(f"--lr {value} is not a positive finite learning rate; pass one such as --lr 5e-4 (or omit "
-                          f"--lr for open_clip_train's default)")
+        raise PluginError(
+            f"--lr {value} is not a positive finite learning rate; pass one such as --lr 5e-4 (or omit "
+            f"--lr for open_clip_train's default)"
+        )
 
 
 def _check_pretrained(setup: Any, rest: list[str], model_name: str) -> None:
     """A ``--pretrained`` file of another architecture fails here, in one line, before open_clip_train starts."""
     from . import factory
+
     pretrained = _option(rest, "--pretrained")
     if pretrained:
         factory.check_pretrained(model_name, pretrained, **setup.model_kwargs)
@@ -93,6 +104,7 @@ def _check_pretrained(setup: Any, rest: list[str], model_name: str) -> None:
 def _prepare_run(ours: argparse.Namespace, rest: list[str]) -> None:
     """Check the run's flags and install the method into open_clip_train (one run per process)."""
     from . import integration
+
     spec = integration.registry.get_method(ours.loss)
     check_lr(_option(rest, "--lr"))
     model_name = _option(rest, "--model", "RN50") or "RN50"
@@ -107,6 +119,7 @@ def _prepare_run(ours: argparse.Namespace, rest: list[str]) -> None:
     integration.install_open_clip_train_hooks(setup, log_every=lambda args: args.log_every_n_steps)
     if _trains_on_cpu(_option(rest, "--device", "cuda") or "cuda"):
         from .cpu_malloc import keep_freed_memory
+
         print(f"open_clip train: {keep_freed_memory()}", file=sys.stderr)
 
 
@@ -118,8 +131,10 @@ def train(argv: list[str]) -> int:
         plugin_parser().print_help()
         print("\nopen_clip_train flags:\n")
     from . import register
+
     register()
     import open_clip_train.main as ocm
+
     if not wants_help:
         _prepare_run(ours, rest)
     try:
@@ -129,8 +144,10 @@ def train(argv: list[str]) -> int:
     except SystemExit as exc:  # argparse errors inside open_clip_train
         return int(exc.code or 0)
     if rc == -1:
-        raise PluginError("the experiment folder already exists (open_clip_train refuses to overwrite it); pass a new "
-                          "--name, or --resume latest to continue it")
+        raise PluginError(
+            "the experiment folder already exists (open_clip_train refuses to overwrite it); pass a new "
+            "--name, or --resume latest to continue it"
+        )
     return int(rc or 0)
 
 
@@ -138,8 +155,13 @@ def export(argv: list[str]) -> int:
     """``open_clip export --checkpoint CKPT --model NAME --out DIR [method flags]``: the hub bundle of a plugin
     checkpoint. Method flags that do not change the weights (``--views 3``) must be repeated, as when training."""
     from . import factory, hub, integration, register, registry
-    parser = OneLineParser(prog="open_clip export", allow_abbrev=False, parents=[plugin_parser()],
-                           description="Write a plugin checkpoint as an open_clip hub bundle.")
+
+    parser = OneLineParser(
+        prog="open_clip export",
+        allow_abbrev=False,
+        parents=[plugin_parser()],
+        description="Write a plugin checkpoint as an open_clip hub bundle.",
+    )
     parser.add_argument("--checkpoint", required=True, help="the weights: a checkpoint file or a pretrained tag")
     parser.add_argument("--model", required=True, help="the plugin model config, e.g. UniCLIP-ViT-B-32")
     parser.add_argument("--out", required=True, help="the bundle folder (then --model local-dir:DIR)")
@@ -147,8 +169,9 @@ def export(argv: list[str]) -> int:
     register()
     cfg = factory.plugin_model_config(args.model)
     if cfg is None:
-        raise PluginError(f"--model {args.model} is not a plugin model; choose one of: "
-                          f"{', '.join(factory.plugin_model_names())}")
+        raise PluginError(
+            f"--model {args.model} is not a plugin model; choose one of: {', '.join(factory.plugin_model_names())}"
+        )
     if "--loss" not in argv:  # the method flags belong to the model's method
         args.loss = registry.method_for_marker(registry.marker_of(cfg)).name
     setup = integration.prepare(args)
@@ -161,6 +184,7 @@ def export(argv: list[str]) -> int:
 def list_plugins() -> int:
     """``open_clip list``: the methods and the plugin model configs."""
     from . import factory, register, registry
+
     register()
     print("losses: " + ", ".join(registry.list_methods()))
     print("plugin models: " + ", ".join(factory.plugin_model_names()))
@@ -170,6 +194,7 @@ def list_plugins() -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point; returns the exit code (errors print one line)."""
     from .compat import strip_torchrun_separator
+
     argv = strip_torchrun_separator(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: open_clip <subcommand> [flags]\n\nsubcommands:")

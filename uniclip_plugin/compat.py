@@ -26,6 +26,7 @@ The plugin's other hooks into upstream, so the whole patch list reads in one pla
 (``uniclip_plugin.create_model`` etc.) on first use. The ``open_clip train`` and ``uniclip-benchmark`` hooks are
 installed by those commands.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -56,9 +57,11 @@ def _once(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
                     return
                 fn()
                 _APPLIED.add(name)
+
         wrapper.__name__ = fn.__name__
         wrapper.__doc__ = fn.__doc__
         return wrapper
+
     return deco
 
 
@@ -69,8 +72,10 @@ def check_training_dependencies() -> None:
     """
     missing = [m for m in ("pandas", "requests") if importlib.util.find_spec(m) is None]
     if missing:
-        raise PluginError(f"missing Python packages {missing}: open_clip_train / clip_benchmark import them; "
-                          f"run `pip install {' '.join(missing)}` (or reinstall uniclip-plugin)")
+        raise PluginError(
+            f"missing Python packages {missing}: open_clip_train / clip_benchmark import them; "
+            f"run `pip install {' '.join(missing)}` (or reinstall uniclip-plugin)"
+        )
 
 
 def wds_has_end_of_shard_marker() -> bool:
@@ -81,6 +86,7 @@ def wds_has_end_of_shard_marker() -> bool:
     import inspect
 
     from webdataset.tariterators import tar_file_expander
+
     return "eof_value" in inspect.signature(tar_file_expander).parameters
 
 
@@ -112,6 +118,7 @@ def fix_wds_end_of_shard_marker() -> None:
 
 def _is_shard_read_error(exn: BaseException) -> bool:
     import tarfile
+
     return isinstance(exn, (tarfile.TarError, EOFError))
 
 
@@ -127,34 +134,43 @@ def count_skipped_samples() -> None:
     import logging
 
     import open_clip_train.data as octd
+
     original_filter = octd.filter_no_caption_or_no_image
 
     def filter_no_caption_or_no_image(sample: dict) -> bool:
         if not original_filter(sample):
             SKIPPED_SAMPLES["incomplete"] += 1
-            logging.warning(f"Skipping sample {sample.get('__key__')} without an image or a caption (members "
-                            f"{sorted(k for k in sample if not k.startswith('__'))}; skipped so far in this worker: "
-                            f"{SKIPPED_SAMPLES})")
+            logging.warning(
+                f"Skipping sample {sample.get('__key__')} without an image or a caption (members "
+                f"{sorted(k for k in sample if not k.startswith('__'))}; skipped so far in this worker: "
+                f"{SKIPPED_SAMPLES})"
+            )
             return False
         text = sample["txt"]
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
         if not text.strip():
             SKIPPED_SAMPLES["empty_caption"] += 1
-            logging.warning(f"Skipping sample {sample.get('__key__')} with an empty caption "
-                            f"(skipped so far in this worker: {SKIPPED_SAMPLES})")
+            logging.warning(
+                f"Skipping sample {sample.get('__key__')} with an empty caption "
+                f"(skipped so far in this worker: {SKIPPED_SAMPLES})"
+            )
             return False
         return True
 
     def log_and_continue(exn: BaseException) -> bool:
         if _is_shard_read_error(exn):
             SKIPPED_SAMPLES["shard_read_error"] += 1
-            logging.warning(f"Shard read error ({exn!r}): skipping the rest of the shard "
-                            f"(skipped so far in this worker: {SKIPPED_SAMPLES})")
+            logging.warning(
+                f"Shard read error ({exn!r}): skipping the rest of the shard "
+                f"(skipped so far in this worker: {SKIPPED_SAMPLES})"
+            )
             return True
         SKIPPED_SAMPLES["corrupt"] += 1
-        logging.warning(f"Handling webdataset error ({exn!r}). Skipping the sample "
-                        f"(skipped so far in this worker: {SKIPPED_SAMPLES})")
+        logging.warning(
+            f"Handling webdataset error ({exn!r}). Skipping the sample "
+            f"(skipped so far in this worker: {SKIPPED_SAMPLES})"
+        )
         return True
 
     UPSTREAM["filter_no_caption_or_no_image"] = original_filter
@@ -174,6 +190,7 @@ def fix_numpy24_accuracy() -> None:
     """E4: numpy 2.4 refuses ``float()`` of a shape-(1,) array; clip_benchmark's and open_clip_train's ``accuracy``
     do exactly that. Replace all three bindings with a ``.sum().item()`` version (same values)."""
     import open_clip_train.zero_shot as ozs
+
     UPSTREAM["open_clip_train.zero_shot.accuracy"] = ozs.accuracy
     ozs.accuracy = _accuracy_fixed
     try:
@@ -226,6 +243,7 @@ def fix_atomic_checkpoints() -> None:
     import open_clip_train.main as ocm
 
     from .io import atomic_torch_save
+
     UPSTREAM["open_clip_train.main.torch"] = ocm.torch
     proxy = _TorchWithAtomicSave("torch")
     proxy.save = atomic_torch_save  # type: ignore[attr-defined]
@@ -244,6 +262,7 @@ class _WebdatasetWithSeededShuffle(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         import webdataset
+
         return getattr(webdataset, name)
 
 
@@ -270,6 +289,7 @@ class EpochSeededShuffle:
         """The generator of one pass: no torch RNG state enters it, so a fresh (or resumed) loader repeats it."""
         import open_clip_train.data as octd
         from torch.utils.data import get_worker_info
+
         if self.seed is None:
             return random.Random(octd.pytorch_worker_seed())
         epoch = self.epoch.get_value() if hasattr(self.epoch, "get_value") else int(self.epoch)
@@ -280,6 +300,7 @@ class EpochSeededShuffle:
 
     def __call__(self, src: Any) -> Any:
         from webdataset.filters import _shuffle
+
         # rng= works with webdataset 0.2.86 (which has no seed= argument) and 1.0.x alike
         return _shuffle(src, self.bufsize, self.initial, rng=self.rng())
 

@@ -1,4 +1,5 @@
 """Typed method configs carried by a marker key in open_clip model JSONs, and the deep merge open_clip lacks."""
+
 from __future__ import annotations
 
 import copy
@@ -45,25 +46,25 @@ TT_OFFSETS = ("learned", "fixed")
 class UniCLIPCfg:
     """UniCLIP's parts (docs/METHODS.md §UniCLIP); every switch is an ablation of the paper's design."""
 
-    views: int = 2                      # V image views per sample in training; V=1 drops image–image pairs
-    view_preset: str = "simclr"         # augmentation strengths of every view (views.VIEW_PRESETS)
+    views: int = 2  # V image views per sample in training; V=1 drops image–image pairs
+    view_preset: str = "simclr"  # augmentation strengths of every view (views.VIEW_PRESETS)
     # one preset per view instead (length V), e.g. ("clip", "simclr"): view 0 a caption view, view 1 a strong view
     view_presets: Optional[tuple[str, ...]] = None
     # side of the image the loader gives for training (resize + centre crop, no random crop); the views are cut from
     # it and rendered at the model's input size. 0: the input size (views re-sampled from the shrunk image)
     source_size: int = 0
-    aug_embed: bool = True              # augmentation-aware embedding (False: views embed like plain CLIP)
+    aug_embed: bool = True  # augmentation-aware embedding (False: views embed like plain CLIP)
     # "concat": z = W[h; e(a)] | "add": z = h + e(a) | "film": z = h·(1 + γ(a)) + β(a), [γ; β] = e(a)
     aug_fusion: str = "concat"
-    aug_hidden: int = 256               # hidden width of the augmentation-encoder MLP
+    aug_hidden: int = 256  # hidden width of the augmentation-encoder MLP
     # parameters fed to the augmentation embedding at evaluation: the identity view, or the mean parameters of the
     # caption view's preset (view 0's)
     eval_aug_params: str = "identity"
-    domain_similarity: bool = True      # one scale and offset per domain pair (II, IT, TT); False: one shared pair
+    domain_similarity: bool = True  # one scale and offset per domain pair (II, IT, TT); False: one shared pair
     # τ at init (scale = 1/τ): one value for every domain pair, or three (II, IT, TT)
     init_temperature: Union[float, tuple[float, ...]] = 0.07
-    init_offset: float = 0.0            # offset b at init for every domain pair
-    offset_bound: float = 0.0           # offsets confined to (−bound, bound) by bound·tanh; 0: unbounded
+    init_offset: float = 0.0  # offset b at init for every domain pair
+    offset_bound: float = 0.0  # offsets confined to (−bound, bound) by bound·tanh; 0: unbounded
     # "fixed": the text–text offset stays at init (text–text pairs are never positive, nothing pulls it back)
     tt_offset: str = "learned"
     # how scale and offset make a similarity: "shift_scale" s = scale·(cos − b) | "scale_shift" s = scale·cos − b; the
@@ -78,17 +79,21 @@ class UniCLIPCfg:
         if self.views < 1:
             raise PluginError(f"uniclip_cfg.views must be ≥ 1, got {self.views}")
         if self.view_presets is not None and len(self.view_presets) != self.views:
-            raise PluginError(f"uniclip_cfg.view_presets names {len(self.view_presets)} presets for {self.views} "
-                              f"views; give one per view")
+            raise PluginError(
+                f"uniclip_cfg.view_presets names {len(self.view_presets)} presets for {self.views} "
+                f"views; give one per view"
+            )
         temps = self.temperatures()
         if len(temps) != 3 or min(temps) <= 0:
-            raise PluginError(f"uniclip_cfg.init_temperature must be one value > 0 or three (II, IT, TT), got "
-                              f"{self.init_temperature}")
+            raise PluginError(
+                f"uniclip_cfg.init_temperature must be one value > 0 or three (II, IT, TT), got {self.init_temperature}"
+            )
         if self.source_size < 0 or self.offset_bound < 0:
             raise PluginError("uniclip_cfg.source_size and offset_bound must be ≥ 0 (0: off)")
         if self.offset_bound and abs(self.init_offset) >= self.offset_bound:
-            raise PluginError(f"uniclip_cfg.init_offset {self.init_offset} must lie inside ±offset_bound "
-                              f"{self.offset_bound}")
+            raise PluginError(
+                f"uniclip_cfg.init_offset {self.init_offset} must lie inside ±offset_bound {self.offset_bound}"
+            )
 
     def temperatures(self) -> tuple[float, ...]:
         """τ at init per domain pair (II, IT, TT)."""

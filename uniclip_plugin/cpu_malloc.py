@@ -11,6 +11,7 @@ train on CPU. Costs: freed memory stays in the process (its resident size is the
 It does nothing when the user chose an allocator (any ``MALLOC_*`` / ``GLIBC_TUNABLES`` / ``LD_PRELOAD`` variable), on
 a C library other than glibc, or with ``UNICLIP_DEFAULT_MALLOC=1``.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,16 +23,17 @@ OPT_OUT_ENV = "UNICLIP_DEFAULT_MALLOC"
 # mallopt parameter numbers (glibc malloc.h) and the values: thresholds as high as mallopt's int allows
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 INT_MAX = 2**31 - 1
-SETTINGS = {M_MMAP_THRESHOLD: INT_MAX,   # tensors below 2 GiB come from the heap, reused across steps
-            M_TRIM_THRESHOLD: INT_MAX,   # free memory at the heap top is kept up to 2 GiB
-            M_TOP_PAD: 1 << 30}          # grow the heap 1 GiB at a time (fewer brk calls and fresh pages)
+SETTINGS = {
+    M_MMAP_THRESHOLD: INT_MAX,  # tensors below 2 GiB come from the heap, reused across steps
+    M_TRIM_THRESHOLD: INT_MAX,  # free memory at the heap top is kept up to 2 GiB
+    M_TOP_PAD: 1 << 30,
+}  # grow the heap 1 GiB at a time (fewer brk calls and fresh pages)
 _applied = False
 
 
 def allocator_env() -> dict[str, str]:
     """The allocator-related variables the process was started with (the user's choice, if any)."""
-    return {k: v for k, v in os.environ.items()
-            if k.startswith("MALLOC_") or k in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("LD_PRELOAD", "GLIBC_TUNABLES")}
 
 
 def keep_freed_memory() -> str:
@@ -58,4 +60,4 @@ def keep_freed_memory() -> str:
     if failed:
         return f"default allocator (glibc {version} refused mallopt parameters {failed})"
     _applied = True
-    return (f"glibc {version} malloc keeps freed memory (CPU training; {OPT_OUT_ENV}=1 for the default allocator)")
+    return f"glibc {version} malloc keeps freed memory (CPU training; {OPT_OUT_ENV}=1 for the default allocator)"

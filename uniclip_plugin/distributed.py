@@ -1,4 +1,5 @@
 """The one module that talks to torch.distributed: rank/world helpers and the feature gather of the losses."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,15 +20,20 @@ def rank_and_world() -> tuple[int, int]:
 
 def _check_group(rank: int, world_size: int) -> None:
     if not is_initialized():
-        raise RuntimeError(f"world_size={world_size} but torch.distributed has no initialised process group "
-                           f"(call torch.distributed.init_process_group, or use world_size=1)")
+        raise RuntimeError(
+            f"world_size={world_size} but torch.distributed has no initialised process group "
+            f"(call torch.distributed.init_process_group, or use world_size=1)"
+        )
     if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-        raise RuntimeError(f"loss configured for rank {rank} of {world_size}, but the process group says rank "
-                           f"{dist.get_rank()} of {dist.get_world_size()}")
+        raise RuntimeError(
+            f"loss configured for rank {rank} of {world_size}, but the process group says rank "
+            f"{dist.get_rank()} of {dist.get_world_size()}"
+        )
 
 
-def gather_universal(image_features: torch.Tensor, text_features: torch.Tensor, *, rank: int, world_size: int,
-                     gather_with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_universal(
+    image_features: torch.Tensor, text_features: torch.Tensor, *, rank: int, world_size: int, gather_with_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather a rank's views and texts along the batch dimension, rank-major.
 
     Semantics of open_clip's ``gather_features`` (v3.3.0, not horovod), in one collective instead of two:
@@ -64,12 +70,13 @@ def gather_universal(image_features: torch.Tensor, text_features: torch.Tensor, 
         # Imported here, not at the top: torch.distributed.nn is missing where torch.distributed is unavailable, and
         # the differentiable all_gather exists only after this import (open_clip #1047).
         from torch.distributed import nn as dist_nn
+
         gathered = list(dist_nn.all_gather(packed))
     else:
         gathered = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(gathered, packed.detach())
         gathered[rank] = packed  # the live local slice: gradients still reach this rank's features
-    everything = torch.cat(gathered, dim=0)                                               # [W·B, V+1, D]
+    everything = torch.cat(gathered, dim=0)  # [W·B, V+1, D]
     return everything[:, :views], everything[:, views]
 
 
@@ -95,11 +102,12 @@ def gather_rows_with_grad(tensors: Sequence[torch.Tensor], *, rank: int, world_s
         return list(tensors)
     _check_group(rank, world_size)
     from torch.distributed import nn as dist_nn  # see gather_universal
+
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     flat = [t.reshape(t.shape[0], -1) for t in tensors]
-    packed = torch.cat([f.to(dtype) for f in flat], dim=1).contiguous()                  # [B, ΣF]: one collective
-    everything = torch.cat(list(dist_nn.all_gather(packed)), dim=0)                      # [W·B, ΣF]
+    packed = torch.cat([f.to(dtype) for f in flat], dim=1).contiguous()  # [B, ΣF]: one collective
+    everything = torch.cat(list(dist_nn.all_gather(packed)), dim=0)  # [W·B, ΣF]
     parts = everything.split([f.shape[1] for f in flat], dim=1)
-    return [p.reshape(-1, *t.shape[1:]).to(t.dtype) for p, t in zip(parts, tensors)]
+    return [p.reshape(-1, *t.shape[1:]).to(t.dtype) for p, t in zip(parts, tensors, strict=False)]

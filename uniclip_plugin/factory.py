@@ -16,6 +16,7 @@ checkpoint (and every tag's weights) starts the towers, the method's parts at th
 (``pretrained.load_from_clip``).
 ``local-dir:DIR`` and ``hf-hub:ORG/NAME`` bundles (``hub.export_bundle``) carry their config and weights.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,13 +45,13 @@ def plugin_model_config(model_name: str, cache_dir: Optional[str] = None) -> Opt
     """The model config of ``model_name`` if it is a plugin model (carries a marker), else None. ``hf-hub:`` configs
     come through open_clip's own hub helper (huggingface_hub's cache, so a cached repo works offline)."""
     if model_name.startswith("local-dir:"):
-        cfg_file = Path(model_name[len("local-dir:"):]) / "open_clip_config.json"
+        cfg_file = Path(model_name[len("local-dir:") :]) / "open_clip_config.json"
         if not cfg_file.is_file():
             return None
         cfg = json.loads(cfg_file.read_text()).get("model_cfg", {})
     elif model_name.startswith("hf-hub:"):
         try:
-            cfg = ocf._get_hf_config(model_name[len("hf-hub:"):], cache_dir=cache_dir).get("model_cfg", {})
+            cfg = ocf._get_hf_config(model_name[len("hf-hub:") :], cache_dir=cache_dir).get("model_cfg", {})
         except Exception:  # not reachable / not an open_clip repo: open_clip's create_model reports it
             return None
     else:
@@ -64,6 +65,7 @@ def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of a local checkpoint without materialising it (mmap / safetensors header)."""
     if path.endswith(".safetensors"):
         from safetensors import safe_open
+
         with safe_open(path, framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -87,16 +89,17 @@ def owns_checkpoint(marker: str, shapes: registry.Shapes) -> bool:
     return True if hook is None else bool(hook(shapes))
 
 
-def _checkpoint_path(model_name: str, cfg: dict, pretrained: Optional[str],
-                     cache_dir: Optional[str]) -> tuple[Optional[str], dict]:
+def _checkpoint_path(
+    model_name: str, cfg: dict, pretrained: Optional[str], cache_dir: Optional[str]
+) -> tuple[Optional[str], dict]:
     """(weights file, preprocess overrides) for a plugin model: a bundle's weights, a tag's (of the base
     architecture), or a file."""
     if model_name.startswith("local-dir:"):
-        folder = Path(model_name[len("local-dir:"):])
+        folder = Path(model_name[len("local-dir:") :])
         bundle = json.loads((folder / "open_clip_config.json").read_text())
         return ocf._find_checkpoint_in_dir(folder), bundle.get("preprocess_cfg", {})
     if model_name.startswith("hf-hub:"):
-        model_id = model_name[len("hf-hub:"):]
+        model_id = model_name[len("hf-hub:") :]
         bundle = ocf._get_hf_config(model_id, cache_dir=cache_dir)
         return ocp.download_pretrained_from_hf(model_id, cache_dir=cache_dir), bundle.get("preprocess_cfg", {})
     if not pretrained:
@@ -107,30 +110,37 @@ def _checkpoint_path(model_name: str, cfg: dict, pretrained: Optional[str],
     if os.path.isfile(pretrained):
         return pretrained, {}
     tags = from_pretrained.list_tags(model_name, cfg)
-    raise PluginError(f"pretrained {pretrained!r} for {model_name} is neither a checkpoint file nor a tag of its base "
-                      f"architecture {from_pretrained.base_model_name(model_name, cfg) or '(none)'}; tags: "
-                      f"{', '.join(tags) or 'none'}")
+    raise PluginError(
+        f"pretrained {pretrained!r} for {model_name} is neither a checkpoint file nor a tag of its base "
+        f"architecture {from_pretrained.base_model_name(model_name, cfg) or '(none)'}; tags: "
+        f"{', '.join(tags) or 'none'}"
+    )
 
 
-def _model_config(model_name: str, cfg: dict, checkpoint: Optional[str], kwargs: dict[str, Any],
-                  forced: dict[str, Any]) -> dict[str, Any]:
+def _model_config(
+    model_name: str, cfg: dict, checkpoint: Optional[str], kwargs: dict[str, Any], forced: dict[str, Any]
+) -> dict[str, Any]:
     """The constructor arguments: the JSON config, open_clip's ``force_*`` overrides, the marker options read off the
     checkpoint, then the caller's kwargs (marker dicts deep-merged: open_clip's own update is shallow)."""
     marker = registry.marker_of(cfg)
     if forced.get("force_quick_gelu"):
         cfg["quick_gelu"] = True
-    for key, section, field in (("force_patch_dropout", "vision_cfg", "patch_dropout"),
-                                ("force_image_size", "vision_cfg", "image_size"),
-                                ("force_context_length", "text_cfg", "context_length")):
+    for key, section, field in (
+        ("force_patch_dropout", "vision_cfg", "patch_dropout"),
+        ("force_image_size", "vision_cfg", "image_size"),
+        ("force_context_length", "text_cfg", "context_length"),
+    ):
         if forced.get(key) is not None:
             cfg[section][field] = forced[key]
-    cfg[marker] = deep_merge(deep_merge(cfg.get(marker, {}), options_from_checkpoint(marker, checkpoint)),
-                             kwargs.pop(marker, None) or {})
+    cfg[marker] = deep_merge(
+        deep_merge(cfg.get(marker, {}), options_from_checkpoint(marker, checkpoint)), kwargs.pop(marker, None) or {}
+    )
     return {**cfg, **kwargs}
 
 
-def _load_weights(model: torch.nn.Module, model_name: str, checkpoint: str, own: bool, model_cfg: dict,
-                  weights_only: bool) -> None:
+def _load_weights(
+    model: torch.nn.Module, model_name: str, checkpoint: str, own: bool, model_cfg: dict, weights_only: bool
+) -> None:
     """The plugin model's own checkpoint strictly, a stock CLIP one through ``pretrained.load_from_clip``; a file
     of another architecture is a one-line ``PluginError``."""
     marker = registry.marker_of(model_cfg)
@@ -144,17 +154,31 @@ def _load_weights(model: torch.nn.Module, model_name: str, checkpoint: str, own:
             ocf.load_checkpoint(model, checkpoint, strict=True, weights_only=weights_only)
         except (RuntimeError, AssertionError, ValueError) as err:  # load_state_dict's report / open_clip's resizes
             shapes = checkpoint_shapes(checkpoint)
-            details = [f"{k} {list(shapes[k])} in the file vs {list(v.shape)} in the model"
-                       for k, v in model.state_dict().items() if k in shapes and tuple(v.shape) != shapes[k]]
+            details = [
+                f"{k} {list(shapes[k])} in the file vs {list(v.shape)} in the model"
+                for k, v in model.state_dict().items()
+                if k in shapes and tuple(v.shape) != shapes[k]
+            ]
             details += [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err).strip()]
-            raise PluginError(f"--pretrained {checkpoint} does not fit {model_name}: {details[0][:300]}; pass a "
-                              f"checkpoint of {model_name} (same options) or a CLIP checkpoint of its base "
-                              f"architecture") from None
+            raise PluginError(
+                f"--pretrained {checkpoint} does not fit {model_name}: {details[0][:300]}; pass a "
+                f"checkpoint of {model_name} (same options) or a CLIP checkpoint of its base "
+                f"architecture"
+            ) from None
 
 
-def _build(model_name: str, cfg: dict, pretrained: Optional[str], precision: str, device: Union[str, torch.device],
-           output_dict: Optional[bool], weights_only: bool, require_pretrained: bool, forced: dict[str, Any],
-           kwargs: dict[str, Any]) -> torch.nn.Module:
+def _build(
+    model_name: str,
+    cfg: dict,
+    pretrained: Optional[str],
+    precision: str,
+    device: Union[str, torch.device],
+    output_dict: Optional[bool],
+    weights_only: bool,
+    require_pretrained: bool,
+    forced: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> torch.nn.Module:
     checkpoint, preprocess = _checkpoint_path(model_name, cfg, pretrained, forced.get("cache_dir"))
     if require_pretrained and checkpoint is None:
         raise PluginError(f"{model_name}: pretrained weights are required but none were given")
@@ -176,15 +200,29 @@ def _build(model_name: str, cfg: dict, pretrained: Optional[str], precision: str
     return model
 
 
-def create_model(model_name: str, pretrained: Optional[str] = None, precision: str = "fp32",
-                 device: Union[str, torch.device] = "cpu", jit: bool = False, force_quick_gelu: bool = False,
-                 force_custom_text: bool = False, force_patch_dropout: Optional[float] = None,
-                 force_image_size: Any = None, force_preprocess_cfg: Optional[dict] = None,
-                 force_context_length: Optional[int] = None, cache_dir: Optional[str] = None,
-                 output_dict: Optional[bool] = None, require_pretrained: bool = False, weights_only: bool = True,
-                 load_weights: bool = True, pretrained_image: bool = False, pretrained_text: bool = True,
-                 pretrained_image_path: Optional[str] = None, pretrained_text_path: Optional[str] = None,
-                 **model_kwargs: Any) -> torch.nn.Module:
+def create_model(
+    model_name: str,
+    pretrained: Optional[str] = None,
+    precision: str = "fp32",
+    device: Union[str, torch.device] = "cpu",
+    jit: bool = False,
+    force_quick_gelu: bool = False,
+    force_custom_text: bool = False,
+    force_patch_dropout: Optional[float] = None,
+    force_image_size: Any = None,
+    force_preprocess_cfg: Optional[dict] = None,
+    force_context_length: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+    output_dict: Optional[bool] = None,
+    require_pretrained: bool = False,
+    weights_only: bool = True,
+    load_weights: bool = True,
+    pretrained_image: bool = False,
+    pretrained_text: bool = True,
+    pretrained_image_path: Optional[str] = None,
+    pretrained_text_path: Optional[str] = None,
+    **model_kwargs: Any,
+) -> torch.nn.Module:
     """Drop-in for ``open_clip.create_model``: plugin classes for marked configs, open_clip's own otherwise.
 
     Plugin models take ``pretrained`` as a tag of their base architecture or a checkpoint file (the plugin's own, or a
@@ -195,22 +233,54 @@ def create_model(model_name: str, pretrained: Optional[str] = None, precision: s
     cfg = plugin_model_config(model_name, cache_dir)
     if cfg is None:
         return _ORIGINAL_CREATE_MODEL(
-            model_name, pretrained, load_weights=load_weights, precision=precision, device=device, jit=jit,
-            force_quick_gelu=force_quick_gelu, force_custom_text=force_custom_text,
-            force_patch_dropout=force_patch_dropout, force_image_size=force_image_size,
-            force_preprocess_cfg=force_preprocess_cfg, force_context_length=force_context_length, cache_dir=cache_dir,
-            output_dict=output_dict, require_pretrained=require_pretrained, weights_only=weights_only,
-            pretrained_image=pretrained_image, pretrained_text=pretrained_text,
-            pretrained_image_path=pretrained_image_path, pretrained_text_path=pretrained_text_path, **model_kwargs)
+            model_name,
+            pretrained,
+            load_weights=load_weights,
+            precision=precision,
+            device=device,
+            jit=jit,
+            force_quick_gelu=force_quick_gelu,
+            force_custom_text=force_custom_text,
+            force_patch_dropout=force_patch_dropout,
+            force_image_size=force_image_size,
+            force_preprocess_cfg=force_preprocess_cfg,
+            force_context_length=force_context_length,
+            cache_dir=cache_dir,
+            output_dict=output_dict,
+            require_pretrained=require_pretrained,
+            weights_only=weights_only,
+            pretrained_image=pretrained_image,
+            pretrained_text=pretrained_text,
+            pretrained_image_path=pretrained_image_path,
+            pretrained_text_path=pretrained_text_path,
+            **model_kwargs,
+        )
     # pretrained_image / pretrained_text only concern timm / HF towers, which plugin configs do not use
     if jit or force_custom_text or pretrained_image_path or pretrained_text_path:
-        raise PluginError(f"{model_name}: jit, force_custom_text and pretrained_image_path / pretrained_text_path are "
-                          f"not supported for plugin models")
-    forced = {"force_quick_gelu": force_quick_gelu, "force_patch_dropout": force_patch_dropout,
-              "force_image_size": force_image_size, "force_context_length": force_context_length,
-              "force_preprocess_cfg": force_preprocess_cfg, "cache_dir": cache_dir}
-    return _build(model_name, cfg, pretrained if load_weights else None, precision, device, output_dict,
-                  weights_only, require_pretrained, forced, dict(model_kwargs))
+        raise PluginError(
+            f"{model_name}: jit, force_custom_text and pretrained_image_path / pretrained_text_path are "
+            f"not supported for plugin models"
+        )
+    forced = {
+        "force_quick_gelu": force_quick_gelu,
+        "force_patch_dropout": force_patch_dropout,
+        "force_image_size": force_image_size,
+        "force_context_length": force_context_length,
+        "force_preprocess_cfg": force_preprocess_cfg,
+        "cache_dir": cache_dir,
+    }
+    return _build(
+        model_name,
+        cfg,
+        pretrained if load_weights else None,
+        precision,
+        device,
+        output_dict,
+        weights_only,
+        require_pretrained,
+        forced,
+        dict(model_kwargs),
+    )
 
 
 def install() -> None:

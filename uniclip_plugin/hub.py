@@ -6,6 +6,7 @@ which ``get_tokenizer`` picks from ``text_cfg``) and no upload. With the plugin 
 ``create_model_and_transforms("local-dir:DIR")``; uploaded as a Hugging Face repo (``huggingface-cli upload ORG/NAME
 DIR``), as ``"hf-hub:ORG/NAME"``.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from torch import nn
 
 from .errors import PluginError
 
-CONFIG_FILE = "open_clip_config.json"           # open_clip.constants.HF_CONFIG_NAME
-WEIGHTS_FILE = "open_clip_model.safetensors"    # open_clip.constants.HF_SAFE_WEIGHTS_NAME
+CONFIG_FILE = "open_clip_config.json"  # open_clip.constants.HF_CONFIG_NAME
+WEIGHTS_FILE = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 
 
 def bundle_model_config(model_name: str, model: nn.Module) -> dict[str, Any]:
@@ -29,10 +30,12 @@ def bundle_model_config(model_name: str, model: nn.Module) -> dict[str, Any]:
         PluginError: ``model_name`` is not a plugin model.
     """
     from . import factory, registry
+
     cfg = factory.plugin_model_config(model_name)
     if cfg is None:
-        raise PluginError(f"{model_name} is not a plugin model; export plain open_clip models with open_clip's "
-                          f"push_to_hf_hub")
+        raise PluginError(
+            f"{model_name} is not a plugin model; export plain open_clip models with open_clip's push_to_hf_hub"
+        )
     marker = registry.marker_of(cfg)
     options = getattr(model, marker, None)  # plugin models keep their options dataclass under the marker's name
     if not is_dataclass(options):
@@ -60,6 +63,7 @@ def export_bundle(checkpoint: Optional[str], model_name: str, out: str, **model_
     from open_clip.push_to_hf_hub import save_config_for_hf
 
     from . import factory, register
+
     register()
     model = factory.create_model(model_name, pretrained=checkpoint, **model_kwargs)
     folder = Path(out)

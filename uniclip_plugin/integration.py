@@ -7,6 +7,7 @@ module state. ``open_clip train`` additionally installs :func:`install_open_clip
 rebinds open_clip_train's module globals (``create_loss``, ``get_tokenizer``, ``create_model_and_transforms``), for the
 one run of that process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,19 @@ from .errors import PluginError
 from .registry import MethodSpec
 
 # open_clip_train args that open_clip's create_loss reads; set when a loss is built outside open_clip_train
-_CREATE_LOSS_DEFAULTS = {"distill": False, "horovod": False, "siglip": False, "loss_dist_impl": None,
-                         "coca_caption_loss_weight": 2.0, "coca_contrastive_loss_weight": 1.0,
-                         "local_loss": False, "gather_with_grad": False, "rank": 0, "world_size": 1, "model": ""}
+_CREATE_LOSS_DEFAULTS = {
+    "distill": False,
+    "horovod": False,
+    "siglip": False,
+    "loss_dist_impl": None,
+    "coca_caption_loss_weight": 2.0,
+    "coca_contrastive_loss_weight": 1.0,
+    "local_loss": False,
+    "gather_with_grad": False,
+    "rank": 0,
+    "world_size": 1,
+    "model": "",
+}
 
 
 def _load_methods() -> None:
@@ -49,14 +60,23 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--loss`` and one argument group per method with its flags (all defaulting to None = not given)."""
     _load_methods()
     # no argparse choices: registry.get_method names an unknown one in one line, with the choices
-    parser.add_argument("--loss", default="clip", metavar="{" + ",".join(registry.list_methods()) + "}",
-                        help="training objective (default clip): " + "; ".join(
-                            f"{n}: {registry.get_method(n).description}" for n in registry.list_methods()))
+    parser.add_argument(
+        "--loss",
+        default="clip",
+        metavar="{" + ",".join(registry.list_methods()) + "}",
+        help="training objective (default clip): "
+        + "; ".join(f"{n}: {registry.get_method(n).description}" for n in registry.list_methods()),
+    )
     in_forward = [n for n in registry.list_methods() if registry.get_method(n).whole_image_input]
     views = parser.add_argument_group(f"views rendered in forward ({', '.join(in_forward)})")
-    views.add_argument("--view-source-size", type=int, default=None, metavar="PX",
-                       help="side of the training image the views are cut from (resize + centre crop; the views are "
-                            "rendered at the model's input size); default: the model config's, else the input size")
+    views.add_argument(
+        "--view-source-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="side of the training image the views are cut from (resize + centre crop; the views are "
+        "rendered at the model's input size); default: the model config's, else the input size",
+    )
     for name in registry.list_methods():
         spec = registry.get_method(name)
         if spec.add_arguments is not None:
@@ -71,23 +91,29 @@ def check_flags(spec: MethodSpec, args: argparse.Namespace) -> None:
         given = [d for d in dests if getattr(args, d, None) is not None and d not in method_flags().get(spec.name, [])]
         if given:
             flag = "--" + given[0].replace("_", "-")
-            raise PluginError(f"{flag} is a flag of --loss {method}, not of --loss {spec.name}; drop it or use "
-                              f"--loss {method}")
+            raise PluginError(
+                f"{flag} is a flag of --loss {method}, not of --loss {spec.name}; drop it or use --loss {method}"
+            )
 
 
 def check_model(spec: MethodSpec, model_name: str) -> None:
     """The model must carry the method's marker (a plugin loss needs its model's parts), and a plain loss a plain
     model."""
     from . import factory
+
     cfg = factory.plugin_model_config(model_name)
     marker = registry.marker_of(cfg) if cfg else None
     if spec.marker is not None and marker != spec.marker:
         fitting = [n for n in factory.plugin_model_names() if spec.marker in (factory.plugin_model_config(n) or {})]
-        raise PluginError(f"--loss {spec.name} needs a model with its parts (a config with '{spec.marker}'), got "
-                          f"--model {model_name}; choose one of: {', '.join(fitting)}")
+        raise PluginError(
+            f"--loss {spec.name} needs a model with its parts (a config with '{spec.marker}'), got "
+            f"--model {model_name}; choose one of: {', '.join(fitting)}"
+        )
     if spec.marker is None and marker is not None:
-        raise PluginError(f"--loss {spec.name} trains a plain open_clip model, but {model_name} is a plugin model "
-                          f"('{marker}'); use its --loss or a plain config such as CLIP-Tiny-64")
+        raise PluginError(
+            f"--loss {spec.name} trains a plain open_clip model, but {model_name} is a plugin model "
+            f"('{marker}'); use its --loss or a plain config such as CLIP-Tiny-64"
+        )
 
 
 def check_train_data(pattern: Optional[str]) -> None:
@@ -95,13 +121,19 @@ def check_train_data(pattern: Optional[str]) -> None:
     if not pattern:
         return
     import braceexpand
+
     for source in pattern.split("::"):
-        missing = [p for p in braceexpand.braceexpand(source)
-                   if "://" not in p and not p.startswith("pipe:") and not glob.glob(p)]
+        missing = [
+            p
+            for p in braceexpand.braceexpand(source)
+            if "://" not in p and not p.startswith("pipe:") and not glob.glob(p)
+        ]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise PluginError(f"--train-data: no such file {missing[0]!r}{more}; check the path or brace pattern, "
-                              f"or build data with `python harness/data.py build` (`uniclip-data build`)")
+            raise PluginError(
+                f"--train-data: no such file {missing[0]!r}{more}; check the path or brace pattern, "
+                f"or build data with `python harness/data.py build` (`uniclip-data build`)"
+            )
 
 
 @dataclass
@@ -109,9 +141,9 @@ class Setup:
     """What a trainer needs of the chosen method, from the parsed flags."""
 
     spec: MethodSpec
-    args: argparse.Namespace                                    # the parsed plugin flags
+    args: argparse.Namespace  # the parsed plugin flags
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs ({marker: options}, the method's)
-    loss: Optional[nn.Module] = None                            # built by prepare() when rank / world size are given
+    loss: Optional[nn.Module] = None  # built by prepare() when rank / world size are given
 
     @property
     def whole_image_input(self) -> bool:
@@ -127,8 +159,10 @@ class Setup:
         if self.spec.exact_global_loss and merged.world_size > 1:
             merged.local_loss = merged.gather_with_grad = True
             if merged.rank == 0:
-                logging.info(f"{self.spec.name}: exact global-batch loss (local rows × all gathered columns, gathered "
-                             f"with gradient; --local-loss/--gather-with-grad not needed)")
+                logging.info(
+                    f"{self.spec.name}: exact global-batch loss (local rows × all gathered columns, gathered "
+                    f"with gradient; --local-loss/--gather-with-grad not needed)"
+                )
         return self.spec.build_loss(merged)
 
     def wrap_tokenizer(self, tokenizer: Callable) -> Callable:
@@ -138,8 +172,9 @@ class Setup:
         return self.spec.wrap_tokenizer(tokenizer, self.args)
 
 
-def prepare(args: argparse.Namespace, *, rank: Optional[int] = None, world_size: int = 1,
-            exact_global_loss: bool = False) -> Setup:
+def prepare(
+    args: argparse.Namespace, *, rank: Optional[int] = None, world_size: int = 1, exact_global_loss: bool = False
+) -> Setup:
     """Turn parsed args (``--loss`` and the method flags; ``--seed`` if the method seeds data hooks) into a Setup.
 
     Args:
@@ -159,8 +194,7 @@ def prepare(args: argparse.Namespace, *, rank: Optional[int] = None, world_size:
     source = getattr(args, "view_source_size", None)
     if source is not None:
         if not spec.whole_image_input:
-            raise PluginError(f"--view-source-size is for methods that render views in forward, not --loss "
-                              f"{spec.name}")
+            raise PluginError(f"--view-source-size is for methods that render views in forward, not --loss {spec.name}")
         overrides["source_size"] = source
     if spec.marker is not None and overrides:
         kwargs[spec.marker] = overrides
@@ -195,6 +229,7 @@ def whole_image_transforms(model: nn.Module, transforms: tuple[Any, Any], aug_cf
     if _side(source) == _side(model.visual.image_size):
         return val, val
     from open_clip.transform import PreprocessCfg, image_transform_v2
+
     cfg = PreprocessCfg(**{**model.visual.preprocess_cfg, "size": _side(source)})
     return image_transform_v2(cfg, is_train=False), val
 
@@ -207,8 +242,10 @@ def create_model_and_transforms(model_name: str, setup: Optional[Setup] = None, 
     """``open_clip.create_model_and_transforms`` with the setup's model kwargs and the whole-image training
     transform of models that render their views in forward."""
     from . import register
+
     register()
     import open_clip
+
     model, train, val = open_clip.create_model_and_transforms(model_name, **merge_model_kwargs(setup, kwargs))
     train, val = whole_image_transforms(model, (train, val), kwargs.get("aug_cfg"))
     return model, train, val
@@ -220,6 +257,7 @@ def install_open_clip_train_hooks(setup: Setup, log_every: Callable[[argparse.Na
     import open_clip_train.main as ocm
 
     from .train_hooks import NonFiniteGuard, TrainLossAdapter
+
     guard = NonFiniteGuard().install()
     upstream_create_model_and_transforms = ocm.create_model_and_transforms
     upstream_get_tokenizer = ocm.get_tokenizer
@@ -232,8 +270,7 @@ def install_open_clip_train_hooks(setup: Setup, log_every: Callable[[argparse.Na
         return guard.adapter
 
     def create_model_and_transforms(model_name: str, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
-        model, train, val = upstream_create_model_and_transforms(model_name, *args,
-                                                                 **merge_model_kwargs(setup, kwargs))
+        model, train, val = upstream_create_model_and_transforms(model_name, *args, **merge_model_kwargs(setup, kwargs))
         train, val = whole_image_transforms(model, (train, val), kwargs.get("aug_cfg"))
         return model, train, val
 

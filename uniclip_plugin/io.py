@@ -7,6 +7,7 @@ file. :func:`atomic_torch_save` writes through a temporary *folder* holding a fi
 names the archive's top folder after the file it writes: the result is the archive a plain
 ``torch.save(obj, path)`` makes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,6 +72,7 @@ def atomic_torch_save(obj: Any, path: PathLike, *args: Any, **kwargs: Any) -> No
     A file-like ``path`` (a buffer) is passed to ``torch.save`` unchanged.
     """
     import torch
+
     if not isinstance(path, (str, os.PathLike)):
         torch.save(obj, path, *args, **kwargs)
         return

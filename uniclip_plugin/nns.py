@@ -13,6 +13,7 @@ Where we differ from DeCLIP's code, and why:
   rank's local features only, so ranks hold different queues; with ours, W processes = 1 process on the W·B batch).
 * fp32 queue (DeCLIP: fp16 on the GPU); it follows the model's dtype under ``--precision pure_*``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,7 +46,7 @@ class NNMemoryBank(nn.Module):
         """Nearest queue entry (cosine, top-1) of each row of ``features [..., dim]``, L2-normalised, no gradient."""
         query = F.normalize(features.detach().to(self.queue.dtype), dim=-1)
         flat = query.reshape(-1, query.shape[-1])
-        index = (flat @ self.queue.T).argmax(dim=-1)                                 # [N]
+        index = (flat @ self.queue.T).argmax(dim=-1)  # [N]
         return F.normalize(self.queue[index], dim=-1).view_as(query).to(features.dtype)
 
     @torch.no_grad()
@@ -61,7 +62,7 @@ class NNMemoryBank(nn.Module):
         if gather and world > 1:
             feats = distributed.gather_rows_with_grad([feats.contiguous()], rank=rank, world_size=world)[0]
         if feats.dim() == 3:
-            feats = feats.transpose(0, 1).reshape(-1, feats.shape[-1])                  # group-major
+            feats = feats.transpose(0, 1).reshape(-1, feats.shape[-1])  # group-major
         if feats.shape[0] > self.size:  # only the newest `size` rows survive a write longer than the queue
             skipped = feats.shape[0] - self.size
             feats = feats[skipped:]

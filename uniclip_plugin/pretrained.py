@@ -12,6 +12,7 @@ part); the method's own parts (every other tensor) keep their init. One log line
 ones. A tensor of the towers that is missing from the file or has another shape is a ``PluginError``: the file is of
 another architecture.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -37,15 +38,16 @@ def base_model_name(model_name: str, cfg: Mapping[str, Any]) -> Optional[str]:
     prefix = spec.model_prefix + "-"
     if not model_name.startswith(prefix):
         return None
-    rest = model_name[len(prefix):]
+    rest = model_name[len(prefix) :]
     for name in (rest, f"{PLAIN_PREFIX}-{rest}"):
         if name in ocf._MODEL_CONFIGS:
             return name
     return None
 
 
-def resolve_tag(model_name: str, cfg: Mapping[str, Any], tag: str,
-                cache_dir: Optional[str]) -> Optional[tuple[str, dict[str, Any]]]:
+def resolve_tag(
+    model_name: str, cfg: Mapping[str, Any], tag: str, cache_dir: Optional[str]
+) -> Optional[tuple[str, dict[str, Any]]]:
     """``(weights file, tag config)`` when ``tag`` is a pretrained tag of the model's base architecture, else None.
 
     Raises:
@@ -58,14 +60,18 @@ def resolve_tag(model_name: str, cfg: Mapping[str, Any], tag: str,
     try:
         path = ocp.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as err:  # urllib / huggingface_hub errors: name the tag, not the stack
-        raise PluginError(f"pretrained tag {tag!r} of {base} (base of {model_name}): cannot fetch its weights "
-                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the "
-                          f"network or the cache (--cache-dir / HF_HOME)") from err
+        raise PluginError(
+            f"pretrained tag {tag!r} of {base} (base of {model_name}): cannot fetch its weights "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the "
+            f"network or the cache (--cache-dir / HF_HOME)"
+        ) from err
     if not path:
         raise PluginError(f"pretrained tag {tag!r} of {base} names no weights file")
     if bool(tag_cfg.get("quick_gelu", False)) != bool(cfg.get("quick_gelu", False)):
-        _LOG.warning(f"{model_name}: tag {tag!r} was trained with quick_gelu={tag_cfg.get('quick_gelu', False)}; "
-                     f"pass --force-quick-gelu (force_quick_gelu=True) to match it")
+        _LOG.warning(
+            f"{model_name}: tag {tag!r} was trained with quick_gelu={tag_cfg.get('quick_gelu', False)}; "
+            f"pass --force-quick-gelu (force_quick_gelu=True) to match it"
+        )
     return path, dict(tag_cfg)
 
 
@@ -92,8 +98,13 @@ def _fit(key: str, ours: torch.Tensor, theirs: torch.Tensor) -> Optional[torch.T
     return None
 
 
-def plan_clip_load(model: nn.Module, state: Mapping[str, torch.Tensor], base_keys: set[str],
-                   adapted: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def plan_clip_load(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    base_keys: set[str],
+    adapted: Mapping[str, torch.Tensor],
+    source: str,
+) -> dict[str, torch.Tensor]:
     """The tensors to load into ``model`` from a stock CLIP ``state``.
 
     Raises:
@@ -113,15 +124,21 @@ def plan_clip_load(model: nn.Module, state: Mapping[str, torch.Tensor], base_key
         else:
             load[key] = fitted
     if mismatched or missing:
-        what = (f"{len(mismatched)} tensors differ in shape, e.g. {mismatched[0]}" if mismatched else
-                f"{len(missing)} tower tensors are missing from it, e.g. {missing[0]}")
-        raise PluginError(f"{source} does not fit this model's architecture: {what}; pass a checkpoint of the same "
-                          f"architecture (its base CLIP or the plugin model itself)")
+        what = (
+            f"{len(mismatched)} tensors differ in shape, e.g. {mismatched[0]}"
+            if mismatched
+            else f"{len(missing)} tower tensors are missing from it, e.g. {missing[0]}"
+        )
+        raise PluginError(
+            f"{source} does not fit this model's architecture: {what}; pass a checkpoint of the same "
+            f"architecture (its base CLIP or the plugin model itself)"
+        )
     return load
 
 
-def load_from_clip(model: nn.Module, path: str, marker: str, model_cfg: Mapping[str, Any], model_name: str,
-                   weights_only: bool = True) -> None:
+def load_from_clip(
+    model: nn.Module, path: str, marker: str, model_cfg: Mapping[str, Any], model_name: str, weights_only: bool = True
+) -> None:
     """Start ``model`` from the stock CLIP checkpoint at ``path``: towers loaded, the method's parts at init.
 
     Raises:
@@ -144,7 +161,11 @@ def load_from_clip(model: nn.Module, path: str, marker: str, model_cfg: Mapping[
     if model.logit_scale.is_meta:
         return  # a dry run (factory.check_pretrained): the real load logs
     partly = f"; partly from the file (rest at init): {', '.join(adapted)}" if adapted else ""
-    _LOG.info(f"{model_name} from CLIP checkpoint {path}: new keys at their init ({len(new)}): "
-              f"{', '.join(new) or 'none'}{partly}")
-    _LOG.info(f"{model_name} from CLIP checkpoint {path}: unused checkpoint keys ({len(unused)}): "
-              f"{', '.join(unused) or 'none'}")
+    _LOG.info(
+        f"{model_name} from CLIP checkpoint {path}: new keys at their init ({len(new)}): "
+        f"{', '.join(new) or 'none'}{partly}"
+    )
+    _LOG.info(
+        f"{model_name} from CLIP checkpoint {path}: unused checkpoint keys ({len(unused)}): "
+        f"{', '.join(unused) or 'none'}"
+    )

@@ -7,6 +7,7 @@ needs the exact global batch. The specs live in ``uniclip_plugin.methods`` (one
 module per method); this module holds only the type and the private tables, with read-only accessors. Unknown names
 raise a ``PluginError`` listing the valid ones; registering a name twice with another spec is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,12 @@ Shapes = Mapping[str, tuple[int, ...]]
 class MethodSpec:
     """Everything the trainers, the factory and the harness need to know about one method."""
 
-    name: str                                                   # the --loss value
-    description: str                                            # one line for `open_clip list` and --help
-    build_loss: Callable[[argparse.Namespace], nn.Module]       # parsed args (+ rank, world_size, ...) -> loss
-    model_prefix: str = "CLIP"                                  # model configs of the method: <prefix>-Tiny-32, ...
-    marker: Optional[str] = None                                # model-config key its models carry; None: plain CLIP
-    model_class: Optional[type] = None                          # class open_clip builds for configs with the marker
+    name: str  # the --loss value
+    description: str  # one line for `open_clip list` and --help
+    build_loss: Callable[[argparse.Namespace], nn.Module]  # parsed args (+ rank, world_size, ...) -> loss
+    model_prefix: str = "CLIP"  # model configs of the method: <prefix>-Tiny-32, ...
+    marker: Optional[str] = None  # model-config key its models carry; None: plain CLIP
+    model_class: Optional[type] = None  # class open_clip builds for configs with the marker
     # adds the method's flags to a parser group; every flag defaults to None = "not given" (the config / loss default)
     add_arguments: Optional[Callable[[Any], None]] = None
     # parsed args -> keys deep-merged into the model config's marker dict (flags that change the model)
@@ -50,8 +51,8 @@ class MethodSpec:
     # scalar spread over per-pair scalars, extra token rows); the factory loads towers and leaves the method's own parts
     # at their init
     init_from_clip: Optional[Callable[[nn.Module, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = None
-    whole_image_input: bool = False    # the model renders its views in forward: the loader must give whole images
-    exact_global_loss: bool = False    # the loss gathers with gradient whatever --local-loss / --gather-with-grad say
+    whole_image_input: bool = False  # the model renders its views in forward: the loader must give whole images
+    exact_global_loss: bool = False  # the loss gathers with gradient whatever --local-loss / --gather-with-grad say
     # extra open_clip_train argv the method needs (SigLIP: --siglip)
     open_clip_train_flags: tuple[str, ...] = ()
 

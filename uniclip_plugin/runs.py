@@ -14,6 +14,7 @@ A run folder ``<logs>/<name>/`` holds:
 Run names: ``<method>-seed<N>`` (the study writes them, :func:`run_name`), ``<method>-s<N>`` is read too
 (:func:`parse_run_name`); runs of one method are aggregated by the benchmark.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ _NUMBERED = re.compile(r"epoch_\d+\.pt")
 # open_clip_train (train.py, v3.3.0): "Train Epoch: 0 [ 256/1024 (25%)] Data (t): ... Loss: 4.1234 (4.2000)"; the
 # DeepSpeed trainer logs the same prefix. Per-term losses are logged as "Contrastive_loss: ..." and the total as
 # "Loss: ..."; values use the "#.5g" format, which can be exponential or nan/inf.
-_TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)[^\]]*\].* Loss: "  # greedy: the last " Loss: "
-                         r"([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))")
+_TRAIN_LINE = re.compile(
+    r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)[^\]]*\].* Loss: "  # greedy: the last " Loss: "
+    r"([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))"
+)
 
 
 def run_name(method: str, seed: int, lr: Optional[float] = None) -> str:
@@ -56,7 +59,7 @@ def parse_run_name(name: str) -> tuple[str, Optional[int]]:
         ``(method, seed)``; a name without a seed suffix is its own method, with seed None.
     """
     m = _SEED_SUFFIX.search(name)
-    return (name[:m.start()], int(m[1])) if m else (name, None)
+    return (name[: m.start()], int(m[1])) if m else (name, None)
 
 
 def _last_int(path: Path) -> int:
@@ -67,6 +70,7 @@ def _last_int(path: Path) -> int:
 def _checkpoint_epoch(path: Path) -> Optional[int]:
     """The ``epoch`` stored in an open_clip_train checkpoint, read through mmap (no tensor data is loaded)."""
     import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(state["epoch"]) if isinstance(state, dict) and "epoch" in state else None
@@ -127,8 +131,7 @@ class RunDir:
         """
         numbered = [p for p in self.path.glob("checkpoints/epoch_*.pt") if _NUMBERED.fullmatch(p.name)]
         exports = [p for p in self.path.glob("export/*.pt") if p.is_file()]
-        return (sorted(numbered, key=_last_int)
-                + sorted(exports, key=lambda p: (_last_int(p), p.stat().st_mtime)))
+        return sorted(numbered, key=_last_int) + sorted(exports, key=lambda p: (_last_int(p), p.stat().st_mtime))
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest checkpoint: ``checkpoints/epoch_<max N>.pt``, or ``epoch_latest.pt`` when it holds a later
@@ -178,12 +181,21 @@ class RunDir:
                 continue
             epoch = int(m["epoch"])
             ckpt = self.epoch_checkpoint(epoch)
-            seconds = (ckpt.stat().st_mtime - start) if (start is not None and ckpt.is_file()) else (
-                0.0 if epoch == 0 else float("nan"))
+            seconds = (
+                (ckpt.stat().st_mtime - start)
+                if (start is not None and ckpt.is_file())
+                else (0.0 if epoch == 0 else float("nan"))
+            )
             i2t, t2i = 100 * float(m["image_to_text_R@1"]), 100 * float(m["text_to_image_R@1"])
-            points[epoch] = {"epoch": epoch, "step": epoch * steps_per_epoch, "seconds": seconds,
-                             "val_r1": (i2t + t2i) / 2, "val_i2t_r1": i2t, "val_t2i_r1": t2i,
-                             "val_loss": float(m.get("clip_val_loss", float("nan")))}
+            points[epoch] = {
+                "epoch": epoch,
+                "step": epoch * steps_per_epoch,
+                "seconds": seconds,
+                "val_r1": (i2t + t2i) / 2,
+                "val_i2t_r1": i2t,
+                "val_t2i_r1": t2i,
+                "val_loss": float(m.get("clip_val_loss", float("nan"))),
+            }
         return [points[e] for e in sorted(points)]
 
     def loss_curve(self) -> list[tuple[int, float]]:

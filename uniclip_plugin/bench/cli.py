@@ -27,6 +27,7 @@ OUT/json`` reads them), ``results.csv`` (per run), ``summary.csv`` (mean/std/n p
 methods, Δ against the first method named), ``<task>.png`` bar charts and ``training_curves.png`` from the runs'
 ``out.log`` (``metrics.jsonl`` for DeepSpeed runs). Every file is written to a temporary name and renamed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,19 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``bench.py`` argument parser."""
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", required=True, help="NAME[,NAME...] (runs in --runs-dir) and/or NAME=CKPT[:CONFIG]")
     p.add_argument("--runs-dir", default="runs", help="folder of training runs (default: runs)")
     p.add_argument("--data", default="data", help="folder whose wds/ subfolder holds the evaluation sets")
-    p.add_argument("--dataset", action="append", default=[], metavar="wds/NAME=PATH",
-                   help="extra clip_benchmark wds set (repeatable)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="wds/NAME=PATH",
+        help="extra clip_benchmark wds set (repeatable)",
+    )
     p.add_argument("--datasets", default=None, help="comma-separated subset of dataset names to evaluate")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ", ".join(TASKS))
     p.add_argument("--out", default="results", help="output folder (default: results)")
@@ -74,10 +81,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     uniclip_plugin.register()
     args = build_parser().parse_args(argv)
     try:
-        run_bench(args.models, args.runs_dir, args.data, args.out, tasks=args.tasks, datasets=args.datasets,
-                  extra_datasets=args.dataset, probe_max_train=args.probe_max_train,
-                  feature_cache=args.feature_cache, no_cache=args.no_cache, batch_size=args.batch_size,
-                  device=args.device, seed=args.seed)
+        run_bench(
+            args.models,
+            args.runs_dir,
+            args.data,
+            args.out,
+            tasks=args.tasks,
+            datasets=args.datasets,
+            extra_datasets=args.dataset,
+            probe_max_train=args.probe_max_train,
+            feature_cache=args.feature_cache,
+            no_cache=args.no_cache,
+            batch_size=args.batch_size,
+            device=args.device,
+            seed=args.seed,
+        )
     except BenchError as err:
         print(f"bench.py: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 Every set under ``--data/wds/`` plus ``--dataset wds/NAME=PATH``. Task per set: zeroshot_retrieval if
 ``dataset_type.txt`` says retrieval, else zeroshot_classification, plus linear_probe when a ``train`` split exists.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ def is_multilabel(dataset_dir: Path) -> bool:
 def _check_split(name: str, path: Path, split: Path) -> None:
     nshards = split / "nshards.txt"
     if not nshards.is_file():
-        raise BenchError(f"dataset folder {path} is not a clip_benchmark wds set: {split.name}/nshards.txt is "
-                         f"missing (build it with `python harness/data.py build`)")
+        raise BenchError(
+            f"dataset folder {path} is not a clip_benchmark wds set: {split.name}/nshards.txt is "
+            f"missing (build it with `python harness/data.py build`)"
+        )
     try:
         n = int(nshards.read_text().strip())
     except ValueError:
@@ -45,8 +48,10 @@ def _check_dataset(name: str, path: Path) -> None:
         raise BenchError(f"dataset {name}: folder {path} does not exist")
     splits = [s for s in path.iterdir() if s.is_dir() and not s.name.startswith(".")]
     if not (path / "test").is_dir():
-        raise BenchError(f"dataset folder {path} is not a clip_benchmark wds set: it has no test/ split "
-                         f"(expected test/nshards.txt and test/0.tar ...)")
+        raise BenchError(
+            f"dataset folder {path} is not a clip_benchmark wds set: it has no test/ split "
+            f"(expected test/nshards.txt and test/0.tar ...)"
+        )
     for split in splits:
         _check_split(name, path, split)
     if not is_retrieval(path):

@@ -1,4 +1,5 @@
 """The benchmark's user-facing error and its one-line rendering of library exceptions."""
+
 from __future__ import annotations
 
 from uniclip_plugin.errors import PluginError

@@ -5,6 +5,7 @@ Zero-shot classification and retrieval metrics come from clip_benchmark's own ``
 directions (clip_benchmark's CLI default is R@5 only). The linear probe is ``uniclip_plugin.bench.probe``, because
 clip_benchmark's probe asserts CUDA. :func:`run_bench` is what the CLI and the study call.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ from uniclip_plugin.io import write_text_atomic
 from uniclip_plugin.runs import RunDir
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
-TASK_ALIASES = {"zeroshot": "zeroshot_classification", "classification": "zeroshot_classification",
-                "retrieval": "zeroshot_retrieval", "probe": "linear_probe", "lp": "linear_probe"}
+TASK_ALIASES = {
+    "zeroshot": "zeroshot_classification",
+    "classification": "zeroshot_classification",
+    "retrieval": "zeroshot_retrieval",
+    "probe": "linear_probe",
+    "lp": "linear_probe",
+}
 RECALL_K = (1, 5, 10)
 
 __all__ = ["TASKS", "TASK_ALIASES", "RECALL_K", "evaluate_model", "parse_tasks", "run_bench"]
@@ -62,26 +68,51 @@ class _FeatureSet(torch.utils.data.Dataset):
         return self.x[i], (self.captions[i] if self.captions is not None else self.y[i])
 
 
-def _zero_shot(model: torch.nn.Module, tokenizer: Any, rec: dict[str, Any], task: str, batch_size: int,
-               device: str, recall_k: Sequence[int]) -> dict[str, float]:
+def _zero_shot(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rec: dict[str, Any],
+    task: str,
+    batch_size: int,
+    device: str,
+    recall_k: Sequence[int],
+) -> dict[str, float]:
     """clip_benchmark's zero-shot retrieval or classification on cached image features."""
     if task == "zeroshot_retrieval":
         from clip_benchmark.metrics import zeroshot_retrieval
+
         ks = [k for k in recall_k if k <= len(rec["x"])]  # clip_benchmark's topk needs k ≤ #images
-        loader = torch.utils.data.DataLoader(_FeatureSet(rec), batch_size=batch_size,
-                                             collate_fn=lambda b: (torch.stack([x for x, _ in b]), [c for _, c in b]))
-        return zeroshot_retrieval.evaluate(_PrecomputedImages(model), loader, tokenizer, device=device, amp=False,
-                                           recall_k_list=ks)
+        loader = torch.utils.data.DataLoader(
+            _FeatureSet(rec),
+            batch_size=batch_size,
+            collate_fn=lambda b: (torch.stack([x for x, _ in b]), [c for _, c in b]),
+        )
+        return zeroshot_retrieval.evaluate(
+            _PrecomputedImages(model), loader, tokenizer, device=device, amp=False, recall_k_list=ks
+        )
     from clip_benchmark.metrics import zeroshot_classification
+
     loader = torch.utils.data.DataLoader(_FeatureSet(rec), batch_size=batch_size)
-    return zeroshot_classification.evaluate(_PrecomputedImages(model), loader, tokenizer, rec["classes"],
-                                            rec["templates"], device=device, amp=False)
+    return zeroshot_classification.evaluate(
+        _PrecomputedImages(model), loader, tokenizer, rec["classes"], rec["templates"], device=device, amp=False
+    )
 
 
-def evaluate_model(model: torch.nn.Module, preprocess: Any, tokenizer: Any, dataset_dir: Union[Path, str],
-                   task: str, *, batch_size: int = 64, device: str = "cpu", cache_dir: Optional[Path] = None,
-                   cache_key: Optional[str] = None, recall_k: Sequence[int] = RECALL_K, seed: int = 0,
-                   probe_max_train: int = 10000) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module,
+    preprocess: Any,
+    tokenizer: Any,
+    dataset_dir: Union[Path, str],
+    task: str,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    cache_dir: Optional[Path] = None,
+    cache_key: Optional[str] = None,
+    recall_k: Sequence[int] = RECALL_K,
+    seed: int = 0,
+    probe_max_train: int = 10000,
+) -> dict[str, float]:
     """One (model, dataset, task) evaluation → clip_benchmark-style metrics.
 
     Args:
@@ -115,18 +146,25 @@ def evaluate_model(model: torch.nn.Module, preprocess: Any, tokenizer: Any, data
     if task == "linear_probe":
         if not (dataset_dir / "train").is_dir():
             raise BenchError(f"linear probe on {dataset_dir.name} needs a train split")
-        train = extract_features(model, preprocess, dataset_dir, "train", max_samples=probe_max_train, seed=seed,
-                                 **kw)
+        train = extract_features(model, preprocess, dataset_dir, "train", max_samples=probe_max_train, seed=seed, **kw)
         test = extract_features(model, preprocess, dataset_dir, "test", **kw)
         try:
-            return linear_probe(train["x"].numpy(), train["y"].numpy(), test["x"].numpy(), test["y"].numpy(),
-                                seed=seed, max_train=probe_max_train, desc=f"probe {dataset_dir.name}")
+            return linear_probe(
+                train["x"].numpy(),
+                train["y"].numpy(),
+                test["x"].numpy(),
+                test["y"].numpy(),
+                seed=seed,
+                max_train=probe_max_train,
+                desc=f"probe {dataset_dir.name}",
+            )
         except ValueError as err:
             raise BenchError(f"linear probe on {dataset_dir.name}: {one_line(err)}") from err
     raise BenchError(f"unknown task {task!r}; choices: {', '.join(TASKS)}")
 
 
 # ---------------------------------------------------------------------------------------------- the whole benchmark
+
 
 def parse_tasks(tasks: Union[str, Iterable[str]]) -> set[str]:
     """``--tasks`` (comma-separated, or a list) → task names, aliases resolved.
@@ -137,13 +175,15 @@ def parse_tasks(tasks: Union[str, Iterable[str]]) -> set[str]:
     items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     wanted = {TASK_ALIASES.get(t.strip(), t.strip()) for t in items if t.strip()}
     if not wanted or wanted - set(TASKS):
-        raise BenchError(f"unknown task(s) {sorted(wanted - set(TASKS))}; choices: {', '.join(TASKS)} "
-                         f"(or {', '.join(TASK_ALIASES)})")
+        raise BenchError(
+            f"unknown task(s) {sorted(wanted - set(TASKS))}; choices: {', '.join(TASKS)} (or {', '.join(TASK_ALIASES)})"
+        )
     return wanted
 
 
-def _select_datasets(found: dict[str, Path], names: Optional[Union[str, Sequence[str]]],
-                     data: Optional[Path]) -> dict[str, Path]:
+def _select_datasets(
+    found: dict[str, Path], names: Optional[Union[str, Sequence[str]]], data: Optional[Path]
+) -> dict[str, Path]:
     if names:
         items = names.split(",") if isinstance(names, str) else list(names)
         keep = {d.strip().removeprefix("wds/") for d in items if d.strip()}
@@ -151,13 +191,22 @@ def _select_datasets(found: dict[str, Path], names: Optional[Union[str, Sequence
             raise BenchError(f"unknown dataset(s) {sorted(keep - set(found))}; found: {', '.join(found) or '-'}")
         found = {k: v for k, v in found.items() if k in keep}
     if not found:
-        raise BenchError(f"no datasets under {data}/wds and none given with --dataset; "
-                         f"build them with `python harness/data.py build`")
+        raise BenchError(
+            f"no datasets under {data}/wds and none given with --dataset; "
+            f"build them with `python harness/data.py build`"
+        )
     return found
 
 
-def _evaluate_run(run: Run, datasets: dict[str, Path], plan: dict[str, list[str]], cache: Optional[Path],
-                  out: Path, bar: Any, opts: dict[str, Any]) -> list[dict]:
+def _evaluate_run(
+    run: Run,
+    datasets: dict[str, Path],
+    plan: dict[str, list[str]],
+    cache: Optional[Path],
+    out: Path,
+    bar: Any,
+    opts: dict[str, Any],
+) -> list[dict]:
     """Every planned (dataset, task) of one run: a clip_benchmark JSON per evaluation, and the result rows."""
     # The cache key is the content hash; a checkpoint rewritten between hashing and loading (a training run
     # still saving epoch_latest.pt) would pair old features' key with new weights, so refuse that.
@@ -171,28 +220,64 @@ def _evaluate_run(run: Run, datasets: dict[str, Path], plan: dict[str, list[str]
     for name, path in datasets.items():
         for task in plan[name]:
             bar.set_postfix_str(f"{run.run} {name} {task}")
-            metrics = evaluate_model(model, preprocess, tokenizer, path, task, cache_dir=cache,
-                                     cache_key=f"{digest}|{run.model_config}", **opts)
+            metrics = evaluate_model(
+                model,
+                preprocess,
+                tokenizer,
+                path,
+                task,
+                cache_dir=cache,
+                cache_key=f"{digest}|{run.model_config}",
+                **opts,
+            )
             metrics = {k: float(v) for k, v in metrics.items()}
             # clip_benchmark's result format; the extra keys become extra columns in `clip_benchmark build`.
-            record = {"dataset": name, "model": run.model_config, "pretrained": str(run.checkpoint), "task": task,
-                      "metrics": metrics, "language": "en", "method": run.method, "run": run.run,
-                      "checkpoint_sha256": digest}
+            record = {
+                "dataset": name,
+                "model": run.model_config,
+                "pretrained": str(run.checkpoint),
+                "task": task,
+                "metrics": metrics,
+                "language": "en",
+                "method": run.method,
+                "run": run.run,
+                "checkpoint_sha256": digest,
+            }
             (out / "json").mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / "json" / f"{run.run}__{name}__{task}.json", json.dumps(record, indent=2))
-            rows += [{"method": run.method, "run": run.run, "dataset": name, "task": task, "metric": k,
-                      "value": v, "model": run.model_config, "checkpoint": str(run.checkpoint)}
-                     for k, v in metrics.items()]
+            rows += [
+                {
+                    "method": run.method,
+                    "run": run.run,
+                    "dataset": name,
+                    "task": task,
+                    "metric": k,
+                    "value": v,
+                    "model": run.model_config,
+                    "checkpoint": str(run.checkpoint),
+                }
+                for k, v in metrics.items()
+            ]
             bar.update()
     return rows
 
 
-def run_bench(models: Union[str, Sequence[str]], runs_dir: Union[str, Path] = "runs",
-              data: Optional[Union[str, Path]] = "data", out: Union[str, Path] = "results", *,
-              tasks: Union[str, Iterable[str]] = TASKS, datasets: Optional[Union[str, Sequence[str]]] = None,
-              extra_datasets: Sequence[str] = (), probe_max_train: int = 10000,
-              feature_cache: Optional[Union[str, Path]] = None, no_cache: bool = False, batch_size: int = 128,
-              device: str = "cpu", seed: int = 0) -> list[dict]:
+def run_bench(
+    models: Union[str, Sequence[str]],
+    runs_dir: Union[str, Path] = "runs",
+    data: Optional[Union[str, Path]] = "data",
+    out: Union[str, Path] = "results",
+    *,
+    tasks: Union[str, Iterable[str]] = TASKS,
+    datasets: Optional[Union[str, Sequence[str]]] = None,
+    extra_datasets: Sequence[str] = (),
+    probe_max_train: int = 10000,
+    feature_cache: Optional[Union[str, Path]] = None,
+    no_cache: bool = False,
+    batch_size: int = 128,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict]:
     """Evaluate every run of ``models`` on every dataset and task, and write the report under ``out``.
 
     Args:
@@ -217,6 +302,7 @@ def run_bench(models: Union[str, Sequence[str]], runs_dir: Union[str, Path] = "r
         BenchError: a problem the user can fix (unknown model or dataset, unreadable checkpoint, ...).
     """
     from tqdm import tqdm
+
     wanted = parse_tasks(tasks)
     out = Path(out)
     runs = resolve_models(models, Path(runs_dir))
@@ -228,8 +314,7 @@ def run_bench(models: Union[str, Sequence[str]], runs_dir: Union[str, Path] = "r
     cache = None if no_cache else Path(feature_cache) if feature_cache else out / ".features"
     opts = {"batch_size": batch_size, "device": device, "seed": seed, "probe_max_train": probe_max_train}
     rows: list[dict] = []
-    bar = tqdm(total=sum(len(plan[n]) for n in found) * len(runs), desc="bench", unit="eval", leave=False,
-               disable=None)
+    bar = tqdm(total=sum(len(plan[n]) for n in found) * len(runs), desc="bench", unit="eval", leave=False, disable=None)
     try:
         for run in runs:
             rows += _evaluate_run(run, found, plan, cache, out, bar, opts)

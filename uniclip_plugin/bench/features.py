@@ -5,6 +5,7 @@ Features are cached per (checkpoint sha256, model config, dataset files, split) 
 features). The preprocessed images are cached too, per (set, split, subset, transform): every model of a study shares
 the transform, so the tar reading and decoding is done for the first model only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,14 +33,17 @@ def _build_wds(dataset_dir: Path, split: str, preprocess: Callable) -> Any:
         from clip_benchmark.datasets.builder import build_dataset
     except ModuleNotFoundError as err:
         # clip_benchmark's builder imports `requests` (and the datasets it lists) without declaring them.
-        raise BenchError(f"clip_benchmark's dataset builder cannot be imported: {one_line(err)} "
-                         f"(pip install requests; docs/UPSTREAM.md E2)") from err
+        raise BenchError(
+            f"clip_benchmark's dataset builder cannot be imported: {one_line(err)} "
+            f"(pip install requests; docs/UPSTREAM.md E2)"
+        ) from err
     task = "zeroshot_retrieval" if is_retrieval(dataset_dir) else "zeroshot_classification"
     with warnings.catch_warnings():
         # clip_benchmark builds WebDataset(shardshuffle=None), which warns on every build; order does not matter here.
         warnings.simplefilter("ignore", UserWarning)
-        return build_dataset(f"wds/{dataset_dir.name}", root=str(dataset_dir), transform=preprocess, split=split,
-                             task=task)
+        return build_dataset(
+            f"wds/{dataset_dir.name}", root=str(dataset_dir), transform=preprocess, split=split, task=task
+        )
 
 
 def _split_keys(split_dir: Path) -> list[str]:
@@ -51,6 +55,7 @@ def _split_keys(split_dir: Path) -> list[str]:
 def _split_keys_cached(split_dir: Path, fingerprint: str) -> tuple[str, ...]:
     # Listing 60k Fashion-MNIST samples takes seconds; every run of a bench needs the same list.
     from webdataset.tariterators import base_plus_ext
+
     keys: list[str] = []
     for i in range(int((split_dir / "nshards.txt").read_text().strip())):
         with tarfile.open(split_dir / f"{i}.tar") as tar:
@@ -65,14 +70,18 @@ def _wds_subset(dataset_dir: Path, split: str, preprocess: Callable, keep: set[s
     """clip_benchmark's classification pipeline (``build_wds_dataset``) with a key filter *before* decoding, so the
     samples a capped probe does not use are neither decoded nor encoded."""
     import webdataset as wds
+
     n = int((dataset_dir / split / "nshards.txt").read_text().strip())
     exts = ["webp", "png", "jpg", "jpeg"]
-    return (wds.WebDataset([str(dataset_dir / split / f"{i}.tar") for i in range(n)], shardshuffle=False,
-                           nodesplitter=lambda src: src)
-            .select(lambda sample: sample["__key__"] in keep)
-            .decode(wds.autodecode.ImageHandler("pil", extensions=exts))
-            .to_tuple(exts, "cls")
-            .map_tuple(preprocess, None))
+    return (
+        wds.WebDataset(
+            [str(dataset_dir / split / f"{i}.tar") for i in range(n)], shardshuffle=False, nodesplitter=lambda src: src
+        )
+        .select(lambda sample: sample["__key__"] in keep)
+        .decode(wds.autodecode.ImageHandler("pil", extensions=exts))
+        .to_tuple(exts, "cls")
+        .map_tuple(preprocess, None)
+    )
 
 
 def _preprocess_id(preprocess: Callable) -> str:
@@ -84,24 +93,29 @@ def _subset_text(max_samples: Optional[int], seed: int) -> str:
     return f"|max{max_samples}:seed{seed}" if max_samples is not None else ""
 
 
-def _images_file(cache_dir: Path, dataset_dir: Path, split: str, preprocess: Callable, max_samples: Optional[int],
-                 seed: int) -> Path:
+def _images_file(
+    cache_dir: Path, dataset_dir: Path, split: str, preprocess: Callable, max_samples: Optional[int], seed: int
+) -> Path:
     """Cache file of a split's preprocessed images: keyed by the set's files, split, subset and transform."""
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{dataset_fingerprint(dataset_dir, split)}|{split}"
-                            f"{_subset_text(max_samples, seed)}|{_preprocess_id(preprocess)}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(
+        f"{CACHE_VERSION}|{dataset_fingerprint(dataset_dir, split)}|{split}"
+        f"{_subset_text(max_samples, seed)}|{_preprocess_id(preprocess)}".encode()
+    ).hexdigest()[:24]
     return cache_dir / f"images-{dataset_dir.name}-{split}-{digest}.pt"
 
 
-def _features_file(cache_dir: Path, cache_key: str, dataset_dir: Path, split: str, max_samples: Optional[int],
-                   seed: int) -> Path:
+def _features_file(
+    cache_dir: Path, cache_key: str, dataset_dir: Path, split: str, max_samples: Optional[int], seed: int
+) -> Path:
     """Cache file of a split's features: keyed by the model (``cache_key``), the set's files, split and subset."""
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{cache_key}|{dataset_fingerprint(dataset_dir, split)}|{split}"
-                            f"{_subset_text(max_samples, seed)}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(
+        f"{CACHE_VERSION}|{cache_key}|{dataset_fingerprint(dataset_dir, split)}|{split}"
+        f"{_subset_text(max_samples, seed)}".encode()
+    ).hexdigest()[:24]
     return cache_dir / f"{dataset_dir.name}-{split}-{digest}.pt"
 
 
-def _source(ds: Any, dataset_dir: Path, split: str, preprocess: Callable, max_samples: Optional[int],
-            seed: int) -> Any:
+def _source(ds: Any, dataset_dir: Path, split: str, preprocess: Callable, max_samples: Optional[int], seed: int) -> Any:
     """The dataset to read: ``ds``, or its seeded subset of ``max_samples`` (classification splits only)."""
     if max_samples is not None and not is_retrieval(dataset_dir):
         keys = _split_keys(dataset_dir / split)
@@ -112,8 +126,16 @@ def _source(ds: Any, dataset_dir: Path, split: str, preprocess: Callable, max_sa
     return ds
 
 
-def _preprocessed_batches(ds: Any, dataset_dir: Path, split: str, preprocess: Callable, batch_size: int,
-                          cache_dir: Optional[Path], max_samples: Optional[int], seed: int) -> Iterator[tuple]:
+def _preprocessed_batches(
+    ds: Any,
+    dataset_dir: Path,
+    split: str,
+    preprocess: Callable,
+    batch_size: int,
+    cache_dir: Optional[Path],
+    max_samples: Optional[int],
+    seed: int,
+) -> Iterator[tuple]:
     """``(images, targets)`` batches of a split after ``preprocess``, decoded once per (set, split, subset, transform).
 
     Every model of a study shares the transform, so the tar reading, PNG decoding and resizing (most of a Tiny
@@ -127,7 +149,7 @@ def _preprocessed_batches(ds: Any, dataset_dir: Path, split: str, preprocess: Ca
         if path.is_file():
             record = torch.load(path, map_location="cpu", weights_only=True)
             for i in range(0, len(record["images"]), batch_size):
-                yield record["images"][i:i + batch_size], record["targets"][i:i + batch_size]
+                yield record["images"][i : i + batch_size], record["targets"][i : i + batch_size]
             return
     source = _source(ds, dataset_dir, split, preprocess, max_samples, seed)
     loader = torch.utils.data.DataLoader(source.batched(batch_size), batch_size=None, num_workers=0)
@@ -141,10 +163,12 @@ def _preprocessed_batches(ds: Any, dataset_dir: Path, split: str, preprocess: Ca
         atomic_torch_save({"images": torch.cat(images), "targets": targets}, path)
 
 
-def _encode(model: torch.nn.Module, batches: Iterator[tuple], retrieval: bool, device: str,
-            desc: str) -> tuple[list, list, list]:
+def _encode(
+    model: torch.nn.Module, batches: Iterator[tuple], retrieval: bool, device: str, desc: str
+) -> tuple[list, list, list]:
     """L2-normalised fp32 features of every batch, with the labels (classification) or captions (retrieval)."""
     from tqdm import tqdm
+
     feats, labels, captions = [], [], []
     with torch.no_grad():
         # disable=None: bars only on a terminal, so logs and the one-line error contract stay clean.
@@ -159,10 +183,18 @@ def _encode(model: torch.nn.Module, batches: Iterator[tuple], retrieval: bool, d
     return feats, labels, captions
 
 
-def extract_features(model: torch.nn.Module, preprocess: Callable, dataset_dir: Path, split: str = "test",
-                     batch_size: int = 64, device: str = "cpu", cache_dir: Optional[Path] = None,
-                     cache_key: Optional[str] = None, max_samples: Optional[int] = None,
-                     seed: int = 0) -> dict[str, Any]:
+def extract_features(
+    model: torch.nn.Module,
+    preprocess: Callable,
+    dataset_dir: Path,
+    split: str = "test",
+    batch_size: int = 64,
+    device: str = "cpu",
+    cache_dir: Optional[Path] = None,
+    cache_key: Optional[str] = None,
+    max_samples: Optional[int] = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """L2-normalised fp32 image features of one split, with labels or captions.
 
     Args:
@@ -199,10 +231,13 @@ def extract_features(model: torch.nn.Module, preprocess: Callable, dataset_dir: 
         raise BenchError(f"cannot read {dataset_dir}/{split}: {one_line(err)}") from err
     if not feats:
         raise BenchError(f"{dataset_dir}/{split} has no samples")
-    record = {"x": torch.cat(feats), "y": None if retrieval else torch.cat(labels),
-              "captions": captions if retrieval else None,
-              "classes": None if retrieval else list(ds.classes),
-              "templates": None if retrieval else list(ds.templates)}
+    record = {
+        "x": torch.cat(feats),
+        "y": None if retrieval else torch.cat(labels),
+        "captions": captions if retrieval else None,
+        "classes": None if retrieval else list(ds.classes),
+        "templates": None if retrieval else list(ds.templates),
+    }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(record, path)

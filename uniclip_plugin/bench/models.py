@@ -4,6 +4,7 @@ A name resolves to the latest checkpoint of every run ``<name>``, ``<name>-seed<
 folder (read with :class:`uniclip_plugin.runs.RunDir`); ``name=checkpoint[:model-config]`` names a checkpoint
 directly. Any open_clip-loadable model works, plugin or not.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,8 +48,9 @@ def model_config_of(run_dir: Path) -> str:
     """
     name = RunDir(run_dir).model_name()
     if name is None:
-        raise BenchError(f"{run_dir / 'params.txt'} has no 'model: NAME' line; give the model as "
-                         f"NAME=CHECKPOINT:CONFIG")
+        raise BenchError(
+            f"{run_dir / 'params.txt'} has no 'model: NAME' line; give the model as NAME=CHECKPOINT:CONFIG"
+        )
     return name
 
 
@@ -77,19 +79,28 @@ def _seed_order(folder: Path, item: str) -> tuple[int, str]:
 def _named(item: str, runs_dir: Path) -> list[Run]:
     """Every run ``item``, ``item-seed<N>`` or ``item-s<N>`` in ``runs_dir``, at its latest checkpoint."""
     pattern = re.compile(rf"^{re.escape(item)}(-seed\d+|-s\d+)?$")
-    dirs = sorted((d for d in runs_dir.iterdir() if d.is_dir() and pattern.match(d.name)),
-                  key=lambda d: _seed_order(d, item)) if runs_dir.is_dir() else []
+    dirs = (
+        sorted(
+            (d for d in runs_dir.iterdir() if d.is_dir() and pattern.match(d.name)), key=lambda d: _seed_order(d, item)
+        )
+        if runs_dir.is_dir()
+        else []
+    )
     if not dirs:
-        raise BenchError(f"unknown model {item!r}: no run {item}, {item}-seed<N> or {item}-s<N> in {runs_dir}; "
-                         f"or pass {item}=CHECKPOINT[:MODEL_CONFIG]")
+        raise BenchError(
+            f"unknown model {item!r}: no run {item}, {item}-seed<N> or {item}-s<N> in {runs_dir}; "
+            f"or pass {item}=CHECKPOINT[:MODEL_CONFIG]"
+        )
     runs = []
     for d in dirs:
         run = RunDir(d)
         ckpt = run.latest_checkpoint()
         if ckpt is None:
             if run.has_sharded_checkpoint():  # DeepSpeed trainer run: sharded, not yet exported
-                raise BenchError(f"run {d} has only DeepSpeed checkpoints; export one first with "
-                                 f"`python harness/train.py --export {d}`")
+                raise BenchError(
+                    f"run {d} has only DeepSpeed checkpoints; export one first with "
+                    f"`python harness/train.py --export {d}`"
+                )
             raise BenchError(f"run {d} has no checkpoint (checkpoints/epoch_<N>.pt or export/*.pt)")
         runs.append(Run(item, d.name, ckpt, model_config_of(d), d))
     return runs
@@ -131,12 +142,15 @@ def load_model(run: Run, device: str = "cpu") -> tuple[torch.nn.Module, Callable
     """
     uniclip_plugin.register()  # plugin configs and classes, and the upstream fixes (idempotent)
     import open_clip
+
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            run.model_config, pretrained=str(run.checkpoint), device=device, precision="fp32")
+            run.model_config, pretrained=str(run.checkpoint), device=device, precision="fp32"
+        )
         tokenizer = open_clip.get_tokenizer(run.model_config)
     except Exception as err:  # noqa: BLE001 (any load failure is the user's checkpoint/config; say which)
-        raise BenchError(f"cannot load {run.checkpoint} as {run.model_config} (run {run.run}): "
-                         f"{one_line(err)}") from err
+        raise BenchError(
+            f"cannot load {run.checkpoint} as {run.model_config} (run {run.run}): {one_line(err)}"
+        ) from err
     model.eval()
     return model, preprocess, tokenizer

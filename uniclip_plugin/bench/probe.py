@@ -18,6 +18,7 @@ hundreds at large C. Measured on the quick study's CLIP checkpoint (4 probe sets
 fits 73 → 7.4 s; probe accuracies moved by at most 0.8 points (digits 78.3 → 77.5, Fashion-MNIST 74.2 → 74.4, emoji
 group 49.8 → 49.0, subgroup 34.2 → 34.3 %): the validation curve is flat at large C, so the chosen C can differ.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,6 +39,7 @@ SOLVER = "newton-cg"  # second order: ~10 iterations per C where L-BFGS took hun
 def _split_train_val(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a stratified (when every class has ≥ 2 samples) ``VAL_FRACTION`` validation split of train."""
     from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(labels))
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 and int(VAL_FRACTION * len(labels)) >= len(counts) else None
@@ -53,6 +55,7 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, init: Any = None) ->
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+
     clf = LogisticRegression(C=c, max_iter=1000, random_state=seed, warm_start=init is not None, solver=SOLVER)
     if init is not None:
         clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
@@ -72,8 +75,9 @@ def choose_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[floa
 FITS = len(COARSE_LOG10_C) + 2 * len(REFINE_STEPS) + 1
 
 
-def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0,
-              bar: Any = None) -> tuple[float, dict[float, float], Any]:
+def _search_c(
+    feats: np.ndarray, labels: np.ndarray, seed: int = 0, bar: Any = None
+) -> tuple[float, dict[float, float], Any]:
     """Pick ``C`` by validation accuracy on a split of the training data.
 
     Args:
@@ -117,8 +121,15 @@ def _search_c(feats: np.ndarray, labels: np.ndarray, seed: int = 0,
     return best(), scores, fitted[best()]
 
 
-def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
-                 seed: int = 0, max_train: int = 10000, desc: str = "probe") -> dict[str, float]:
+def linear_probe(
+    train_feats: np.ndarray,
+    train_labels: np.ndarray,
+    test_feats: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int = 0,
+    max_train: int = 10000,
+    desc: str = "probe",
+) -> dict[str, float]:
     """Logistic-regression probe: ``C`` chosen on a validation split of train, refit on train, scored on test.
 
     Args:
@@ -136,18 +147,22 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         as clip_benchmark reports it), the chosen ``lp_C`` and the number of training samples ``lp_n_train``.
     """
     from sklearn.metrics import balanced_accuracy_score
+
     train_feats, test_feats = np.asarray(train_feats, dtype=np.float64), np.asarray(test_feats, dtype=np.float64)
     train_labels, test_labels = np.asarray(train_labels).astype(int), np.asarray(test_labels).astype(int)
     if len(train_feats) > max_train:
         keep = np.sort(np.random.default_rng(seed).permutation(len(train_feats))[:max_train])
         train_feats, train_labels = train_feats[keep], train_labels[keep]
     if len(np.unique(train_labels)) < 2:
-        raise ValueError(f"the linear probe needs at least 2 classes in the training split, got "
-                         f"{len(np.unique(train_labels))}")
+        raise ValueError(
+            f"the linear probe needs at least 2 classes in the training split, got {len(np.unique(train_labels))}"
+        )
     from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(train_feats)  # training-split statistics only
     train_feats, test_feats = scaler.transform(train_feats), scaler.transform(test_feats)
     from tqdm import tqdm
+
     # a probe takes seconds to a minute on 2 cores: show its fits (silent when not a terminal)
     with tqdm(total=FITS, desc=desc, unit="fit", leave=False, disable=None) as bar:
         c, _, init = _search_c(train_feats, train_labels, seed, bar)
@@ -164,5 +179,10 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         # A test class absent from the predictions is fine; sklearn warns about it.
         warnings.simplefilter("ignore", UserWarning)
         mpcr = float(balanced_accuracy_score(test_labels, pred))
-    return {"lp_acc1": float((pred == test_labels).mean()), "lp_acc5": acc5, "lp_mean_per_class_recall": mpcr,
-            "lp_C": c, "lp_n_train": int(len(train_labels))}
+    return {
+        "lp_acc1": float((pred == test_labels).mean()),
+        "lp_acc5": acc5,
+        "lp_mean_per_class_recall": mpcr,
+        "lp_C": c,
+        "lp_n_train": int(len(train_labels)),
+    }

@@ -9,6 +9,7 @@ place), so an interrupted run never leaves a truncated file under a final name. 
 (never ``.json``/``.png``/``.csv``), so ``clip_benchmark build DIR`` (which reads every ``*.json`` in DIR) cannot
 pick up a half-written file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,12 @@ TASK_ORDER = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
 # mean_average_precision instead of acc1 (clip_benchmark's zero-shot evaluate).
 TABLE_METRICS = {
     "zeroshot_classification": ("acc1", "mean_average_precision"),
-    "zeroshot_retrieval": ("image_retrieval_recall@1", "text_retrieval_recall@1",
-                           "image_retrieval_recall@5", "text_retrieval_recall@5"),
+    "zeroshot_retrieval": (
+        "image_retrieval_recall@1",
+        "text_retrieval_recall@1",
+        "image_retrieval_recall@5",
+        "text_retrieval_recall@5",
+    ),
     "linear_probe": ("lp_acc1",),
 }
 ROW_FIELDS = ("method", "run", "dataset", "task", "metric", "value", "model", "checkpoint")
@@ -54,15 +59,26 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for (method, dataset, task, metric), values in groups.items():
         mean, std = _mean_std(values)
-        out.append({"method": method, "dataset": dataset, "task": task, "metric": metric, "mean": mean, "std": std,
-                    "n": len(values)})
+        out.append(
+            {
+                "method": method,
+                "dataset": dataset,
+                "task": task,
+                "metric": metric,
+                "mean": mean,
+                "std": std,
+                "n": len(values),
+            }
+        )
     return out
 
 
 def _table_keys(summary: list[dict]) -> list[tuple[str, str, str]]:
     keys = {(s["dataset"], s["task"], s["metric"]) for s in summary if s["metric"] in TABLE_METRICS.get(s["task"], ())}
-    return sorted(keys, key=lambda k: (TASK_ORDER.index(k[1]) if k[1] in TASK_ORDER else 99, k[0],
-                                       TABLE_METRICS[k[1]].index(k[2])))
+    return sorted(
+        keys,
+        key=lambda k: (TASK_ORDER.index(k[1]) if k[1] in TASK_ORDER else 99, k[0], TABLE_METRICS[k[1]].index(k[2])),
+    )
 
 
 def markdown_table(summary: list[dict], methods: list[str]) -> str:
@@ -84,8 +100,10 @@ def markdown_table(summary: list[dict], methods: list[str]) -> str:
                 text += f" (Δ {100 * (s['mean'] - base['mean']):+.1f})"
             values.append(text)
         lines.append(f"| {dataset} | {task} | {metric} | " + " | ".join(values) + " |")
-    note = (f"\nValues in %; mean ± sample std over the n runs (seeds) of a method; Δ in points against "
-            f"{methods[0]}. All metrics: results.csv (per run) and summary.csv (aggregated).\n")
+    note = (
+        f"\nValues in %; mean ± sample std over the n runs (seeds) of a method; Δ in points against "
+        f"{methods[0]}. All metrics: results.csv (per run) and summary.csv (aggregated).\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -134,6 +152,7 @@ def _tick_label(dataset: str, metric: str) -> str:
 def method_colours(methods: Sequence[str]) -> dict[str, object]:
     """One colour per method, in order: matplotlib's 10-colour cycle, or tab20 beyond 10 methods."""
     import matplotlib
+
     if len(methods) <= 10:
         return {m: f"C{i}" for i, m in enumerate(methods)}
     cmap = matplotlib.colormaps["tab20"]
@@ -141,8 +160,13 @@ def method_colours(methods: Sequence[str]) -> dict[str, object]:
     return {m: cmap(order[i % 20]) for i, m in enumerate(methods)}
 
 
-def grouped_bars(ax: object, groups: list[str], methods: list[str],
-                 stats: dict[tuple[str, str], tuple[float, float]], ylabel: str = "%") -> None:
+def grouped_bars(
+    ax: object,
+    groups: list[str],
+    methods: list[str],
+    stats: dict[tuple[str, str], tuple[float, float]],
+    ylabel: str = "%",
+) -> None:
     """Draw one bar per (group, method) with its std as an error bar, on a y-range fitted to the values.
 
     Args:
@@ -158,8 +182,16 @@ def grouped_bars(ax: object, groups: list[str], methods: list[str],
         means = [stats.get((g, m), (math.nan, 0.0))[0] for g in groups]
         stds = [stats.get((g, m), (math.nan, 0.0))[1] for g in groups]
         stds = [0.0 if math.isnan(s) else s for s in stds]
-        ax.bar([j + i * width for j in range(len(groups))], means, width, yerr=stds, capsize=2,  # type: ignore
-               label=m, color=colours[m], error_kw={"elinewidth": 0.8})
+        ax.bar(
+            [j + i * width for j in range(len(groups))],
+            means,
+            width,
+            yerr=stds,
+            capsize=2,  # type: ignore
+            label=m,
+            color=colours[m],
+            error_kw={"elinewidth": 0.8},
+        )
         lows += [v - s for v, s in zip(means, stds, strict=True)]
         highs += [v + s for v, s in zip(means, stds, strict=True)]
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])  # type: ignore[attr-defined]
@@ -175,11 +207,14 @@ def task_bar_figures(summary: list[dict], methods: list[str]) -> dict[str, objec
     """One matplotlib figure per task in ``summary``: groups = (dataset, metric), bars = methods, error bars = std
     over runs (values in %); the caller saves and closes them."""
     import matplotlib
+
     matplotlib.use("Agg")  # headless: no display on CI or the eval box
     import matplotlib.pyplot as plt
-    stats = {(_tick_label(s["dataset"], s["metric"]), s["method"]): (100 * s["mean"],
-                                                                   100 * s["std"] if s["n"] > 1 else 0.0)
-             for s in summary}
+
+    stats = {
+        (_tick_label(s["dataset"], s["metric"]), s["method"]): (100 * s["mean"], 100 * s["std"] if s["n"] > 1 else 0.0)
+        for s in summary
+    }
     keys = _table_keys(summary)
     figures: dict[str, object] = {}
     for task in TASK_ORDER:
@@ -197,6 +232,7 @@ def task_bar_figures(summary: list[dict], methods: list[str]) -> dict[str, objec
 def bar_charts(summary: list[dict], methods: list[str], out: Path, prefix: str = "", dpi: int = 100) -> list[Path]:
     """One ``<prefix><task>.png`` per task (see :func:`task_bar_figures`)."""
     import matplotlib.pyplot as plt
+
     written = []
     for task, fig in task_bar_figures(summary, methods).items():
         _savefig(fig, out / f"{prefix}{task}.png", dpi)
@@ -209,6 +245,7 @@ def loss_figure(curves: dict[str, list[tuple[int, float]]]) -> Optional[object]:
     """The training-loss figure: one panel per method (the methods' losses are different objectives, so they share
     no scale), each run of the method a line of the method's colour; None when no run logged a loss."""
     from uniclip_plugin.runs import parse_run_name
+
     by_method: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for name, c in curves.items():
         if c:
@@ -216,8 +253,10 @@ def loss_figure(curves: dict[str, list[tuple[int, float]]]) -> Optional[object]:
     if not by_method:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     cols = min(3, len(by_method))
     rows = math.ceil(len(by_method) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
@@ -242,13 +281,15 @@ def curves_plot(curves: dict[str, list[tuple[int, float]]], out: Path) -> Option
     if fig is None:
         return None
     import matplotlib.pyplot as plt
+
     _savefig(fig, out / "training_curves.png")
     plt.close(fig)  # type: ignore[arg-type]
     return out / "training_curves.png"
 
 
-def write_report(rows: list[dict], methods: list[str], out: Path,
-                 curves: Optional[dict[str, list[tuple[int, float]]]] = None) -> dict[str, Path]:
+def write_report(
+    rows: list[dict], methods: list[str], out: Path, curves: Optional[dict[str, list[tuple[int, float]]]] = None
+) -> dict[str, Path]:
     """Write ``results.csv``, ``summary.csv``, ``table.md``, ``<task>.png`` and ``training_curves.png``.
 
     Args:

@@ -9,6 +9,7 @@ checkpoint this script ranks the retrieval test set (the concepts disjoint from 
 splits each top-1 into: exact hit, tone confusion (the same caption up to its skin-tone words), other miss. Own code,
 not clip_benchmark's retrieval metric, because that metric only counts exact hits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,11 @@ def load_pairs(split_dir: Path) -> tuple[list, list[str]]:
     from PIL import Image
 
     from uniclip_plugin.study.analysis import read_samples  # the study's own reader of a webdataset split
+
     samples = read_samples(split_dir)
-    images = [Image.open(io.BytesIO(next(s[k] for k in ("png", "webp", "jpg") if k in s))).convert("RGB")
-              for s in samples]
+    images = [
+        Image.open(io.BytesIO(next(s[k] for k in ("png", "webp", "jpg") if k in s))).convert("RGB") for s in samples
+    ]
     return images, [s["txt"].decode().strip() for s in samples]
 
 
@@ -89,16 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     uniclip_plugin.register()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-dir", required=True, help="a study's run folder, e.g. runs/full-tuned")
-    parser.add_argument("--models", default="clip,clip-aug,slip,declip,uniclip",
-                        help="methods or runs, as harness/bench.py --models takes them (final checkpoints)")
+    parser.add_argument(
+        "--models",
+        default="clip,clip-aug,slip,declip,uniclip",
+        help="methods or runs, as harness/bench.py --models takes them (final checkpoints)",
+    )
     parser.add_argument("--data", default="data")
     parser.add_argument("--dataset", default="heldout_emoji_retrieval_test")
     parser.add_argument("--out", required=True, help="folder for tone_confusions.json")
     args = parser.parse_args(argv)
     split = Path(args.data) / "wds" / args.dataset / "test"
     if not split.is_dir():
-        raise SystemExit(f"tone_confusions.py: error: no retrieval split at {split}; build the data with "
-                         f"python harness/data.py")
+        raise SystemExit(
+            f"tone_confusions.py: error: no retrieval split at {split}; build the data with python harness/data.py"
+        )
     images, captions = load_pairs(split)
     try:
         runs = resolve_models(args.models, Path(args.runs_dir))
@@ -107,15 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     rows = {run.run: analyse_run(run, images, captions) for run in runs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "tone_confusions.json", json.dumps(
-        {"dataset": args.dataset, "pairs": len(captions), "runs": rows}, indent=1))
+    write_text_atomic(
+        out / "tone_confusions.json",
+        json.dumps({"dataset": args.dataset, "pairs": len(captions), "runs": rows}, indent=1),
+    )
     share = next(iter(rows.values()))["queries_with_tone_variants"]
-    print(f"{args.dataset}: {len(captions)} pairs, {100 * share:.0f} % of them have a tone variant in the set; "
-          f"top-1 in %: hit / tone confusion / other miss")
+    print(
+        f"{args.dataset}: {len(captions)} pairs, {100 * share:.0f} % of them have a tone variant in the set; "
+        f"top-1 in %: hit / tone confusion / other miss"
+    )
     print("| run | i→t hit | i→t tone | i→t other | t→i hit | t→i tone | t→i other |\n|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | " + " | ".join(f"{100 * r[f'{d}_{k}']:.1f}" for d in ("i2t", "t2i")
-                                          for k in ("r1", "tone_confusion", "other_miss")) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(
+                f"{100 * r[f'{d}_{k}']:.1f}" for d in ("i2t", "t2i") for k in ("r1", "tone_confusion", "other_miss")
+            )
+            + " |"
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ is rebuilt only when it is missing, was built with other options or ``force`` is
 temp folder and swapped into place when complete. The command line is :mod:`uniclip_plugin.data.cli`; sources,
 counts, licences and split policy: ``docs/DATA.md``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,12 @@ from .common import DataError, Skipped, fresh_tmp_dir, json_text, make_image_sam
 from .sources import fetch
 
 TARGETS = ("pretrain", "heldout-emoji", "fmnist", "digits")
-OUTPUTS = {"pretrain": ["pretrain"], "heldout-emoji": [f"wds/{n}" for n in emoji.HELDOUT_SETS],
-           "fmnist": ["wds/fmnist"], "digits": ["wds/digits"]}
+OUTPUTS = {
+    "pretrain": ["pretrain"],
+    "heldout-emoji": [f"wds/{n}" for n in emoji.HELDOUT_SETS],
+    "fmnist": ["wds/fmnist"],
+    "digits": ["wds/digits"],
+}
 PRETRAIN_SHARDS = 8  # ≥ workers × ranks: `--workers 2` on 2 ranks needs 4; 8 leaves room
 EMOJI_SOURCES = ("openmoji", "noto", "twemoji", "fluent")
 MANIFEST_FORMAT = 3  # 3: shard members without pax headers (common.SHARD_MTIME)
@@ -40,8 +45,16 @@ def _emoji(cache: Path) -> tuple[dict[str, dict], dict[str, dict[str, Path]]]:
     return meta, {k: emoji.style_files(cache / k, k) for k in EMOJI_SOURCES}
 
 
-def build_pretrain(out: Path, cache: Path, res: int, skipped: Skipped, with_clipart: bool = False,
-                   shards: int = PRETRAIN_SHARDS, seed: int = 0, jobs: int = 1) -> dict[str, Any]:
+def build_pretrain(
+    out: Path,
+    cache: Path,
+    res: int,
+    skipped: Skipped,
+    with_clipart: bool = False,
+    shards: int = PRETRAIN_SHARDS,
+    seed: int = 0,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Pre-training shards ``out/pretrain/emoji-NNNNNN.tar`` + ``sizes.json`` (counts of the samples written).
 
     Items of all sources are shuffled together with ``seed`` so that every shard mixes styles, then rendered shard
@@ -66,6 +79,7 @@ def build_pretrain(out: Path, cache: Path, res: int, skipped: Skipped, with_clip
     def skip(item: Any) -> None:
         skipped.add(item.source)
         lost.add(item.key)
+
     # make_image_sample is looked up here, in this module, at call time (the interrupted-build test replaces it)
     counts = write_shards(tmp, names, items, functools.partial(make_image_sample, res=res), skip, "pretrain", jobs)
     write_text_atomic(tmp / "sizes.json", json_text(dict(zip(names, counts, strict=True))))
@@ -73,11 +87,18 @@ def build_pretrain(out: Path, cache: Path, res: int, skipped: Skipped, with_clip
     kept = [it for it in items if it.key not in lost]
     captions = {dict(it.members)["txt"] for it in kept}
     groups = Counter(meta[it.key.split("_", 1)[1]]["group"] for it in kept if it.source in emoji.PRETRAIN_STYLES)
-    return {"samples": sum(counts), "shards": shards, "pattern": f"pretrain/emoji-{{000000..{shards - 1:06d}}}.tar",
-            "per_style": dict(Counter(it.source for it in kept)), "per_group": dict(groups.most_common()),
-            "skintone_variants": sum(1 for it in kept if it.source in emoji.PRETRAIN_STYLES
-                                     and meta[it.key.split("_", 1)[1]].get("skintone")),
-            "unique_captions": len(captions), "clipart_filter": clip_stats}
+    return {
+        "samples": sum(counts),
+        "shards": shards,
+        "pattern": f"pretrain/emoji-{{000000..{shards - 1:06d}}}.tar",
+        "per_style": dict(Counter(it.source for it in kept)),
+        "per_group": dict(groups.most_common()),
+        "skintone_variants": sum(
+            1 for it in kept if it.source in emoji.PRETRAIN_STYLES and meta[it.key.split("_", 1)[1]].get("skintone")
+        ),
+        "unique_captions": len(captions),
+        "clipart_filter": clip_stats,
+    }
 
 
 def build_heldout(out: Path, cache: Path, res: int, skipped: Skipped, jobs: int = 1) -> dict[str, Any]:
@@ -91,8 +112,14 @@ def build_heldout(out: Path, cache: Path, res: int, skipped: Skipped, jobs: int 
 def build_fmnist(out: Path, cache: Path, res: int, jobs: int = 1) -> dict[str, Any]:
     """``wds/fmnist``: the official 60k/10k split, 10 classes."""
     fetch("fmnist", cache)
-    return labelled.write_labelled_set(out / "wds" / "fmnist", labelled.load_fmnist(cache / "fmnist"),
-                                       labelled.FMNIST_CLASSES, labelled.FMNIST_TEMPLATES, res, jobs)
+    return labelled.write_labelled_set(
+        out / "wds" / "fmnist",
+        labelled.load_fmnist(cache / "fmnist"),
+        labelled.FMNIST_CLASSES,
+        labelled.FMNIST_TEMPLATES,
+        res,
+        jobs,
+    )
 
 
 def build_digits(out: Path, cache: Path, res: int, source: str = "mnist5k", jobs: int = 1) -> dict[str, Any]:
@@ -105,8 +132,9 @@ def build_digits(out: Path, cache: Path, res: int, source: str = "mnist5k", jobs
     else:
         fetch("mnist", cache)
         splits = labelled.load_mnist5k(cache / "mnist")
-    return labelled.write_labelled_set(out / "wds" / "digits", splits, labelled.DIGIT_CLASSES,
-                                       labelled.DIGIT_TEMPLATES, res, jobs)
+    return labelled.write_labelled_set(
+        out / "wds" / "digits", splits, labelled.DIGIT_CLASSES, labelled.DIGIT_TEMPLATES, res, jobs
+    )
 
 
 def _sources_of(target: str, options: dict[str, Any]) -> list[str]:
@@ -120,8 +148,16 @@ def _sources_of(target: str, options: dict[str, Any]) -> list[str]:
 def _record(key: str, cache: Path) -> dict[str, Any]:
     if key == "sklearn-digits":
         import sklearn
-        return {"key": key, "registry": "pypi (installed)", "package": "scikit-learn", "version": sklearn.__version__,
-                "archive": "-", "sha256": "-", "licence": "BSD-3-Clause"}
+
+        return {
+            "key": key,
+            "registry": "pypi (installed)",
+            "package": "scikit-learn",
+            "version": sklearn.__version__,
+            "archive": "-",
+            "sha256": "-",
+            "licence": "BSD-3-Clause",
+        }
     return fetch(key, cache)  # cached: reads the marker
 
 
@@ -134,8 +170,13 @@ def load_manifest(out: Path) -> dict[str, Any]:
         m = {}
     if m.get("format") != MANIFEST_FORMAT:
         m = {}
-    return {"format": MANIFEST_FORMAT, "targets": m.get("targets", {}), "counts": m.get("counts", {}),
-            "sources": m.get("sources", {}), "licence_files": m.get("licence_files", [])}
+    return {
+        "format": MANIFEST_FORMAT,
+        "targets": m.get("targets", {}),
+        "counts": m.get("counts", {}),
+        "sources": m.get("sources", {}),
+        "licence_files": m.get("licence_files", []),
+    }
 
 
 def _clean_stale(out: Path, cache: Path) -> None:
@@ -144,8 +185,12 @@ def _clean_stale(out: Path, cache: Path) -> None:
     ``.tmp-*`` / ``.old-*``: set folders of :func:`fresh_tmp_dir` / :func:`publish_dir`; ``.download-*``: downloads
     and extractions; ``.*.tmp``: files of :mod:`uniclip_plugin.io` (manifest, card, licences, cache markers).
     """
-    for folder, patterns in ((out, (".tmp-*", ".old-*", ".*.tmp")), (out / "wds", (".tmp-*", ".old-*")),
-                             (out / "licenses", (".*.tmp",)), (cache, (".download-*", ".*.tmp"))):
+    for folder, patterns in (
+        (out, (".tmp-*", ".old-*", ".*.tmp")),
+        (out / "wds", (".tmp-*", ".old-*")),
+        (out / "licenses", (".*.tmp",)),
+        (cache, (".download-*", ".*.tmp")),
+    ):
         for pattern in patterns:
             for p in folder.glob(pattern) if folder.is_dir() else ():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -153,21 +198,34 @@ def _clean_stale(out: Path, cache: Path) -> None:
 
 def _target_options(with_clipart: bool, digits: str, shards: int) -> dict[str, dict[str, Any]]:
     """The options recorded per target: a target built with other options is rebuilt."""
-    return {"pretrain": {"with_clipart": with_clipart, "shards": shards, "seed": 0}, "heldout-emoji": {},
-            "fmnist": {}, "digits": {"source": digits}}
+    return {
+        "pretrain": {"with_clipart": with_clipart, "shards": shards, "seed": 0},
+        "heldout-emoji": {},
+        "fmnist": {},
+        "digits": {"source": digits},
+    }
 
 
-def _outdated(out: Path, manifest: dict[str, Any], only: list[str], res: int, options: dict[str, dict[str, Any]],
-              force: bool) -> list[str]:
+def _outdated(
+    out: Path, manifest: dict[str, Any], only: list[str], res: int, options: dict[str, dict[str, Any]], force: bool
+) -> list[str]:
     """The requested targets (in ``TARGETS`` order) that are missing, built otherwise, or ``force``d."""
-    return [t for t in TARGETS if t in only and (
-        force or manifest["targets"].get(t, {}).get("res") != res
-        or manifest["targets"][t].get("options") != options[t]
-        or not all((out / o).exists() for o in OUTPUTS[t]))]
+    return [
+        t
+        for t in TARGETS
+        if t in only
+        and (
+            force
+            or manifest["targets"].get(t, {}).get("res") != res
+            or manifest["targets"][t].get("options") != options[t]
+            or not all((out / o).exists() for o in OUTPUTS[t])
+        )
+    ]
 
 
-def _build_target(target: str, out: Path, cache: Path, res: int, skipped: Skipped, options: dict[str, Any],
-                  jobs: int) -> dict[str, Any]:
+def _build_target(
+    target: str, out: Path, cache: Path, res: int, skipped: Skipped, options: dict[str, Any], jobs: int
+) -> dict[str, Any]:
     """Build one target with its recorded ``options``; returns its counts."""
     if target == "pretrain":
         return build_pretrain(out, cache, res, skipped, options["with_clipart"], options["shards"], jobs=jobs)
@@ -191,9 +249,17 @@ def _write_manifest_card_licences(manifest: dict[str, Any], out: Path, cache: Pa
     card.write_card(out, manifest)
 
 
-def build(out: Path, only: Iterable[str] = TARGETS, res: int = 64, cache: Optional[Path] = None, force: bool = False,
-          with_clipart: bool = False, digits: str = "mnist5k", shards: int = PRETRAIN_SHARDS,
-          jobs: int = 1) -> dict[str, Any]:
+def build(
+    out: Path,
+    only: Iterable[str] = TARGETS,
+    res: int = 64,
+    cache: Optional[Path] = None,
+    force: bool = False,
+    with_clipart: bool = False,
+    digits: str = "mnist5k",
+    shards: int = PRETRAIN_SHARDS,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Build the requested targets; those already built with the same options are left alone unless ``force``.
 
     Args:
@@ -236,9 +302,15 @@ def build(out: Path, only: Iterable[str] = TARGETS, res: int = 64, cache: Option
         keys = _sources_of(target, options[target])
         manifest["sources"].update({k: _record(k, cache) for k in keys})
         manifest["counts"][target] = counts
-        manifest["targets"][target] = {"res": res, "options": options[target], "sources": keys,
-                                       "outputs": OUTPUTS[target], "skipped": skipped.counts,
-                                       "built": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1)}
+        manifest["targets"][target] = {
+            "res": res,
+            "options": options[target],
+            "sources": keys,
+            "outputs": OUTPUTS[target],
+            "skipped": skipped.counts,
+            "built": time.strftime("%Y-%m-%d %H:%M"),
+            "seconds": round(time.time() - t0, 1),
+        }
         _write_manifest_card_licences(manifest, out, cache)
     return {**manifest, "seconds": round(time.time() - start, 1), "built_now": todo}
 
@@ -247,6 +319,7 @@ def info(out: Path) -> str:
     """Counts per split, resolutions and licences of a built folder."""
     manifest = load_manifest(out)
     if not manifest["targets"]:
-        raise DataError(f"no manifest.json from this builder in {out}; build it with "
-                        f"`python harness/data.py build --out {out}`")
+        raise DataError(
+            f"no manifest.json from this builder in {out}; build it with `python harness/data.py build --out {out}`"
+        )
     return card.summary(out, manifest)

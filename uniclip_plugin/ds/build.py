@@ -1,5 +1,6 @@
 """The model and the optimiser's parameter groups, built as ``open_clip train`` builds them and made fit for
 DeepSpeed (no 0-dim parameters, D1 in docs/UPSTREAM.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ def check_model_and_loss(args: argparse.Namespace) -> Any:
     import open_clip.factory as ocf
 
     from uniclip_plugin import registry
+
     if not args.model:
         raise HarnessError("--model is required (e.g. UniCLIP-Tiny-32)")
     if ocf.get_model_config(args.model) is None and not args.model.startswith(("local-dir:", "hf-hub:")):
@@ -64,7 +66,8 @@ def build_model(args: argparse.Namespace, setup: integration.Setup) -> tuple[nn.
     pretrained = getattr(args, "pretrained", None)
     extra = {"pretrained": pretrained} if pretrained else {}
     model, preprocess_train, preprocess_val = integration.create_model_and_transforms(
-        args.model, setup, precision="fp32", device="cpu", output_dict=True, **extra)
+        args.model, setup, precision="fp32", device="cpu", output_dict=True, **extra
+    )
     if pretrained:
         logging.info(f"Loaded pretrained weights for {args.model} from {pretrained}")
     if getattr(args, "grad_checkpointing", False):
@@ -86,8 +89,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> tuple[list[dict], lis
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     layout = [[n for n, p in named if no_decay(n, p)], [n for n, p in named if not no_decay(n, p)]]
     params = dict(named)
-    groups = [{"params": [params[n] for n in names], "weight_decay": wd}
-              for names, wd in zip(layout, (0.0, weight_decay), strict=True) if names]
+    groups = [
+        {"params": [params[n] for n in names], "weight_decay": wd}
+        for names, wd in zip(layout, (0.0, weight_decay), strict=True)
+        if names
+    ]
     return groups, [names for names in layout if names]
 
 
@@ -96,6 +102,7 @@ def seed_everything(seed: int) -> None:
     import random
 
     import numpy as np
+
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)

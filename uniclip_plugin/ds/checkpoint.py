@@ -32,6 +32,7 @@ Queue state (DeCLIP's nearest-neighbour queue and the like): any submodule that 
 ``get_extra_state``/``set_extra_state`` has that state saved per rank and restored on resume, so a queue that differs
 between ranks survives too. No per-method code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -100,8 +101,13 @@ def capture_rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": _to_lists(random.getstate()),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].copy()),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -192,8 +198,11 @@ def point_latest(ckpt_dir: Path, tag: str) -> None:
 
 def file_manifest(directory: Path) -> dict[str, int]:
     """``{relative path: size}`` of every file of a checkpoint directory but the meta file (checked at resume)."""
-    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != META_FILE}
+    return {
+        p.relative_to(directory).as_posix(): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != META_FILE
+    }
 
 
 def _describe(err: OSError) -> str:
@@ -207,6 +216,7 @@ def gather_errors(error: Optional[str]) -> list[str]:
         error: this rank's error, or None.
     """
     import torch.distributed as dist
+
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return [f"rank 0: {error}"] if error else []
     errors: list[Optional[str]] = [None] * dist.get_world_size()
@@ -214,8 +224,9 @@ def gather_errors(error: Optional[str]) -> list[str]:
     return [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
 
 
-def _write_rank_files(engine: Any, ckpt_dir: Path, tmp_tag: str, full_meta: dict, rank: int,
-                      barrier: Any) -> Optional[str]:
+def _write_rank_files(
+    engine: Any, ckpt_dir: Path, tmp_tag: str, full_meta: dict, rank: int, barrier: Any
+) -> Optional[str]:
     """This rank's part of the save (DeepSpeed's files, RNG/extra state); returns the write error, or None."""
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"harness": full_meta}, save_latest=False)
@@ -261,12 +272,15 @@ def _raise_if_failed(errors: list[str], ckpt_dir: Path, tag: str, rank: int) -> 
         shutil.rmtree(ckpt_dir / (tag + TMP_SUFFIX), ignore_errors=True)
     previous = read_latest(ckpt_dir)
     kept = f"the last complete checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-    raise CheckpointError(f"could not write checkpoint {tag} ({'; '.join(errors)}); {kept}; free space in "
-                          f"{ckpt_dir} (or lower --keep-checkpoints) and rerun with --resume latest")
+    raise CheckpointError(
+        f"could not write checkpoint {tag} ({'; '.join(errors)}); {kept}; free space in "
+        f"{ckpt_dir} (or lower --keep-checkpoints) and rerun with --resume latest"
+    )
 
 
-def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, meta: dict, *, rank: int, keep: int,
-                    barrier: Any) -> Path:
+def save_checkpoint(
+    engine: Any, ckpt_dir: Path, state: TrainState, meta: dict, *, rank: int, keep: int, barrier: Any
+) -> Path:
     """Save a resumable checkpoint of the current step on ALL ranks (DeepSpeed's save is a collective, D6).
 
     Args:
@@ -361,12 +375,16 @@ def newest_intact(ckpt_dir: Path, notes: Optional[list[str]] = None) -> Optional
             if damaged:
                 point_latest(ckpt_dir, tag)
                 if notes is not None:
-                    notes.append(f"damaged checkpoint set aside ({'; '.join(damaged)}, renamed *{DAMAGED_SUFFIX}); "
-                                 f"resuming from the previous intact checkpoint {tag}")
+                    notes.append(
+                        f"damaged checkpoint set aside ({'; '.join(damaged)}, renamed *{DAMAGED_SUFFIX}); "
+                        f"resuming from the previous intact checkpoint {tag}"
+                    )
             return tag
         damaged.append(f"{tag}: {problem}")
-    raise CheckpointError(f"no intact checkpoint in {ckpt_dir} ({'; '.join(damaged)}); restore one from a backup, "
-                          f"or delete {ckpt_dir} to train from step 0")
+    raise CheckpointError(
+        f"no intact checkpoint in {ckpt_dir} ({'; '.join(damaged)}); restore one from a backup, "
+        f"or delete {ckpt_dir} to train from step 0"
+    )
 
 
 def resolve_resume(resume: str, run_dir: Path, notes: Optional[list[str]] = None) -> Optional[tuple[Path, str]]:
@@ -387,15 +405,19 @@ def resolve_resume(resume: str, run_dir: Path, notes: Optional[list[str]] = None
     if (path / META_FILE).is_file():
         problem = verify_checkpoint(path.parent, path.name)
         if problem:
-            raise CheckpointError(f"--resume {resume}: the checkpoint is damaged ({problem}); pass an older "
-                                  f"{TAG_PREFIX}N directory or the run directory")
+            raise CheckpointError(
+                f"--resume {resume}: the checkpoint is damaged ({problem}); pass an older "
+                f"{TAG_PREFIX}N directory or the run directory"
+            )
         return path.parent, path.name
     for ckpt_dir in (path / "checkpoints", path):
         tag = newest_intact(ckpt_dir, notes) if ckpt_dir.is_dir() else None
         if tag:
             return ckpt_dir, tag
-    raise CheckpointError(f"--resume {resume!r}: no complete checkpoint there (expected a run dir, its checkpoints/ "
-                          f"dir with {LATEST}, or a {TAG_PREFIX}N dir with {META_FILE})")
+    raise CheckpointError(
+        f"--resume {resume!r}: no complete checkpoint there (expected a run dir, its checkpoints/ "
+        f"dir with {LATEST}, or a {TAG_PREFIX}N dir with {META_FILE})"
+    )
 
 
 def read_meta(ckpt_dir: Path, tag: str) -> dict:
@@ -406,29 +428,38 @@ def read_meta(ckpt_dir: Path, tag: str) -> dict:
 def check_compatible(meta: dict, current: dict) -> None:
     """Refuse a resume DeepSpeed would reject with an obscure message (docs/UPSTREAM.md D5, DeepSpeed #3810)."""
     if meta["world_size"] != current["world_size"]:
-        raise CheckpointError(f"the checkpoint was written by {meta['world_size']} ranks and this run has "
-                              f"{current['world_size']}; resume with {meta['world_size']} ranks (or convert it with "
-                              f"DeepSpeed's ds_to_universal.py)")
+        raise CheckpointError(
+            f"the checkpoint was written by {meta['world_size']} ranks and this run has "
+            f"{current['world_size']}; resume with {meta['world_size']} ranks (or convert it with "
+            f"DeepSpeed's ds_to_universal.py)"
+        )
     if meta["zero_stage"] != current["zero_stage"]:
-        raise CheckpointError(f"the checkpoint is ZeRO-{meta['zero_stage']} and the config "
-                              f"ZeRO-{current['zero_stage']}; resume with the same stage")
+        raise CheckpointError(
+            f"the checkpoint is ZeRO-{meta['zero_stage']} and the config "
+            f"ZeRO-{current['zero_stage']}; resume with the same stage"
+        )
     for key in ("model", "loss"):
         if meta[key] != current[key]:
             raise CheckpointError(f"the checkpoint was trained with --{key} {meta[key]}, not {current[key]}")
     for key, flag in (("workers", "--workers"), ("dataset_resampled", "--dataset-resampled")):
         if key in meta and meta[key] != current.get(key):  # both shape the data stream the resume fast-forwards
-            raise CheckpointError(f"the checkpoint was trained with {flag} {meta[key]}, not {current.get(key)}; the "
-                                  f"data stream (and so the resume position) depends on it")
+            raise CheckpointError(
+                f"the checkpoint was trained with {flag} {meta[key]}, not {current.get(key)}; the "
+                f"data stream (and so the resume position) depends on it"
+            )
     if meta["param_groups"] != current["param_groups"]:
-        raise CheckpointError("the optimiser parameter groups differ from the checkpoint's (model overrides or "
-                              "requires_grad changed); resume with the same model flags")
+        raise CheckpointError(
+            "the optimiser parameter groups differ from the checkpoint's (model overrides or "
+            "requires_grad changed); resume with the same model flags"
+        )
 
 
 def load_checkpoint(engine: Any, ckpt_dir: Path, tag: str, *, rank: int) -> tuple[TrainState, dict]:
     """Load module, optimiser and per-rank state; returns the train state and this rank's RNG state (to restore
     once the data pipeline has been fast-forwarded)."""
-    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+    path, client = engine.load_checkpoint(
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     meta = client.get("harness") or read_meta(ckpt_dir, tag)
@@ -446,6 +477,7 @@ def consolidated_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Te
     """fp32 weights of a ZeRO-1/2/3 checkpoint in one state dict (DeepSpeed's ``zero_to_fp32``), plus the
     non-parameter entries of the module (buffers, extra state) it leaves out."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
     # The converter prints every buffer and partition and draws a progress bar: keep the export's output readable.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         sd = dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag))
@@ -464,8 +496,10 @@ def match_shapes(sd: dict[str, Any], reference: dict[str, torch.Tensor]) -> dict
     missing = sorted(set(reference) - set(sd))
     unexpected = sorted(set(sd) - set(reference))
     if missing or unexpected:
-        raise CheckpointError(f"consolidated weights do not match the model: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]} (was the run trained with other model flags?)")
+        raise CheckpointError(
+            f"consolidated weights do not match the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]} (was the run trained with other model flags?)"
+        )
     out = {}
     for key, ref in reference.items():
         value = sd[key]
@@ -480,5 +514,7 @@ def match_shapes(sd: dict[str, Any], reference: dict[str, torch.Tensor]) -> dict
 def log_resume(meta: dict, ckpt: Path) -> None:
     """One log line saying where a resumed run continues."""
     ts = meta["train_state"]
-    logging.info(f"Resuming from {ckpt}: step {ts['step']}, epoch {ts['epoch']}, batch {ts['step_in_epoch']}/"
-                 f"{ts['steps_per_epoch']} of the epoch")
+    logging.info(
+        f"Resuming from {ckpt}: step {ts['step']}, epoch {ts['epoch']}, batch {ts['step_in_epoch']}/"
+        f"{ts['steps_per_epoch']} of the epoch"
+    )

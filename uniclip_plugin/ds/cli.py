@@ -1,5 +1,6 @@
 """Command line of the DeepSpeed trainer and export: the parser, the ``--export`` dispatch and :func:`main`
 (called by the thin script ``harness/train.py``, so ``deepspeed harness/train.py ...`` launches it)."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,19 +34,41 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _add_deepspeed_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DeepSpeed")
-    g.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,
-                   help="DeepSpeed JSON config (deepspeed_configs/*.json)")
+    g.add_argument(
+        "--deepspeed_config",
+        "--deepspeed-config",
+        dest="deepspeed_config",
+        default=None,
+        help="DeepSpeed JSON config (deepspeed_configs/*.json)",
+    )
     g.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)  # accepted for DeepSpeed habits
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
-                   default=int(os.environ.get("LOCAL_RANK", "0")), help="set by the deepspeed launcher")
-    g.add_argument("--no-cpu-shm-comm", action="store_true",
-                   help="CPU only: skip DeepSpeed's shared-memory allreduce op (its JIT build takes ~44 s cold) and "
-                        "use plain gloo collectives")
-    g.add_argument("--max-skipped-steps", type=int, default=10,
-                   help="stop when DeepSpeed skipped this many optimiser steps in a row (bf16 overflow, #8415)")
-    g.add_argument("--dist-timeout", type=float, default=600.0,
-                   help="seconds a collective may wait for the other ranks before this rank stops with an error "
-                        "(a dead or hung peer); DeepSpeed's default is 600")
+    g.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="local_rank",
+        type=int,
+        default=int(os.environ.get("LOCAL_RANK", "0")),
+        help="set by the deepspeed launcher",
+    )
+    g.add_argument(
+        "--no-cpu-shm-comm",
+        action="store_true",
+        help="CPU only: skip DeepSpeed's shared-memory allreduce op (its JIT build takes ~44 s cold) and "
+        "use plain gloo collectives",
+    )
+    g.add_argument(
+        "--max-skipped-steps",
+        type=int,
+        default=10,
+        help="stop when DeepSpeed skipped this many optimiser steps in a row (bf16 overflow, #8415)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a collective may wait for the other ranks before this rank stops with an error "
+        "(a dead or hung peer); DeepSpeed's default is 600",
+    )
 
 
 def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,14 +79,24 @@ def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-data-upsampling-factors", default=None)
     g.add_argument("--dataset-resampled", action="store_true", help="sample shards with replacement")
     g.add_argument("--workers", type=int, default=1, help="dataloader workers per rank")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help=f"batch per rank (open_clip_train's meaning; {DEFAULT_BATCH_SIZE} when neither the config nor "
-                        f"--global-batch-size sets one)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"batch per rank (open_clip_train's meaning; {DEFAULT_BATCH_SIZE} when neither the config nor "
+        f"--global-batch-size sets one)",
+    )
     g.add_argument("--global-batch-size", type=int, default=None, help="batch per step over all ranks")
-    g.add_argument("--pretrained", default=None,
-                   help="initial weights: a checkpoint file or a pretrained tag, passed to model creation")
-    g.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute activations in backward (open_clip's model.set_grad_checkpointing())")
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        help="initial weights: a checkpoint file or a pretrained tag, passed to model creation",
+    )
+    g.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="recompute activations in backward (open_clip's model.set_grad_checkpointing())",
+    )
     g.add_argument("--val-data", default=None, help="webdataset shards evaluated during training (retrieval R@k)")
     g.add_argument("--val-num-samples", type=int, default=None, help="evaluate at most this many validation samples")
     g.add_argument("--val-frequency", type=int, default=1, help="evaluate every N epochs (and after the last)")
@@ -87,8 +120,11 @@ def _add_run_and_export_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("logs and checkpoints")
     g.add_argument("--logs", default="./logs/", help="root of run directories")
     g.add_argument("--name", default=None, help="run name (default: date-model-loss)")
-    g.add_argument("--resume", default=None, help="'latest' (this run; starts fresh when it has no checkpoint), a "
-                                                  "run dir, or a checkpoint dir")
+    g.add_argument(
+        "--resume",
+        default=None,
+        help="'latest' (this run; starts fresh when it has no checkpoint), a run dir, or a checkpoint dir",
+    )
     g.add_argument("--log-every-n-steps", type=int, default=100)
     g.add_argument("--save-every-n-steps", type=int, default=1000, help="step checkpoints (0: epoch ends only)")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="complete checkpoints kept (≤0: all)")
@@ -105,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser (errors are one ``train.py: error:`` line and exit code 2).
     """
-    p = OneLineParser(prog=PROG, allow_abbrev=False,
-                      description="DeepSpeed trainer for open_clip / uniclip-plugin models (docs/DEEPSPEED.md).")
+    p = OneLineParser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="DeepSpeed trainer for open_clip / uniclip-plugin models (docs/DEEPSPEED.md).",
+    )
     integration.add_method_arguments(p)
     _add_deepspeed_arguments(p)
     _add_model_and_data_arguments(p)
@@ -125,13 +164,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         The exit code. User errors print one ``train.py: error:`` line (rank 0) and return 2.
     """
     import uniclip_plugin
+
     uniclip_plugin.register()  # plugin models, losses and the upstream fixes, before any flag is read
     args = build_parser().parse_args(argv)
     try:
         if args.export:
             path = export_run(Path(args.export), args.out, args.tag)
-            print(f"wrote {path} (loads with open_clip.create_model_and_transforms(..., pretrained=...) after "
-                  f"`import uniclip_plugin`)")
+            print(
+                f"wrote {path} (loads with open_clip.create_model_and_transforms(..., pretrained=...) after "
+                f"`import uniclip_plugin`)"
+            )
             return 0
         return train(args)
     except PluginError as err:  # HarnessError, ConfigError, CheckpointError and the plugin's own

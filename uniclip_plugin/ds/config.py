@@ -15,6 +15,7 @@ Rules (docs/DEEPSPEED.md):
 * Gradient accumulation must be 1: DeepSpeed would accumulate gradients of independent micro-batch contrastive losses
   (fewer negatives), which is not open_clip's ``--accum-freq``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,8 +76,10 @@ def _fill(section: dict, key: str, value: Any, what: str) -> None:
     if current == AUTO:
         section[key] = value
     elif value is not None and current != value:
-        raise ConfigError(f"config sets {what}={current!r} but the command line asks for {value!r}; set it to "
-                          f"\"auto\" in the config or drop the flag")
+        raise ConfigError(
+            f"config sets {what}={current!r} but the command line asks for {value!r}; set it to "
+            f'"auto" in the config or drop the flag'
+        )
 
 
 def _batch_fields(cfg: dict, batch_size: Optional[int], global_batch_size: Optional[int], world_size: int) -> None:
@@ -84,8 +87,10 @@ def _batch_fields(cfg: dict, batch_size: Optional[int], global_batch_size: Optio
     if accum == AUTO:
         accum = 1
     if accum != 1:
-        raise ConfigError(f"gradient_accumulation_steps={accum} is not supported: DeepSpeed would average independent "
-                          f"micro-batch contrastive losses (fewer negatives); use a smaller model or more ranks")
+        raise ConfigError(
+            f"gradient_accumulation_steps={accum} is not supported: DeepSpeed would average independent "
+            f"micro-batch contrastive losses (fewer negatives); use a smaller model or more ranks"
+        )
     cfg["gradient_accumulation_steps"] = 1
     micro, total = cfg.get("train_micro_batch_size_per_gpu", AUTO), cfg.get("train_batch_size", AUTO)
     if batch_size is not None and global_batch_size is not None:
@@ -99,26 +104,42 @@ def _batch_fields(cfg: dict, batch_size: Optional[int], global_batch_size: Optio
             raise ConfigError(f"config sets train_micro_batch_size_per_gpu={micro} but --batch-size is {batch_size}")
         micro = batch_size
     if micro == AUTO and total == AUTO:
-        raise ConfigError("no batch size: pass --batch-size (per rank) or --global-batch-size, or set "
-                          "train_micro_batch_size_per_gpu in the config")
+        raise ConfigError(
+            "no batch size: pass --batch-size (per rank) or --global-batch-size, or set "
+            "train_micro_batch_size_per_gpu in the config"
+        )
     if micro == AUTO:
         if total % world_size:
-            raise ConfigError(f"the global batch {total} is not divisible by the world size {world_size}; "
-                              f"choose a multiple of {world_size}")
+            raise ConfigError(
+                f"the global batch {total} is not divisible by the world size {world_size}; "
+                f"choose a multiple of {world_size}"
+            )
         micro = total // world_size
     if total == AUTO:
         total = micro * world_size
     if not isinstance(micro, int) or micro < 1:
         raise ConfigError(f"the per-rank batch must be a positive integer, got {micro!r}")
     if total != micro * world_size:
-        raise ConfigError(f"train_batch_size {total} != per-rank batch {micro} × world size {world_size}; the global "
-                          f"batch must be divisible by the world size")
+        raise ConfigError(
+            f"train_batch_size {total} != per-rank batch {micro} × world size {world_size}; the global "
+            f"batch must be divisible by the world size"
+        )
     cfg["train_micro_batch_size_per_gpu"], cfg["train_batch_size"] = micro, total
 
 
-def prepare_config(cfg: dict, *, world_size: int, batch_size: Optional[int] = None,
-                   global_batch_size: Optional[int] = None, lr: float, betas: tuple[float, float], eps: float,
-                   weight_decay: float, grad_clip_norm: Optional[float] = None, on_cpu: bool = False) -> dict:
+def prepare_config(
+    cfg: dict,
+    *,
+    world_size: int,
+    batch_size: Optional[int] = None,
+    global_batch_size: Optional[int] = None,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    grad_clip_norm: Optional[float] = None,
+    on_cpu: bool = False,
+) -> dict:
     """Fill the ``"auto"`` fields of a DeepSpeed config and check it (see the module docstring).
 
     Args:
@@ -145,11 +166,15 @@ def prepare_config(cfg: dict, *, world_size: int, batch_size: Optional[int] = No
             raise ConfigError("fp16 is not supported by DeepSpeed on CPU; use a *_bf16.json or fp32 config")
         raise ConfigError("fp16 configs are not supported by this harness (no loss-scaling checks); use bf16 or fp32")
     if "scheduler" in cfg:
-        raise ConfigError("remove the config's 'scheduler' section: the harness drives the LR with open_clip_train's "
-                          "cosine schedule (--lr, --warmup, --lr-scheduler)")
+        raise ConfigError(
+            "remove the config's 'scheduler' section: the harness drives the LR with open_clip_train's "
+            "cosine schedule (--lr, --warmup, --lr-scheduler)"
+        )
     if "gradient_clipping" not in cfg and grad_clip_norm is None:
-        raise ConfigError("the config must set gradient_clipping explicitly (DeepSpeed 0.19 defaults to 1.0, "
-                          "open_clip to no clipping: use 0.0), or pass --grad-clip-norm")
+        raise ConfigError(
+            "the config must set gradient_clipping explicitly (DeepSpeed 0.19 defaults to 1.0, "
+            "open_clip to no clipping: use 0.0), or pass --grad-clip-norm"
+        )
     if grad_clip_norm is not None:
         cfg["gradient_clipping"] = float(grad_clip_norm)
     elif cfg["gradient_clipping"] == AUTO:
@@ -157,7 +182,7 @@ def prepare_config(cfg: dict, *, world_size: int, batch_size: Optional[int] = No
     _batch_fields(cfg, batch_size, global_batch_size, world_size)
     opt = cfg.get("optimizer")
     if not isinstance(opt, dict) or str(opt.get("type", "")).lower() != "adamw":
-        raise ConfigError("the config's optimizer must be {\"type\": \"AdamW\", ...} (open_clip_train's optimizer)")
+        raise ConfigError('the config\'s optimizer must be {"type": "AdamW", ...} (open_clip_train\'s optimizer)')
     params = opt.setdefault("params", {})
     _fill(params, "lr", lr, "optimizer.params.lr")
     _fill(params, "betas", list(betas), "optimizer.params.betas")
@@ -170,7 +195,7 @@ def prepare_config(cfg: dict, *, world_size: int, batch_size: Optional[int] = No
         raise ConfigError(f"zero_optimization.stage must be 0-3, got {stage}")
     leftover = [k for k, v in _walk(cfg) if v == AUTO]
     if leftover:
-        raise ConfigError(f"config fields left \"auto\" that the harness cannot fill: {', '.join(leftover)}")
+        raise ConfigError(f'config fields left "auto" that the harness cannot fill: {", ".join(leftover)}')
     return cfg
 
 

@@ -1,5 +1,6 @@
 """The trainer's process group: ranks from the launcher, device selection, ``deepspeed.init_distributed``, and the
 broadcast and barrier the set-up and the checkpoints use."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,18 @@ def init_distributed(no_cpu_shm_comm: bool, timeout_s: Optional[float] = None) -
     from datetime import timedelta
 
     import deepspeed
+
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+        os.environ.update(
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
+        )
     if no_cpu_shm_comm:
         import deepspeed.ops
+
         # A private DeepSpeed switch: there is no public way to skip the shm op's JIT build (docs/UPSTREAM.md).
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
@@ -62,11 +70,13 @@ def start(no_cpu_shm_comm: bool, rank: int, local_rank: int, timeout_s: Optional
     """
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
+
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
     else:
         from uniclip_plugin.cpu_malloc import keep_freed_memory
+
         malloc_status = keep_freed_memory()
         if rank == 0:
             print(f"{PROG}: {malloc_status}", file=sys.stderr)
@@ -77,6 +87,7 @@ def start(no_cpu_shm_comm: bool, rank: int, local_rank: int, timeout_s: Optional
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (one rank decides, so no rank fails alone and leaves the others waiting)."""
     import torch.distributed as dist
+
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -85,6 +96,7 @@ def broadcast(obj: Any) -> Any:
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     import torch.distributed as dist
+
     if dist.is_initialized():
         dist.barrier()
 
@@ -93,8 +105,10 @@ def is_collective_failure(err: BaseException) -> bool:
     """Whether ``err`` is a collective that failed because another rank died or stopped answering (gloo: the peer
     closed its connection; any backend: the ``--dist-timeout`` expired)."""
     import torch.distributed as dist
+
     if isinstance(err, getattr(dist, "DistError", ())):
         return True
     text = str(err).lower()  # older torch raises plain RuntimeErrors from the backends
-    return isinstance(err, RuntimeError) and any(k in text for k in (
-        "connection closed by peer", "connection reset by peer", "gloo", "nccl"))
+    return isinstance(err, RuntimeError) and any(
+        k in text for k in ("connection closed by peer", "connection reset by peer", "gloo", "nccl")
+    )

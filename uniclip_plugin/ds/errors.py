@@ -1,4 +1,5 @@
 """The trainer's user-facing error and the program name its one-line messages carry."""
+
 from __future__ import annotations
 
 from uniclip_plugin.errors import PluginError

@@ -1,4 +1,5 @@
 """``--export``: consolidate a run's DeepSpeed checkpoint into a plain open_clip checkpoint (fp32 ``state_dict``)."""
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ def model_kwargs_from_overrides(model_name: str, overrides: dict[str, dict[str, 
     """The creation kwargs that rebuild a run's model: its meta's ``model_overrides`` entry for the model's own marker
     (``uniclip_cfg={...}``); other entries, and any for a plain open_clip model, do not apply (as when training)."""
     from uniclip_plugin import factory, registry
+
     cfg = factory.plugin_model_config(model_name)
     marker = registry.marker_of(cfg) if cfg else None
     return {marker: overrides[marker]} if marker in overrides else {}
@@ -43,6 +45,7 @@ def _verify(model_name: str, target: Path, sd: dict, model_kwargs: dict[str, Any
     """Load ``target`` back through ``open_clip.create_model_and_transforms`` with the run's model options and compare
     every floating tensor with what was written."""
     import open_clip
+
     loaded, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(target), **model_kwargs)
     for key, value in loaded.state_dict().items():
         if torch.is_tensor(value) and value.is_floating_point() and not torch.equal(value, sd[key].to(value.dtype)):
@@ -68,6 +71,7 @@ def export_run(run_dir: Path, out: Optional[str] = None, tag: Optional[str] = No
     import open_clip
 
     import uniclip_plugin
+
     uniclip_plugin.register()  # open_clip's factory builds plugin models only once registered
     ckpt_dir = run_dir / "checkpoints"
     tag = tag or ckpt.read_latest(ckpt_dir)
@@ -83,8 +87,14 @@ def export_run(run_dir: Path, out: Optional[str] = None, tag: Optional[str] = No
     reference = open_clip.create_model(model_name, precision="fp32", device="cpu", **model_kwargs).state_dict()
     sd = ckpt.match_shapes(sd, reference)
     ts = meta["train_state"]
-    payload = {"name": meta.get("name"), "model": model_name, "epoch": ts["epoch"], "step": ts["step"],
-               "model_overrides": overrides, "state_dict": sd}
+    payload = {
+        "name": meta.get("name"),
+        "model": model_name,
+        "epoch": ts["epoch"],
+        "step": ts["step"],
+        "model_overrides": overrides,
+        "state_dict": sd,
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, target)
     if verify:

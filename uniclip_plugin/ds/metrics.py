@@ -6,6 +6,7 @@ through the same ``engine.monitor.write_events`` (``Train/Samples/train_loss``, 
 DeepSpeed's x-axis, the number of samples seen. :func:`fill_monitor_paths` puts the monitor's output under the run
 directory unless the config names a place.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,13 @@ class Metrics:
     def log_validation(self, metrics: dict, samples: int) -> None:
         """Send the numeric validation metrics to DeepSpeed's monitor as ``Val/Samples/<name>``."""
         if self.enabled and self.monitor is not None:
-            self.monitor.write_events([(f"Val/Samples/{k}", float(v), samples) for k, v in metrics.items()
-                                       if isinstance(v, (int, float)) and k not in ("epoch", "num_samples")])
+            self.monitor.write_events(
+                [
+                    (f"Val/Samples/{k}", float(v), samples)
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and k not in ("epoch", "num_samples")
+                ]
+            )
 
     def close(self) -> None:
         """Close the file (the monitor belongs to the engine)."""

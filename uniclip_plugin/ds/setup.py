@@ -4,6 +4,7 @@ and the logs, gathered in a :class:`RunPlan` that is identical on every rank.
 Rank 0 decides whatever could fail (the run directory, ``--resume``) and broadcasts the verdict, so a problem stops
 every rank with the same one-line error instead of leaving the others waiting in a collective (D6, docs/UPSTREAM.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,7 @@ class RunPlan:
 # ---------------------------------------------------------------------------------------------------------- preflight
 def _fill_optimiser_defaults(args: argparse.Namespace) -> None:
     from open_clip_train.params import get_default_params
+
     defaults = get_default_params(args.model)
     args.lr = defaults["lr"] if args.lr is None else args.lr
     args.beta1 = defaults["beta1"] if args.beta1 is None else args.beta1
@@ -88,19 +90,31 @@ def preflight(args: argparse.Namespace, world_size: int) -> dict:
     if not args.train_data:
         raise HarnessError("--train-data is required (webdataset shards, e.g. 'shards/{000000..000099}.tar')")
     from deepspeed.accelerator import get_accelerator
+
     on_cpu = get_accelerator().device_name() == "cpu"
     check_model_and_loss(args)
     _fill_optimiser_defaults(args)
     batch_auto = all(raw.get(k, "auto") == "auto" for k in ("train_batch_size", "train_micro_batch_size_per_gpu"))
     if args.batch_size is None and args.global_batch_size is None and batch_auto:
         args.batch_size = DEFAULT_BATCH_SIZE
-    cfg = prepare_config(raw, world_size=world_size, batch_size=args.batch_size,
-                         global_batch_size=args.global_batch_size, lr=args.lr, betas=(args.beta1, args.beta2),
-                         eps=args.eps, weight_decay=args.wd, grad_clip_norm=args.grad_clip_norm, on_cpu=on_cpu)
+    cfg = prepare_config(
+        raw,
+        world_size=world_size,
+        batch_size=args.batch_size,
+        global_batch_size=args.global_batch_size,
+        lr=args.lr,
+        betas=(args.beta1, args.beta2),
+        eps=args.eps,
+        weight_decay=args.wd,
+        grad_clip_norm=args.grad_clip_norm,
+        on_cpu=on_cpu,
+    )
     integration.check_train_data(args.train_data)
     if not args.dataset_resampled and count_shards(args.train_data) < max(1, args.workers) * world_size:
-        raise HarnessError(f"{count_shards(args.train_data)} shards cannot feed {world_size} ranks × "
-                           f"{max(1, args.workers)} workers; lower --workers or use --dataset-resampled")
+        raise HarnessError(
+            f"{count_shards(args.train_data)} shards cannot feed {world_size} ranks × "
+            f"{max(1, args.workers)} workers; lower --workers or use --dataset-resampled"
+        )
     if args.epochs < 1:
         raise HarnessError("--epochs must be ≥ 1")
     _check_val_and_timeout(args)
@@ -125,8 +139,7 @@ def _claim_run_dir(run_dir: Path, resume: Optional[str], rank: int) -> None:
     verdict = None
     if rank == 0:
         if run_dir.exists() and resume is None:
-            verdict = (f"run directory {run_dir} already exists; pass --resume latest to continue it, or a new "
-                       f"--name")
+            verdict = f"run directory {run_dir} already exists; pass --resume latest to continue it, or a new --name"
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             ckpt_dir = run_dir / "checkpoints"
@@ -191,10 +204,13 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
 
 def _log_plan(plan: RunPlan, loss: str) -> None:
     from deepspeed.accelerator import get_accelerator
+
     cfg = plan.cfg
-    logging.info(f"{plan.world_size} ranks on {get_accelerator().device_name()}, {precision_of(cfg)} "
-                 f"ZeRO-{zero_stage_of(cfg)}, batch {plan.micro_batch}/rank ({cfg['train_batch_size']} global), "
-                 f"gradient_clipping {cfg['gradient_clipping']}, --loss {loss}, run dir {plan.run_dir}")
+    logging.info(
+        f"{plan.world_size} ranks on {get_accelerator().device_name()}, {precision_of(cfg)} "
+        f"ZeRO-{zero_stage_of(cfg)}, batch {plan.micro_batch}/rank ({cfg['train_batch_size']} global), "
+        f"gradient_clipping {cfg['gradient_clipping']}, --loss {loss}, run dir {plan.run_dir}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------- run files, logs
@@ -223,10 +239,20 @@ def run_meta(args: argparse.Namespace, cfg: dict, layout: list[list[str]], world
     Returns:
         The meta dict (``model_overrides`` holds the plugin model-config overrides the export rebuilds with).
     """
-    return {"world_size": world_size, "zero_stage": zero_stage_of(cfg), "precision": precision_of(cfg),
-            "model": args.model, "loss": args.loss, "param_groups": layout, "seed": args.seed,
-            "global_batch_size": cfg["train_batch_size"], "model_overrides": model_overrides(args),
-            "name": args.name, "workers": args.workers, "dataset_resampled": args.dataset_resampled}
+    return {
+        "world_size": world_size,
+        "zero_stage": zero_stage_of(cfg),
+        "precision": precision_of(cfg),
+        "model": args.model,
+        "loss": args.loss,
+        "param_groups": layout,
+        "seed": args.seed,
+        "global_batch_size": cfg["train_batch_size"],
+        "model_overrides": model_overrides(args),
+        "name": args.name,
+        "workers": args.workers,
+        "dataset_resampled": args.dataset_resampled,
+    }
 
 
 def setup_logging(log_file: Optional[Path], rank: int) -> None:
@@ -244,6 +270,7 @@ def setup_logging(log_file: Optional[Path], rank: int) -> None:
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
         from deepspeed.utils import logger as ds_logger
+
         ds_logger.setLevel(logging.WARNING)  # DeepSpeed's per-step INFO lines drown the progress log
     except ImportError:
         pass

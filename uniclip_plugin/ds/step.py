@@ -4,6 +4,7 @@ The pitfalls handled here (docs/UPSTREAM.md): D3 the image–text scale is clamp
 engine dtype and loss inputs in fp32, ONE forward per step (DeepSpeed #5321), a shared finite verdict before
 ``backward`` (D6), and silent bf16 step skips (DeepSpeed #8415).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,14 @@ def loss_inputs(model_out: dict) -> dict:
     return out
 
 
-def train_step(engine: Any, loss_fn: nn.Module, images: torch.Tensor, texts: torch.Tensor, step: int,
-               on_outputs: Optional[Callable[[dict, dict], None]] = None) -> float:
+def train_step(
+    engine: Any,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    step: int,
+    on_outputs: Optional[Callable[[dict, dict], None]] = None,
+) -> float:
     """One optimiser step: ONE forward (ZeRO-3, #5321), loss in fp32, global finite check, backward, step.
 
     Args:
@@ -52,6 +59,7 @@ def train_step(engine: Any, loss_fn: nn.Module, images: torch.Tensor, texts: tor
         NonFiniteLoss: on every rank, before ``engine.backward``, when any rank's loss is not finite.
     """
     import torch.distributed as dist
+
     images = images.to(engine.device, dtype=engine_dtype(engine), non_blocking=True)
     texts = texts.to(engine.device, non_blocking=True)
     raw = engine(images, texts)
@@ -63,15 +71,18 @@ def train_step(engine: Any, loss_fn: nn.Module, images: torch.Tensor, texts: tor
     finite = torch.isfinite(total.detach())
     # One all-reduce per step gives both the logged global loss and a verdict every rank shares (a rank stopping
     # alone would leave the others blocked in the next collective).
-    stats = torch.stack([torch.where(finite, total.detach().float(), torch.zeros((), device=total.device)),
-                         (~finite).float()])
+    stats = torch.stack(
+        [torch.where(finite, total.detach().float(), torch.zeros((), device=total.device)), (~finite).float()]
+    )
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(stats)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if stats[1].item() > 0:
-        raise NonFiniteLoss(f"non-finite loss at step {step} (on {int(stats[1].item())} of {world} ranks); stopped "
-                            f"before the optimiser step, so the last checkpoint stays good; lower --lr or check the "
-                            f"data")
+        raise NonFiniteLoss(
+            f"non-finite loss at step {step} (on {int(stats[1].item())} of {world} ranks); stopped "
+            f"before the optimiser step, so the last checkpoint stays good; lower --lr or check the "
+            f"data"
+        )
     engine.backward(total)
     engine.step()
     return stats[0].item() / world
@@ -93,9 +104,13 @@ class SkipWatcher:
             return
         self.total += 1
         self.consecutive += 1
-        logging.warning(f"DeepSpeed skipped optimiser step {step} (gradient overflow); {self.consecutive} in a row, "
-                        f"{self.total} in total")
+        logging.warning(
+            f"DeepSpeed skipped optimiser step {step} (gradient overflow); {self.consecutive} in a row, "
+            f"{self.total} in total"
+        )
         if self.max_consecutive > 0 and self.consecutive >= self.max_consecutive:
-            raise HarnessError(f"DeepSpeed skipped the last {self.consecutive} optimiser steps (up to step {step}: "
-                               f"gradient overflow, DeepSpeed #8415); the weights stopped changing. Lower --lr, set "
-                               f"--grad-clip-norm, or train in fp32")
+            raise HarnessError(
+                f"DeepSpeed skipped the last {self.consecutive} optimiser steps (up to step {step}: "
+                f"gradient overflow, DeepSpeed #8415); the weights stopped changing. Lower --lr, set "
+                f"--grad-clip-norm, or train in fp32"
+            )

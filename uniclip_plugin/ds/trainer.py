@@ -4,6 +4,7 @@
 Resume is exact mid-epoch: checkpoints carry the data position and every rank's RNG states; the epoch's data pipeline
 is rebuilt with the same seeds and fast-forwarded (the skipped batches are decoded, not trained on).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,7 @@ def build_engine(args: argparse.Namespace, plan: RunPlan) -> EngineParts:
     import open_clip
 
     from uniclip_plugin.train_hooks import TrainLossAdapter
+
     setup = integration.prepare(args, rank=plan.rank, world_size=plan.world_size, exact_global_loss=True)
     loss_fn = TrainLossAdapter(setup.loss, log_every=args.log_every_n_steps, is_master=plan.rank == 0)
     model, preprocess_train, preprocess_val = build_model(args, setup)
@@ -74,9 +76,15 @@ def build_engine(args: argparse.Namespace, plan: RunPlan) -> EngineParts:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=plan.cfg)
     engine.train()
     plain_tokenizer = open_clip.get_tokenizer(args.model)
-    return EngineParts(engine=engine, loss_fn=loss_fn, preprocess=preprocess_train,
-                       tokenizer=setup.wrap_tokenizer(plain_tokenizer), layout=layout, preprocess_val=preprocess_val,
-                       val_tokenizer=plain_tokenizer)
+    return EngineParts(
+        engine=engine,
+        loss_fn=loss_fn,
+        preprocess=preprocess_train,
+        tokenizer=setup.wrap_tokenizer(plain_tokenizer),
+        layout=layout,
+        preprocess_val=preprocess_val,
+        val_tokenizer=plain_tokenizer,
+    )
 
 
 def _dtypes(d: dict) -> str:
@@ -99,15 +107,18 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, plan: RunPlan, parts: EngineParts):
         from open_clip_train.scheduler import const_lr, cosine_lr
+
         self.args, self.plan, self.parts, self.engine = args, plan, parts, parts.engine
         self.steps_per_epoch = self._loader(0).num_batches  # a probe: the loader is not iterated
-        self.state = ckpt.TrainState(steps_per_epoch=self.steps_per_epoch,
-                                     total_steps=self.steps_per_epoch * args.epochs)
+        self.state = ckpt.TrainState(
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.steps_per_epoch * args.epochs
+        )
         self.meta = run_meta(args, plan.cfg, parts.layout, plan.world_size)
         self.rng_after_fast_forward: Optional[dict] = None
         self._resume()
         self.schedule = (cosine_lr if args.lr_scheduler == "cosine" else const_lr)(
-            self.engine.optimizer, args.lr, args.warmup, self.state.total_steps)
+            self.engine.optimizer, args.lr, args.warmup, self.state.total_steps
+        )
         self.metrics = Metrics(plan.run_dir, plan.rank == 0, getattr(self.engine, "monitor", None))
         self.skips = SkipWatcher(args.max_skipped_steps, self.state.skipped_steps)
         self.last_saved = self.state.step if plan.resume_from is not None else -1
@@ -120,8 +131,15 @@ class Trainer:
         return cls(args, plan, build_engine(args, plan))
 
     def _loader(self, epoch: int) -> Any:
-        return epoch_loader(self.args, self.parts.preprocess, self.parts.tokenizer, epoch, self.plan.rank,
-                            self.plan.micro_batch, self.plan.world_size)
+        return epoch_loader(
+            self.args,
+            self.parts.preprocess,
+            self.parts.tokenizer,
+            epoch,
+            self.plan.rank,
+            self.plan.micro_batch,
+            self.plan.world_size,
+        )
 
     def _resume(self) -> None:
         """Load ``plan.resume_from`` after checking it fits this run (D5) and the data setup."""
@@ -135,9 +153,11 @@ class Trainer:
         ckpt.log_resume(saved, src_dir / tag)
         self.state, self.rng_after_fast_forward = ckpt.load_checkpoint(self.engine, src_dir, tag, rank=self.plan.rank)
         if self.state.steps_per_epoch != self.steps_per_epoch:
-            raise HarnessError(f"the checkpoint has {self.state.steps_per_epoch} steps per epoch and this data/batch "
-                               f"setup {self.steps_per_epoch}; resume with the same --train-data/--train-num-samples/"
-                               f"batch")
+            raise HarnessError(
+                f"the checkpoint has {self.state.steps_per_epoch} steps per epoch and this data/batch "
+                f"setup {self.steps_per_epoch}; resume with the same --train-data/--train-num-samples/"
+                f"batch"
+            )
         self.state.total_steps = self.steps_per_epoch * self.args.epochs
 
     def fit(self) -> None:
@@ -165,9 +185,11 @@ class Trainer:
         latest = ckpt.read_latest(self.plan.ckpt_dir) or "none written yet"
         text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip())  # drop gloo's "[.../pair.cc:561]" source prefix
         cause = text.splitlines()[0][:160] if text else type(err).__name__
-        message = (f"rank {self.plan.rank}: a collective failed during step {self.state.step + 1} ({cause}): another "
-                   f"rank died or stopped answering within --dist-timeout {self.args.dist_timeout:g}s; last "
-                   f"checkpoint: {latest}; restart all ranks with --resume latest")
+        message = (
+            f"rank {self.plan.rank}: a collective failed during step {self.state.step + 1} ({cause}): another "
+            f"rank died or stopped answering within --dist-timeout {self.args.dist_timeout:g}s; last "
+            f"checkpoint: {latest}; restart all ranks with --resume latest"
+        )
         logging.error(message)
         return HarnessError(message)
 
@@ -197,8 +219,9 @@ class Trainer:
         """open_clip_train's validation after a completed epoch when ``--val-data``/``--val-frequency`` say so."""
         if not validation.due(self.args, self.state.epoch):
             return None
-        loader = validation.val_loader(self.args, self.parts.preprocess_val, self.parts.val_tokenizer,
-                                       self.plan.micro_batch)
+        loader = validation.val_loader(
+            self.args, self.parts.preprocess_val, self.parts.val_tokenizer, self.plan.micro_batch
+        )
         results = self.plan.ckpt_dir / "results.jsonl" if self.plan.rank == 0 else None
         metrics = validation.evaluate(self.engine, loader, self.state.epoch, self.args, results)
         del loader
@@ -213,15 +236,19 @@ class Trainer:
         """
         state = self.state
         lr = self.schedule(state.step)
-        loss = train_step(self.engine, self.parts.loss_fn, images, texts, state.step,
-                          None if self.logged_dtypes else log_dtypes)
+        loss = train_step(
+            self.engine, self.parts.loss_fn, images, texts, state.step, None if self.logged_dtypes else log_dtypes
+        )
         self.logged_dtypes = True
         self.skips.update(self.engine.was_step_applied(), state.step)
         state.step += 1
         state.step_in_epoch += 1
         self._samples_since += images.shape[0] * self.plan.world_size
-        self.metrics.log(state.step, {"epoch": state.epoch, "loss": loss, "lr": lr, "skipped_steps": self.skips.total},
-                         samples=int(getattr(self.engine, "global_samples", state.step)))
+        self.metrics.log(
+            state.step,
+            {"epoch": state.epoch, "loss": loss, "lr": lr, "skipped_steps": self.skips.total},
+            samples=int(getattr(self.engine, "global_samples", state.step)),
+        )
         if state.step % max(1, self.args.log_every_n_steps) == 0 or state.step_in_epoch == self.steps_per_epoch:
             self._log_progress(loss, lr)
         return loss
@@ -229,10 +256,12 @@ class Trainer:
     def _log_progress(self, loss: float, lr: float) -> None:
         state, per_step = self.state, self.plan.micro_batch * self.plan.world_size
         elapsed = max(time.time() - self._t_last, 1e-9)
-        logging.info(f"Train Epoch: {state.epoch} [{state.step_in_epoch * per_step}/{self.steps_per_epoch * per_step} "
-                     f"({100.0 * state.step_in_epoch / self.steps_per_epoch:.0f}%)] step {state.step}/"
-                     f"{state.total_steps} Loss: {loss:.4f} LR: {lr:.3e} "
-                     f"{self._samples_since / elapsed:.1f} samples/s")
+        logging.info(
+            f"Train Epoch: {state.epoch} [{state.step_in_epoch * per_step}/{self.steps_per_epoch * per_step} "
+            f"({100.0 * state.step_in_epoch / self.steps_per_epoch:.0f}%)] step {state.step}/"
+            f"{state.total_steps} Loss: {loss:.4f} LR: {lr:.3e} "
+            f"{self._samples_since / elapsed:.1f} samples/s"
+        )
         self._t_last, self._samples_since = time.time(), 0
 
     def save(self) -> None:
@@ -240,8 +269,15 @@ class Trainer:
         if self.state.step == self.last_saved:
             return
         self.state.skipped_steps = self.skips.total
-        path = ckpt.save_checkpoint(self.engine, self.plan.ckpt_dir, self.state, self.meta, rank=self.plan.rank,
-                                    keep=self.args.keep_checkpoints, barrier=distributed.barrier)
+        path = ckpt.save_checkpoint(
+            self.engine,
+            self.plan.ckpt_dir,
+            self.state,
+            self.meta,
+            rank=self.plan.rank,
+            keep=self.args.keep_checkpoints,
+            barrier=distributed.barrier,
+        )
         self.last_saved = self.state.step
         logging.info(f"Saved checkpoint {path}")
 
@@ -261,6 +297,8 @@ def train(args: argparse.Namespace) -> int:
     plan = plan_run(args)
     trainer = Trainer.create(args, plan)
     trainer.fit()
-    logging.info(f"Finished {trainer.state.step} steps; export with: python harness/train.py --export {plan.run_dir} "
-                 f"--out {args.name}.pt")
+    logging.info(
+        f"Finished {trainer.state.step} steps; export with: python harness/train.py --export {plan.run_dir} "
+        f"--out {args.name}.pt"
+    )
     return 0

@@ -6,6 +6,7 @@ Every rank runs the forward over the whole validation set (open_clip_train's val
 ZeRO-3's parameter gathers, which are collectives, stay matched; rank 0 computes and writes the metrics. The
 evaluation leaves every RNG as it found it, so a resumed run stays identical to an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,20 +24,32 @@ from uniclip_plugin.ds.step import engine_dtype
 
 def due(args: argparse.Namespace, completed_epochs: int) -> bool:
     """open_clip_train's rule: every ``--val-frequency`` epochs and after the last one."""
-    return bool(args.val_data) and args.val_frequency > 0 and (
-        completed_epochs % args.val_frequency == 0 or completed_epochs == args.epochs)
+    return (
+        bool(args.val_data)
+        and args.val_frequency > 0
+        and (completed_epochs % args.val_frequency == 0 or completed_epochs == args.epochs)
+    )
 
 
 def val_loader(args: argparse.Namespace, preprocess: Any, tokenizer: Any, batch_size: int) -> Any:
     """open_clip_train's webdataset val loader (``get_wds_dataset(..., is_train=False)``): whole set, in order."""
     from open_clip_train.data import get_wds_dataset
-    ns = argparse.Namespace(val_data=args.val_data, val_num_samples=args.val_num_samples, batch_size=batch_size,
-                            workers=args.workers, world_size=1, seed=args.seed, dataset_resampled=False)
+
+    ns = argparse.Namespace(
+        val_data=args.val_data,
+        val_num_samples=args.val_num_samples,
+        batch_size=batch_size,
+        workers=args.workers,
+        world_size=1,
+        seed=args.seed,
+        dataset_resampled=False,
+    )
     return get_wds_dataset(ns, preprocess, False, tokenizer=tokenizer).dataloader
 
 
-def _features(engine: Any, loader: Any, limit: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                          float, int]:
+def _features(
+    engine: Any, loader: Any, limit: Optional[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int]:
     """Eval-mode features of the val set (fp32 on CPU), the last scale, the summed CLIP loss and the sample count."""
     images_f, texts_f, loss_sum, n, scale = [], [], 0.0, 0, torch.ones(1)
     with torch.no_grad():
@@ -44,7 +57,7 @@ def _features(engine: Any, loader: Any, limit: Optional[int]) -> tuple[torch.Ten
             if limit is not None:
                 if n >= limit:
                     break
-                images, texts = images[:limit - n], texts[:limit - n]
+                images, texts = images[: limit - n], texts[: limit - n]
             out = engine(images.to(engine.device, dtype=engine_dtype(engine)), texts.to(engine.device))
             img, txt = out["image_features"].float(), out["text_features"].float()
             scale = out["logit_scale"].float().mean().clamp(1.0, 100.0)  # the scale training uses (D3)
@@ -72,6 +85,7 @@ def evaluate(engine: Any, loader: Any, epoch: int, args: argparse.Namespace, res
         open_clip_train's metrics: ``image_to_text_R@1`` ... ``clip_val_loss``, ``epoch``, ``num_samples``.
     """
     from open_clip_train.train import get_clip_metrics
+
     rng = ckpt.capture_rng_state()
     engine.eval()
     try:
@@ -79,8 +93,12 @@ def evaluate(engine: Any, loader: Any, epoch: int, args: argparse.Namespace, res
     finally:
         engine.train()
         ckpt.restore_rng_state(rng)
-    metrics = {**get_clip_metrics(img, txt, scale), "clip_val_loss": loss_sum / max(n, 1), "epoch": epoch,
-               "num_samples": n}
+    metrics = {
+        **get_clip_metrics(img, txt, scale),
+        "clip_val_loss": loss_sum / max(n, 1),
+        "epoch": epoch,
+        "num_samples": n,
+    }
     metrics = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
     if results_file is not None:
         logging.info(f"Eval Epoch: {epoch} " + "\t".join(f"{k}: {round(v, 4):.4f}" for k, v in metrics.items()))

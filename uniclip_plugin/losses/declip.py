@@ -20,6 +20,7 @@ and MLM stay per-rank means (as DeCLIP; DDP averages them over ranks).
 
 Every term is weighted by its ``*_weight``; weight 0 drops the term (its key is not returned).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -42,8 +43,9 @@ def info_nce(rows: torch.Tensor, columns: torch.Tensor, scale: torch.Tensor, lab
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """−½[cos(p1, sg z2) + cos(p2, sg z1)] for ``p, z [B, 2, P]`` (DeCLIP ``SimsiamLoss``, symmetric)."""
     z = z.detach()  # stop-gradient
-    return -0.5 * (F.cosine_similarity(p[:, 0], z[:, 1], dim=-1).mean()
-                   + F.cosine_similarity(p[:, 1], z[:, 0], dim=-1).mean())
+    return -0.5 * (
+        F.cosine_similarity(p[:, 0], z[:, 1], dim=-1).mean() + F.cosine_similarity(p[:, 1], z[:, 0], dim=-1).mean()
+    )
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -63,26 +65,48 @@ class DeCLIPLoss(nn.Module):
         rank, world_size: this process in the default process group.
     """
 
-    def __init__(self, mvs_weight: float = DEFAULT_WEIGHTS["mvs"], simsiam_weight: float = DEFAULT_WEIGHTS["simsiam"],
-                 mlm_weight: float = DEFAULT_WEIGHTS["mlm"], nns_weight: float = DEFAULT_WEIGHTS["nns"],
-                 local_loss: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        mvs_weight: float = DEFAULT_WEIGHTS["mvs"],
+        simsiam_weight: float = DEFAULT_WEIGHTS["simsiam"],
+        mlm_weight: float = DEFAULT_WEIGHTS["mlm"],
+        nns_weight: float = DEFAULT_WEIGHTS["nns"],
+        local_loss: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         super().__init__()
-        self.weights = {"mvs": float(mvs_weight), "simsiam": float(simsiam_weight), "mlm": float(mlm_weight),
-                        "nns": float(nns_weight)}
+        self.weights = {
+            "mvs": float(mvs_weight),
+            "simsiam": float(simsiam_weight),
+            "mlm": float(mlm_weight),
+            "nns": float(nns_weight),
+        }
         self.local_loss = local_loss
         self.rank = rank
         self.world_size = world_size
 
     def _required(self, term: str, value: Optional[torch.Tensor], key: str) -> torch.Tensor:
         if value is None:
-            raise PluginError(f"DeCLIP {term} term has weight {self.weights[term]} but the model output lacks "
-                              f"'{key}' (its declip_cfg switched the part off); set --declip-{term}-weight 0")
+            raise PluginError(
+                f"DeCLIP {term} term has weight {self.weights[term]} but the model output lacks "
+                f"'{key}' (its declip_cfg switched the part off); set --declip-{term}-weight 0"
+            )
         return value
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                simsiam_p: Optional[torch.Tensor] = None, simsiam_z: Optional[torch.Tensor] = None,
-                mlm_logits: Optional[torch.Tensor] = None, mlm_labels: Optional[torch.Tensor] = None,
-                text_nn: Optional[torch.Tensor] = None, output_dict: bool = True, **_: Any) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        simsiam_p: Optional[torch.Tensor] = None,
+        simsiam_z: Optional[torch.Tensor] = None,
+        mlm_logits: Optional[torch.Tensor] = None,
+        mlm_labels: Optional[torch.Tensor] = None,
+        text_nn: Optional[torch.Tensor] = None,
+        output_dict: bool = True,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
         """Weighted terms ``{mvs,simsiam,mlm,nns}_loss`` (enabled ones) and detached metrics.
 
         Args:
@@ -103,28 +127,40 @@ class DeCLIPLoss(nn.Module):
             all_nn = gathered[2] if nn_text is not None else None
             if self.local_loss or self.world_size <= 1:
                 row_image, row_text = image_features, text_features
-                labels = torch.arange(batch, device=image_features.device) + (self.rank * batch
-                                                                              if self.world_size > 1 else 0)
+                labels = torch.arange(batch, device=image_features.device) + (
+                    self.rank * batch if self.world_size > 1 else 0
+                )
             else:
                 row_image, row_text = all_image, all_text
                 labels = torch.arange(all_image.shape[0], device=image_features.device)
             if w["mvs"] > 0:
-                terms = [0.5 * (info_nce(row_image[:, v], all_text[:, r], logit_scale, labels)
-                                + info_nce(row_text[:, r], all_image[:, v], logit_scale, labels))
-                         for r in range(rows) for v in range(views)]
+                terms = [
+                    0.5
+                    * (
+                        info_nce(row_image[:, v], all_text[:, r], logit_scale, labels)
+                        + info_nce(row_text[:, r], all_image[:, v], logit_scale, labels)
+                    )
+                    for r in range(rows)
+                    for v in range(views)
+                ]
                 out["mvs_loss"] = w["mvs"] * torch.stack(terms).mean()
             if all_nn is not None:
-                terms = [info_nce(row_image[:, v], all_nn[:, r], logit_scale, labels)
-                         for v in range(views) for r in range(rows)]
+                terms = [
+                    info_nce(row_image[:, v], all_nn[:, r], logit_scale, labels)
+                    for v in range(views)
+                    for r in range(rows)
+                ]
                 out["nns_loss"] = w["nns"] * torch.stack(terms).mean()
             with torch.no_grad():
                 logits = row_image[:, 0] @ all_text[:, 0].T
                 out["i2t_acc"] = (logits.argmax(-1) == labels).float().mean()
         if w["simsiam"] > 0:
-            out["simsiam_loss"] = w["simsiam"] * simsiam_loss(self._required("simsiam", simsiam_p, "simsiam_p"),
-                                                              self._required("simsiam", simsiam_z, "simsiam_z"))
+            out["simsiam_loss"] = w["simsiam"] * simsiam_loss(
+                self._required("simsiam", simsiam_p, "simsiam_p"), self._required("simsiam", simsiam_z, "simsiam_z")
+            )
         if w["mlm"] > 0:
-            out["mlm_loss"] = w["mlm"] * mlm_loss(self._required("mlm", mlm_logits, "mlm_logits"),
-                                                  self._required("mlm", mlm_labels, "mlm_labels"))
+            out["mlm_loss"] = w["mlm"] * mlm_loss(
+                self._required("mlm", mlm_logits, "mlm_logits"), self._required("mlm", mlm_labels, "mlm_labels")
+            )
         out["logit_scale"] = logit_scale.detach()
         return out

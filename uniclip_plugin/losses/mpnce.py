@@ -36,6 +36,7 @@ forward does not bound training memory, because autograd would keep every chunk'
 PR #1145, fixed by per-chunk checkpointing in #1214); unlike checkpointing, nothing is recomputed. The closed-form
 gradients are checked against autograd of the unchunked path in tests/test_mpnce.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,8 @@ from ..similarity import PAIR_II, PAIR_IT, PAIR_TT, SIMILARITY_FORMS, domain_log
 
 OBJECTIVES = ("mpnce", "infonce", "supcon", "milnce")
 _PAIR_OBJECTIVES = ("mpnce", "infonce")  # averaged over positive pairs; the others over anchors
-TEXT_POSITIVES = ("all", "caption")      # the text's positives: every view (the paper) or view 0, the caption view
-BALANCES = ("count", "group")            # mean over all positive pairs (the paper) or per group (IT, II), weighted
+TEXT_POSITIVES = ("all", "caption")  # the text's positives: every view (the paper) or view 0, the caption view
+BALANCES = ("count", "group")  # mean over all positive pairs (the paper) or per group (IT, II), weighted
 _NEG_INF = float("-inf")
 
 
@@ -61,16 +62,17 @@ _NEG_INF = float("-inf")
 # Index structure: which columns are a row's self, positives and (by exclusion) negatives.
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Block:
-    same_idx: torch.Tensor      # [c, V+1] columns of the row's sample (its V views, then its text), self included
-    self_idx: torch.Tensor      # [c, 1] the row's own column
-    pos_idx: torch.Tensor       # [c, V] columns of its positives (same sample, not self)
-    pos_is_text: torch.Tensor   # [c, V] bool: positive is a text
-    text_from: int              # first text row of the block (rows are image views, then texts)
-    pos_coef: torch.Tensor      # [c, V] weight of each positive pair in the loss (0: not a positive, see _Layout)
-    pos_is_it: torch.Tensor     # [c, V] bool: an image–text positive pair
-    pos_is_ii: torch.Tensor     # [c, V] bool: an image–image positive pair
+    same_idx: torch.Tensor  # [c, V+1] columns of the row's sample (its V views, then its text), self included
+    self_idx: torch.Tensor  # [c, 1] the row's own column
+    pos_idx: torch.Tensor  # [c, V] columns of its positives (same sample, not self)
+    pos_is_text: torch.Tensor  # [c, V] bool: positive is a text
+    text_from: int  # first text row of the block (rows are image views, then texts)
+    pos_coef: torch.Tensor  # [c, V] weight of each positive pair in the loss (0: not a positive, see _Layout)
+    pos_is_it: torch.Tensor  # [c, V] bool: an image–text positive pair
+    pos_is_ii: torch.Tensor  # [c, V] bool: an image–image positive pair
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,9 @@ class _Layout:
     row_batch: int
     row_offset: int
     col_batch: int
-    text_views: int = 0             # views 0..text_views-1 pair with the text (0: every view)
-    coef_it: float = 1.0            # weight of one image–text positive pair (pair objectives)
-    coef_ii: float = 1.0            # weight of one image–image positive pair
+    text_views: int = 0  # views 0..text_views-1 pair with the text (0: every view)
+    coef_it: float = 1.0  # weight of one image–text positive pair (pair objectives)
+    coef_ii: float = 1.0  # weight of one image–image positive pair
 
     @property
     def caption_views(self) -> int:
@@ -107,10 +109,15 @@ class _Layout:
         r = torch.arange(start, stop, device=device)
         is_text = r >= image_rows
         sample = self.row_offset + torch.where(is_text, r - image_rows, torch.div(r, v, rounding_mode="floor"))
-        same = torch.cat([sample[:, None] * v + torch.arange(v, device=device),                  # its views
-                          (self.image_cols + sample)[:, None]], dim=1)                             # its text
-        self_pos = torch.where(is_text, torch.full_like(r, v), r % v)                             # [c]
-        keep = torch.arange(v + 1, device=device)[None, :] != self_pos[:, None]                   # V per row
+        same = torch.cat(
+            [
+                sample[:, None] * v + torch.arange(v, device=device),  # its views
+                (self.image_cols + sample)[:, None],
+            ],
+            dim=1,
+        )  # its text
+        self_pos = torch.where(is_text, torch.full_like(r, v), r % v)  # [c]
+        keep = torch.arange(v + 1, device=device)[None, :] != self_pos[:, None]  # V per row
         pos = same[keep].view(stop - start, v)
         pos_is_text = pos >= self.image_cols
         # image–text pairs: an image row's text slot (the last), or any slot of a text row
@@ -120,27 +127,44 @@ class _Layout:
         view_of_pair = torch.where(is_text[:, None], slot, (r % v)[:, None])
         valid = ~is_it | (view_of_pair < self.caption_views)
         # float64 (a Python-float where() would give float32: 1/N off by 1e-7); cast to the logits' dtype at use
-        coef = torch.where(is_it, torch.tensor(self.coef_it, dtype=torch.float64, device=device),
-                           torch.tensor(self.coef_ii, dtype=torch.float64, device=device)) * valid
-        return _Block(same, same.gather(1, self_pos[:, None]), pos, pos_is_text,
-                      min(max(image_rows - start, 0), stop - start), coef, is_it & valid, ~is_it)
+        coef = (
+            torch.where(
+                is_it,
+                torch.tensor(self.coef_it, dtype=torch.float64, device=device),
+                torch.tensor(self.coef_ii, dtype=torch.float64, device=device),
+            )
+            * valid
+        )
+        return _Block(
+            same,
+            same.gather(1, self_pos[:, None]),
+            pos,
+            pos_is_text,
+            min(max(image_rows - start, 0), stop - start),
+            coef,
+            is_it & valid,
+            ~is_it,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The objectives on a block of rows: autograd version (unchunked path) and closed-form gradient (chunked path).
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _excluded(logits: torch.Tensor, index: torch.Tensor, blk: _Block, layout: _Layout,
-              text_text_negatives: bool) -> torch.Tensor:
+
+def _excluded(
+    logits: torch.Tensor, index: torch.Tensor, blk: _Block, layout: _Layout, text_text_negatives: bool
+) -> torch.Tensor:
     """Copy of ``logits`` with −inf at ``index`` (self, or the whole sample) and, if switched off, at text–text."""
     out = logits.scatter(1, index, _NEG_INF)
     if not text_text_negatives and blk.text_from < out.shape[0]:
-        out[blk.text_from:, layout.image_cols:] = _NEG_INF  # text rows × text columns: a block, rows sorted by domain
+        out[blk.text_from :, layout.image_cols :] = _NEG_INF  # text rows × text columns: a block, rows sorted by domain
     return out
 
 
-def _empty_rows(blk: _Block, layout: _Layout, rows: int, device: torch.device, *, text_domain: bool,
-                text_text_negatives: bool) -> Optional[torch.Tensor]:
+def _empty_rows(
+    blk: _Block, layout: _Layout, rows: int, device: torch.device, *, text_domain: bool, text_text_negatives: bool
+) -> Optional[torch.Tensor]:
     """Rows whose negative set is empty (one sample in all, or text rows' text negatives switched off), else None."""
     if layout.col_batch == 1:
         return torch.ones(rows, dtype=torch.bool, device=device)
@@ -156,8 +180,9 @@ def _lse(x: torch.Tensor, empty: Optional[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(x.masked_fill(empty[:, None], 0.0), dim=1).masked_fill(empty, _NEG_INF)
 
 
-def _pair_lse(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
-              ) -> tuple[torch.Tensor, torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+def _pair_lse(
+    logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
+) -> tuple[torch.Tensor, torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """Negatives-only filled logits and, per positive pair, the logsumexp of its competing negatives ``[c, V]``."""
     rows, device = logits.shape[0], logits.device
     filled = _excluded(logits, blk.same_idx, blk, layout, tt)
@@ -165,8 +190,8 @@ def _pair_lse(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str
     if objective == "mpnce":
         return filled, _lse(filled, empty)[:, None].expand(-1, layout.views), None
     empty_text = _empty_rows(blk, layout, rows, device, text_domain=True, text_text_negatives=tt)
-    lse_img = _lse(filled[:, :layout.image_cols], empty)                                       # [c]
-    lse_txt = _lse(filled[:, layout.image_cols:], empty_text)                                  # [c]
+    lse_img = _lse(filled[:, : layout.image_cols], empty)  # [c]
+    lse_txt = _lse(filled[:, layout.image_cols :], empty_text)  # [c]
     return filled, torch.where(blk.pos_is_text, lse_txt[:, None], lse_img[:, None]), (lse_img, lse_txt)
 
 
@@ -179,24 +204,26 @@ def _pair_stats(margin: torch.Tensor, blk: _Block) -> torch.Tensor:
     return torch.stack([(loss * it).sum(), (loss * ii).sum(), (prob * it).sum(), (prob * ii).sum()])
 
 
-def _block_loss(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
-                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _block_loss(
+    logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Sum over the block of the per-pair (mpnce, infonce, weighted by the pair coefficients) or per-anchor (supcon,
     milnce) losses, differentiable; and the pair objectives' detached group statistics (``_pair_stats``)."""
-    pos = logits.gather(1, blk.pos_idx)                                                        # [c, V]
+    pos = logits.gather(1, blk.pos_idx)  # [c, V]
     if objective in _PAIR_OBJECTIVES:  # Σ coef · ℓ: the coefficients already hold the normalisation
         _, lse, _ = _pair_lse(logits, blk, layout, objective, tt)
         margin = lse - pos
         return (blk.pos_coef.to(margin.dtype) * F.softplus(margin)).sum(), _pair_stats(margin.detach(), blk)
-    log_denom = torch.logsumexp(_excluded(logits, blk.self_idx, blk, layout, tt), dim=1)      # [c], never empty
+    log_denom = torch.logsumexp(_excluded(logits, blk.self_idx, blk, layout, tt), dim=1)  # [c], never empty
     if objective == "supcon":
         return (log_denom - pos.mean(dim=1)).sum(), None
-    return (log_denom - torch.logsumexp(pos, dim=1)).sum(), None                               # milnce
+    return (log_denom - torch.logsumexp(pos, dim=1)).sum(), None  # milnce
 
 
 @torch.no_grad()
-def _block_loss_and_grad(logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
-                         ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def _block_loss_and_grad(
+    logits: torch.Tensor, blk: _Block, layout: _Layout, objective: str, tt: bool
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``(Σ losses of the block, ∂Σ/∂logits [c, M], group statistics or None)`` in closed form.
 
     With ``λ`` a logsumexp over a candidate set S and ``σ`` the sigmoid:
@@ -206,27 +233,29 @@ def _block_loss_and_grad(logits: torch.Tensor, blk: _Block, layout: _Layout, obj
     milnce ``∂/∂s_ua = e^{s_ua − λ_u} − 1{a∈P(u)}·softmax_P(s_u)_a``.
     """
     tiny = torch.finfo(logits.dtype).min  # exponent shift for empty rows: e^{−inf − tiny} = 0, not NaN
-    pos = logits.gather(1, blk.pos_idx)                                                        # [c, V]
+    pos = logits.gather(1, blk.pos_idx)  # [c, V]
     if objective in _PAIR_OBJECTIVES:
-        grad, lse, per_domain = _pair_lse(logits, blk, layout, objective, tt)                 # grad: a fresh copy
+        grad, lse, per_domain = _pair_lse(logits, blk, layout, objective, tt)  # grad: a fresh copy
         margin = lse - pos
-        weight = torch.sigmoid(margin) * blk.pos_coef.to(margin.dtype)                                          # [c, V]
+        weight = torch.sigmoid(margin) * blk.pos_coef.to(margin.dtype)  # [c, V]
         if per_domain is None:  # mpnce: one competing set per anchor
             grad.sub_(lse[:, :1].clamp(min=tiny)).exp_().mul_(weight.sum(dim=1, keepdim=True))
-        else:                   # infonce: the image-domain and text-domain softmaxes of the anchor
-            for cols, lse_d, is_d in ((slice(0, layout.image_cols), per_domain[0], ~blk.pos_is_text),
-                                      (slice(layout.image_cols, None), per_domain[1], blk.pos_is_text)):
+        else:  # infonce: the image-domain and text-domain softmaxes of the anchor
+            for cols, lse_d, is_d in (
+                (slice(0, layout.image_cols), per_domain[0], ~blk.pos_is_text),
+                (slice(layout.image_cols, None), per_domain[1], blk.pos_is_text),
+            ):
                 part = grad[:, cols]
                 part.sub_(lse_d[:, None].clamp(min=tiny)).exp_().mul_((weight * is_d).sum(dim=1, keepdim=True))
         grad.scatter_add_(1, blk.pos_idx, -weight)
         return (blk.pos_coef.to(margin.dtype) * F.softplus(margin)).sum(), grad, _pair_stats(margin, blk)
     grad = _excluded(logits, blk.self_idx, blk, layout, tt)
-    log_denom = torch.logsumexp(grad, dim=1)                                                   # [c]
-    grad.sub_(log_denom[:, None]).exp_()                                                       # softmax over A(u)
+    log_denom = torch.logsumexp(grad, dim=1)  # [c]
+    grad.sub_(log_denom[:, None]).exp_()  # softmax over A(u)
     if objective == "supcon":
         grad.scatter_add_(1, blk.pos_idx, torch.full_like(pos, -1.0 / layout.views))
         return (log_denom - pos.mean(dim=1)).sum(), grad, None
-    log_pos = torch.logsumexp(pos, dim=1)                                                      # milnce
+    log_pos = torch.logsumexp(pos, dim=1)  # milnce
     grad.scatter_add_(1, blk.pos_idx, -(pos - log_pos[:, None]).exp())
     return (log_denom - log_pos).sum(), grad, None
 
@@ -251,8 +280,17 @@ class _ChunkedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, z_rows: torch.Tensor, z_cols: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
-                dom_rows: torch.Tensor, dom_cols: torch.Tensor, layout: _Layout, spec: _Spec) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        z_rows: torch.Tensor,
+        z_cols: torch.Tensor,
+        scales: torch.Tensor,
+        offsets: torch.Tensor,
+        dom_rows: torch.Tensor,
+        dom_cols: torch.Tensor,
+        layout: _Layout,
+        spec: _Spec,
+    ) -> torch.Tensor:
         need_rows, need_cols, need_sc, need_of = ctx.needs_input_grad[:4]
         need_params = need_sc or need_of
         ctx.dtypes = (z_rows.dtype, z_cols.dtype, scales.dtype, offsets.dtype)
@@ -261,8 +299,8 @@ class _ChunkedLoss(torch.autograd.Function):
         sc = scales.detach().to(dtype).requires_grad_(need_params)
         of = offsets.detach().to(dtype).requires_grad_(need_params)
         with torch.enable_grad():  # a 4-element graph: table gradients → scale/offset gradients at the end
-            slope_t, icpt_t = pair_tables(sc, of, spec.form)                                  # [2, 2] each
-        slope_rows, icpt_rows = slope_t.detach()[dom_rows], icpt_t.detach()[dom_rows]         # [R, 2]
+            slope_t, icpt_t = pair_tables(sc, of, spec.form)  # [2, 2] each
+        slope_rows, _icpt_rows = slope_t.detach()[dom_rows], icpt_t.detach()[dom_rows]  # [R, 2]
         domain_blocks = ((0, slice(0, layout.image_cols)), (1, slice(layout.image_cols, z_cols.shape[0])))
         # Accumulated in the compute dtype, so bf16 inputs sum their chunk gradients in float32.
         d_rows = torch.zeros(z_rows.shape, dtype=dtype, device=z_rows.device) if need_rows else None
@@ -273,22 +311,23 @@ class _ChunkedLoss(torch.autograd.Function):
         rows = z_rows.shape[0]
         for start in range(0, rows, spec.chunk_size):
             stop = min(start + spec.chunk_size, rows)
-            chunk = z_rows[start:stop].detach().to(dtype)                                        # [c, D]
+            chunk = z_rows[start:stop].detach().to(dtype)  # [c, D]
             logits = domain_logits(chunk, dom_rows[start:stop], cols, dom_cols, sc.detach(), of.detach(), spec.form)
-            value, grad, block_stats = _block_loss_and_grad(logits, layout.block(start, stop, z_rows.device), layout,
-                                                            spec.objective, spec.text_text_negatives)
+            value, grad, block_stats = _block_loss_and_grad(
+                logits, layout.block(start, stop, z_rows.device), layout, spec.objective, spec.text_text_negatives
+            )
             del logits
             total += value
             if block_stats is not None:
                 stats += block_stats
             if not (need_rows or need_cols or need_params):
                 continue
-            d_slope = chunk.new_zeros(stop - start, 2)                                           # per row, per b
+            d_slope = chunk.new_zeros(stop - start, 2)  # per row, per b
             d_icpt = chunk.new_zeros(stop - start, 2)
             for b, cs in domain_blocks:
-                grad_b, cols_b, slope_b = grad[:, cs], cols[cs], slope_rows[start:stop, b:b + 1]
+                grad_b, cols_b, slope_b = grad[:, cs], cols[cs], slope_rows[start:stop, b : b + 1]
                 if need_rows or need_params:
-                    d_a = grad_b @ cols_b                                                        # [c, D] = ∂A_b
+                    d_a = grad_b @ cols_b  # [c, D] = ∂A_b
                     if need_rows:
                         d_rows[start:stop].addcmul_(d_a, slope_b)
                     if need_params:
@@ -312,8 +351,10 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_total: torch.Tensor, _grad_stats: Any) -> tuple[Optional[torch.Tensor], ...]:
-        grads = tuple(None if g is None else (grad_total * g).to(dtype)
-                      for g, dtype in zip(ctx.saved_tensors, ctx.dtypes))
+        grads = tuple(
+            None if g is None else (grad_total * g).to(dtype)
+            for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
+        )
         return (*grads, None, None, None, None)
 
 
@@ -321,9 +362,17 @@ class _ChunkedLoss(torch.autograd.Function):
 # Public API
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _check_options(objective: str, similarity_form: str, chunk_size: int, rank: int, world_size: int,
-                   text_positives: str = "all", balance: str = "count",
-                   group_weights: tuple[float, float] = (1.0, 1.0)) -> None:
+
+def _check_options(
+    objective: str,
+    similarity_form: str,
+    chunk_size: int,
+    rank: int,
+    world_size: int,
+    text_positives: str = "all",
+    balance: str = "count",
+    group_weights: tuple[float, float] = (1.0, 1.0),
+) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if similarity_form not in SIMILARITY_FORMS:
@@ -337,15 +386,19 @@ def _check_options(objective: str, similarity_form: str, chunk_size: int, rank: 
     if balance not in BALANCES:
         raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
     if len(group_weights) != 2 or min(group_weights) < 0 or sum(group_weights) <= 0:
-        raise ValueError(f"group_weights must be two weights ≥ 0 (image–text, image–image), not both 0, got "
-                         f"{group_weights!r}")
+        raise ValueError(
+            f"group_weights must be two weights ≥ 0 (image–text, image–image), not both 0, got {group_weights!r}"
+        )
     if objective not in _PAIR_OBJECTIVES and (text_positives != "all" or balance != "count"):
-        raise ValueError(f"text_positives={text_positives!r} and balance={balance!r} need a per-pair objective "
-                         f"{_PAIR_OBJECTIVES}; {objective} averages over anchors with every view a positive")
+        raise ValueError(
+            f"text_positives={text_positives!r} and balance={balance!r} need a per-pair objective "
+            f"{_PAIR_OBJECTIVES}; {objective} averages over anchors with every view a positive"
+        )
 
 
-def _with_coefficients(layout: _Layout, text_positives: str, balance: str,
-                       group_weights: tuple[float, float]) -> _Layout:
+def _with_coefficients(
+    layout: _Layout, text_positives: str, balance: str, group_weights: tuple[float, float]
+) -> _Layout:
     """The layout with the caption views and the weight of one pair of each group: ``1/(all pairs)`` for ``count``
     (the mean over positive pairs), ``w_g/(pairs of g)`` for ``group`` (each group's mean, then weighted)."""
     layout = dataclasses.replace(layout, text_views=1 if text_positives == "caption" else 0)
@@ -367,8 +420,9 @@ def _group_metrics(stats: Optional[torch.Tensor], layout: _Layout) -> dict[str, 
     return {k: v.detach().float() for k, v in out.items()}
 
 
-def _check_inputs(image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor,
-                  offsets: torch.Tensor) -> None:
+def _check_inputs(
+    image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor
+) -> None:
     if image_features.dim() != 3:
         raise ValueError(f"image_features must be [B, V, D] (V views per sample), got {tuple(image_features.shape)}")
     batch, views, dim = image_features.shape
@@ -377,26 +431,31 @@ def _check_inputs(image_features: torch.Tensor, text_features: torch.Tensor, sca
     if batch < 1:
         raise ValueError("image_features holds an empty batch (B = 0)")
     if text_features.dim() != 2 or tuple(text_features.shape) != (batch, dim):
-        raise ValueError(f"text_features must be [B, D] = [{batch}, {dim}] to match image_features "
-                         f"{tuple(image_features.shape)}, got {tuple(text_features.shape)}")
+        raise ValueError(
+            f"text_features must be [B, D] = [{batch}, {dim}] to match image_features "
+            f"{tuple(image_features.shape)}, got {tuple(text_features.shape)}"
+        )
     if not (image_features.is_floating_point() and text_features.is_floating_point()):
         raise ValueError(f"features must be floating point, got {image_features.dtype} and {text_features.dtype}")
     if tuple(scales.shape) != (3,) or tuple(offsets.shape) != (3,):
-        raise ValueError(f"scales and offsets must be [3] (one per domain pair II, IT, TT), got "
-                         f"{tuple(scales.shape)} and {tuple(offsets.shape)}")
+        raise ValueError(
+            f"scales and offsets must be [3] (one per domain pair II, IT, TT), got "
+            f"{tuple(scales.shape)} and {tuple(offsets.shape)}"
+        )
 
 
 @torch.no_grad()
-def _metrics(image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor,
-             offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+def _metrics(
+    image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Detached logging values: mean positive cosine per domain pair (this rank's samples) and the similarity params."""
     img, txt = image_features.detach().float(), text_features.detach().float()
     views = img.shape[1]
-    out = {"pos_cos_it": torch.einsum("bvd,bd->bv", img, txt).mean()}                  # over (sample, view)
+    out = {"pos_cos_it": torch.einsum("bvd,bd->bv", img, txt).mean()}  # over (sample, view)
     if views > 1:  # II positives exist only with two or more views
-        total = img.sum(dim=1)                                                          # [B, D]
+        total = img.sum(dim=1)  # [B, D]
         # Σ_{v≠w} z_v·z_w = |Σ_v z_v|² − Σ_v |z_v|²
-        off_diag = (total * total).sum(dim=1) - (img * img).sum(dim=(1, 2))            # [B]
+        off_diag = (total * total).sum(dim=1) - (img * img).sum(dim=(1, 2))  # [B]
         out["pos_cos_ii"] = off_diag.mean() / (views * (views - 1))
     for name, idx in (("ii", PAIR_II), ("it", PAIR_IT), ("tt", PAIR_TT)):
         out[f"scale_{name}"] = scales[idx].detach().float()
@@ -404,26 +463,44 @@ def _metrics(image_features: torch.Tensor, text_features: torch.Tensor, scales: 
     return out
 
 
-def _rows_and_layout(image_features: torch.Tensor, text_features: torch.Tensor, z_cols: torch.Tensor,
-                     dom_cols: torch.Tensor, local_loss: bool, rank: int, world_size: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, _Layout]:
+def _rows_and_layout(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    z_cols: torch.Tensor,
+    dom_cols: torch.Tensor,
+    local_loss: bool,
+    rank: int,
+    world_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, _Layout]:
     """This call's row elements and the row/column layout (one process, local rows, or every gathered row)."""
     batch, views, _ = image_features.shape
     global_batch = z_cols.shape[0] // (views + 1)
     if world_size == 1:
         return z_cols, dom_cols, _Layout(views, batch, 0, batch)
     if local_loss:
-        z_rows, _, dom_rows = universal_embeddings(image_features, text_features)        # [(V+1)·B, D]
+        z_rows, _, dom_rows = universal_embeddings(image_features, text_features)  # [(V+1)·B, D]
         return z_rows, dom_rows, _Layout(views, batch, rank * batch, global_batch)
     return z_cols, dom_cols, _Layout(views, global_batch, 0, global_batch)
 
 
-def universal_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor,
-                               offsets: torch.Tensor, *, objective: str = "mpnce", text_text_negatives: bool = True,
-                               similarity_form: str = "shift_scale", chunk_size: int = 0, local_loss: bool = True,
-                               gather_with_grad: bool = True, rank: int = 0, world_size: int = 1,
-                               text_positives: str = "all", balance: str = "count",
-                               group_weights: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
+def universal_contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    objective: str = "mpnce",
+    text_text_negatives: bool = True,
+    similarity_form: str = "shift_scale",
+    chunk_size: int = 0,
+    local_loss: bool = True,
+    gather_with_grad: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    text_positives: str = "all",
+    balance: str = "count",
+    group_weights: tuple[float, float] = (1.0, 1.0),
+) -> dict[str, torch.Tensor]:
     """MP-NCE (or an ablation objective) over the universal space; the equations are in the module docstring.
 
     Args:
@@ -456,11 +533,13 @@ def universal_contrastive_loss(image_features: torch.Tensor, text_features: torc
     """
     _check_options(objective, similarity_form, chunk_size, rank, world_size, text_positives, balance, group_weights)
     _check_inputs(image_features, text_features, scales, offsets)
-    all_img, all_txt = gather_universal(image_features, text_features, rank=rank, world_size=world_size,
-                                        gather_with_grad=gather_with_grad)
-    z_cols, _, dom_cols = universal_embeddings(all_img, all_txt)                         # [M, D], [M]
-    z_rows, dom_rows, layout = _rows_and_layout(image_features, text_features, z_cols, dom_cols, local_loss, rank,
-                                                world_size)
+    all_img, all_txt = gather_universal(
+        image_features, text_features, rank=rank, world_size=world_size, gather_with_grad=gather_with_grad
+    )
+    z_cols, _, dom_cols = universal_embeddings(all_img, all_txt)  # [M, D], [M]
+    z_rows, dom_rows, layout = _rows_and_layout(
+        image_features, text_features, z_cols, dom_cols, local_loss, rank, world_size
+    )
     layout = _with_coefficients(layout, text_positives, balance, group_weights)
     spec = _Spec(objective, text_text_negatives, similarity_form, chunk_size)
     with torch.autocast(device_type=z_rows.device.type, enabled=False):  # float32 logsumexp/softplus under AMP
@@ -469,8 +548,9 @@ def universal_contrastive_loss(image_features: torch.Tensor, text_features: torc
             stats = stats if objective in _PAIR_OBJECTIVES else None
         else:
             logits = domain_logits(z_rows, dom_rows, z_cols, dom_cols, scales, offsets, similarity_form)  # [R, M]
-            total, stats = _block_loss(logits, layout.block(0, layout.rows, z_rows.device), layout, objective,
-                                       text_text_negatives)
+            total, stats = _block_loss(
+                logits, layout.block(0, layout.rows, z_rows.device), layout, objective, text_text_negatives
+            )
         metrics = _metrics(image_features, text_features, scales, offsets)
     loss = total if objective in _PAIR_OBJECTIVES else total / layout.rows  # pair coefficients hold the mean
     return {"contrastive_loss": loss, **metrics, **_group_metrics(stats, layout)}
@@ -490,10 +570,20 @@ class UniversalContrastiveLoss(nn.Module):
             valid choices; in forward, malformed features or a ``logit_bias`` that is not ``[2, 3]``.
     """
 
-    def __init__(self, objective: str = "mpnce", text_text_negatives: bool = True, similarity_form: str = "shift_scale",
-                 chunk_size: int = 0, local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0,
-                 world_size: int = 1, text_positives: str = "all", balance: str = "count",
-                 group_weights: tuple[float, float] = (1.0, 1.0)):
+    def __init__(
+        self,
+        objective: str = "mpnce",
+        text_text_negatives: bool = True,
+        similarity_form: str = "shift_scale",
+        chunk_size: int = 0,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        text_positives: str = "all",
+        balance: str = "count",
+        group_weights: tuple[float, float] = (1.0, 1.0),
+    ):
         super().__init__()
         group_weights = tuple(float(w) for w in group_weights)  # type: ignore[assignment]
         _check_options(objective, similarity_form, chunk_size, rank, world_size, text_positives, balance, group_weights)
@@ -502,24 +592,46 @@ class UniversalContrastiveLoss(nn.Module):
         self.rank, self.world_size = rank, world_size
         self.text_positives, self.balance, self.group_weights = text_positives, balance, group_weights
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: Optional[torch.Tensor],
-                logit_bias: torch.Tensor, output_dict: bool = False, **_: Any) -> Any:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: Optional[torch.Tensor],
+        logit_bias: torch.Tensor,
+        output_dict: bool = False,
+        **_: Any,
+    ) -> Any:
         """Returns the dict of :func:`universal_contrastive_loss` if ``output_dict`` else the total loss tensor."""
         if not isinstance(logit_bias, torch.Tensor) or tuple(logit_bias.shape) != (2, 3):
             shape = tuple(logit_bias.shape) if isinstance(logit_bias, torch.Tensor) else type(logit_bias).__name__
-            raise ValueError(f"logit_bias must be [2, 3] (row 0: scales, row 1: offsets per domain pair II, IT, TT) "
-                             f"as UniCLIP's forward returns it, got {shape}: is the model a UniCLIP model?")
+            raise ValueError(
+                f"logit_bias must be [2, 3] (row 0: scales, row 1: offsets per domain pair II, IT, TT) "
+                f"as UniCLIP's forward returns it, got {shape}: is the model a UniCLIP model?"
+            )
         out = universal_contrastive_loss(
-            image_features, text_features, logit_bias[0], logit_bias[1], objective=self.objective,
-            text_text_negatives=self.text_text_negatives, similarity_form=self.similarity_form,
-            chunk_size=self.chunk_size, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
-            rank=self.rank, world_size=self.world_size, text_positives=self.text_positives, balance=self.balance,
-            group_weights=self.group_weights)
+            image_features,
+            text_features,
+            logit_bias[0],
+            logit_bias[1],
+            objective=self.objective,
+            text_text_negatives=self.text_text_negatives,
+            similarity_form=self.similarity_form,
+            chunk_size=self.chunk_size,
+            local_loss=self.local_loss,
+            gather_with_grad=self.gather_with_grad,
+            rank=self.rank,
+            world_size=self.world_size,
+            text_positives=self.text_positives,
+            balance=self.balance,
+            group_weights=self.group_weights,
+        )
         return out if output_dict else out["contrastive_loss"]
 
     def extra_repr(self) -> str:
-        return (f"objective={self.objective!r}, text_text_negatives={self.text_text_negatives}, "
-                f"similarity_form={self.similarity_form!r}, chunk_size={self.chunk_size}, "
-                f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
-                f"rank={self.rank}, world_size={self.world_size}, text_positives={self.text_positives!r}, "
-                f"balance={self.balance!r}, group_weights={self.group_weights}")
+        return (
+            f"objective={self.objective!r}, text_text_negatives={self.text_text_negatives}, "
+            f"similarity_form={self.similarity_form!r}, chunk_size={self.chunk_size}, "
+            f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
+            f"rank={self.rank}, world_size={self.world_size}, text_positives={self.text_positives!r}, "
+            f"balance={self.balance!r}, group_weights={self.group_weights}"
+        )

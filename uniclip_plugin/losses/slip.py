@@ -20,6 +20,7 @@ ranks turns back into the exact global gradient, so both layouts train the same 
 
 Everything is computed in float32 (float64 stays float64) with autocast off, like the MP-NCE loss.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,39 +33,56 @@ from ..distributed import gather_rows_with_grad
 
 SELF_MASK = 1e9  # SLIP's mask value (losses.py: ``F.one_hot(labels, total) * 1e9``)
 SSL_SCALE = 1.0  # SLIP's weight of the SimCLR term (main.py ``--ssl-scale``)
-SSL_TEMP = 0.1   # SLIP's NT-Xent temperature (main.py ``--ssl-temp``)
+SSL_TEMP = 0.1  # SLIP's NT-Xent temperature (main.py ``--ssl-temp``)
 
 
-def clip_infonce(img_rows: torch.Tensor, txt_rows: torch.Tensor, img_cols: torch.Tensor, txt_cols: torch.Tensor,
-                 logit_scale: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_infonce(
+    img_rows: torch.Tensor,
+    txt_rows: torch.Tensor,
+    img_cols: torch.Tensor,
+    txt_cols: torch.Tensor,
+    logit_scale: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric CLIP InfoNCE over normalised features (SLIP ``CLIPLoss``); returns ``(loss, image→text acc %)``."""
-    logits_per_image = logit_scale * img_rows @ txt_cols.T                                 # [R, N]
-    logits_per_text = logit_scale * txt_rows @ img_cols.T                                  # [R, N]
+    logits_per_image = logit_scale * img_rows @ txt_cols.T  # [R, N]
+    logits_per_text = logit_scale * txt_rows @ img_cols.T  # [R, N]
     loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
     with torch.no_grad():
         acc = 100.0 * (logits_per_image.argmax(dim=-1) == labels).float().mean()
     return loss, acc
 
 
-def simclr_ntxent(q_a: torch.Tensor, q_b: torch.Tensor, k_a: torch.Tensor, k_b: torch.Tensor, labels: torch.Tensor,
-                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def simclr_ntxent(
+    q_a: torch.Tensor, q_b: torch.Tensor, k_a: torch.Tensor, k_b: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SLIP's ``SIMCLRLoss`` over normalised rows ``q`` and gathered columns ``k``; returns ``(loss, acc %)``."""
-    self_mask = F.one_hot(labels, k_a.shape[0]).bool()                                    # [R, N]: each row's self
-    logits_aa = (q_a @ k_a.T / temperature).masked_fill(self_mask, -SELF_MASK)             # [R, N]
-    logits_bb = (q_b @ k_b.T / temperature).masked_fill(self_mask, -SELF_MASK)             # [R, N]
-    logits_ab = q_a @ k_b.T / temperature                                                  # [R, N]: positive at label
-    logits_ba = q_b @ k_a.T / temperature                                                  # [R, N]
-    logits_a = torch.cat([logits_ab, logits_aa], dim=1)                                    # [R, 2N]
-    logits_b = torch.cat([logits_ba, logits_bb], dim=1)                                    # [R, 2N]
+    self_mask = F.one_hot(labels, k_a.shape[0]).bool()  # [R, N]: each row's self
+    logits_aa = (q_a @ k_a.T / temperature).masked_fill(self_mask, -SELF_MASK)  # [R, N]
+    logits_bb = (q_b @ k_b.T / temperature).masked_fill(self_mask, -SELF_MASK)  # [R, N]
+    logits_ab = q_a @ k_b.T / temperature  # [R, N]: positive at label
+    logits_ba = q_b @ k_a.T / temperature  # [R, N]
+    logits_a = torch.cat([logits_ab, logits_aa], dim=1)  # [R, 2N]
+    logits_b = torch.cat([logits_ba, logits_bb], dim=1)  # [R, 2N]
     loss = (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_b, labels)) / 2
     with torch.no_grad():
-        acc = 100.0 * (logits_a.argmax(dim=-1) == labels).float().mean()                  # SLIP: view a only
+        acc = 100.0 * (logits_a.argmax(dim=-1) == labels).float().mean()  # SLIP: view a only
     return loss, acc
 
 
-def slip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-              ssl_embed_1: torch.Tensor, ssl_embed_2: torch.Tensor, *, ssl_scale: float = SSL_SCALE, ssl_temp: float = SSL_TEMP,
-              local_loss: bool = True, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+def slip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    ssl_embed_1: torch.Tensor,
+    ssl_embed_2: torch.Tensor,
+    *,
+    ssl_scale: float = SSL_SCALE,
+    ssl_temp: float = SSL_TEMP,
+    local_loss: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
     """SLIP's loss on one rank's outputs; the equations are in the module docstring.
 
     Args:
@@ -88,21 +106,26 @@ def slip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     batch = image_features.shape[0]
     work = torch.promote_types(image_features.dtype, torch.float32)
     with torch.autocast(device_type=image_features.device.type, enabled=False):
-        img, txt, z_1, z_2 = (F.normalize(t.to(work), dim=-1)
-                              for t in (image_features, text_features, ssl_embed_1, ssl_embed_2))
-        all_img, all_txt, all_z1, all_z2 = gather_rows_with_grad([img, txt, z_1, z_2], rank=rank,
-                                                                 world_size=world_size)
+        img, txt, z_1, z_2 = (
+            F.normalize(t.to(work), dim=-1) for t in (image_features, text_features, ssl_embed_1, ssl_embed_2)
+        )
+        all_img, all_txt, all_z1, all_z2 = gather_rows_with_grad([img, txt, z_1, z_2], rank=rank, world_size=world_size)
         if world_size == 1 or local_loss:
             rows = (img, txt, z_1, z_2)
-            labels = rank * batch + torch.arange(batch, device=img.device)                 # global index of each row
+            labels = rank * batch + torch.arange(batch, device=img.device)  # global index of each row
         else:
             rows = (all_img, all_txt, all_z1, all_z2)
             labels = torch.arange(all_img.shape[0], device=img.device)
         scale = logit_scale.to(work).reshape(())
         clip, clip_acc = clip_infonce(rows[0], rows[1], all_img, all_txt, scale, labels)
         ssl, ssl_acc = simclr_ntxent(rows[2], rows[3], all_z1, all_z2, labels, ssl_temp)
-    return {"clip_loss": clip, "ssl_loss": ssl_scale * ssl, "ssl_ntxent": ssl.detach(), "clip_acc": clip_acc,
-            "ssl_acc": ssl_acc}
+    return {
+        "clip_loss": clip,
+        "ssl_loss": ssl_scale * ssl,
+        "ssl_ntxent": ssl.detach(),
+        "clip_acc": clip_acc,
+        "ssl_acc": ssl_acc,
+    }
 
 
 class SLIPLoss(nn.Module):
@@ -113,24 +136,49 @@ class SLIPLoss(nn.Module):
     ``local_loss`` defaults to False like open_clip_train's flag; the gather always carries the gradient.
     """
 
-    def __init__(self, ssl_scale: float = SSL_SCALE, ssl_temp: float = SSL_TEMP, local_loss: bool = False, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        ssl_scale: float = SSL_SCALE,
+        ssl_temp: float = SSL_TEMP,
+        local_loss: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         super().__init__()
         _check_options(ssl_scale, ssl_temp, rank, world_size)
         self.ssl_scale, self.ssl_temp = float(ssl_scale), float(ssl_temp)
         self.local_loss, self.rank, self.world_size = local_loss, rank, world_size
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                ssl_embed_1: torch.Tensor, ssl_embed_2: torch.Tensor, output_dict: bool = False, **_: Any) -> Any:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        ssl_embed_1: torch.Tensor,
+        ssl_embed_2: torch.Tensor,
+        output_dict: bool = False,
+        **_: Any,
+    ) -> Any:
         """The dict of :func:`slip_loss` if ``output_dict`` else the total loss tensor."""
-        out = slip_loss(image_features, text_features, logit_scale, ssl_embed_1, ssl_embed_2,
-                        ssl_scale=self.ssl_scale, ssl_temp=self.ssl_temp, local_loss=self.local_loss, rank=self.rank,
-                        world_size=self.world_size)
+        out = slip_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            ssl_embed_1,
+            ssl_embed_2,
+            ssl_scale=self.ssl_scale,
+            ssl_temp=self.ssl_temp,
+            local_loss=self.local_loss,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
         return out if output_dict else out["clip_loss"] + out["ssl_loss"]
 
     def extra_repr(self) -> str:
-        return (f"ssl_scale={self.ssl_scale}, ssl_temp={self.ssl_temp}, local_loss={self.local_loss}, "
-                f"rank={self.rank}, world_size={self.world_size}")
+        return (
+            f"ssl_scale={self.ssl_scale}, ssl_temp={self.ssl_temp}, local_loss={self.local_loss}, "
+            f"rank={self.rank}, world_size={self.world_size}"
+        )
 
 
 def _check_options(ssl_scale: float, ssl_temp: float, rank: int, world_size: int) -> None:
@@ -142,16 +190,22 @@ def _check_options(ssl_scale: float, ssl_temp: float, rank: int, world_size: int
         raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
 
 
-def _check_inputs(image_features: torch.Tensor, text_features: torch.Tensor, ssl_embed_1: torch.Tensor,
-                  ssl_embed_2: torch.Tensor) -> None:
+def _check_inputs(
+    image_features: torch.Tensor, text_features: torch.Tensor, ssl_embed_1: torch.Tensor, ssl_embed_2: torch.Tensor
+) -> None:
     if image_features.dim() != 2 or image_features.shape[0] < 1:
-        raise ValueError(f"image_features must be a non-empty [B, D] (one CLIP view per sample), got "
-                         f"{tuple(image_features.shape)}: is the model a SLIP model?")
+        raise ValueError(
+            f"image_features must be a non-empty [B, D] (one CLIP view per sample), got "
+            f"{tuple(image_features.shape)}: is the model a SLIP model?"
+        )
     if tuple(text_features.shape) != tuple(image_features.shape):
-        raise ValueError(f"text_features must be [B, D] = {list(image_features.shape)} like image_features, got "
-                         f"{tuple(text_features.shape)}")
+        raise ValueError(
+            f"text_features must be [B, D] = {list(image_features.shape)} like image_features, got "
+            f"{tuple(text_features.shape)}"
+        )
     batch = image_features.shape[0]
     for name, t in (("ssl_embed_1", ssl_embed_1), ("ssl_embed_2", ssl_embed_2)):
         if t.dim() != 2 or t.shape[0] != batch or t.shape != ssl_embed_1.shape:
-            raise ValueError(f"{name} must be [B, E] with B = {batch} and both SSL embeddings of one shape, got "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be [B, E] with B = {batch} and both SSL embeddings of one shape, got {tuple(t.shape)}"
+            )

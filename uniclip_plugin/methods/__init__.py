@@ -3,6 +3,7 @@
 ``clip`` / ``siglip`` (open_clip's own losses on plain CLIP models), ``uniclip_mpnce``, ``slip``, ``declip``. A new
 method is a new module here with one ``@register_method`` function, imported below.
 """
+
 from __future__ import annotations
 
 from . import clip, declip, slip, uniclip  # noqa: F401  (each module registers its spec)

@@ -1,4 +1,5 @@
 """``--loss clip`` and ``--loss siglip``: open_clip's own ``ClipLoss`` / ``SigLipLoss`` on plain CLIP models."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from ..registry import MethodSpec, register_method
 
 def _open_clip_loss(args: argparse.Namespace) -> nn.Module:
     import open_clip.factory as ocf
+
     return ocf.create_loss(args)  # open_clip's own choice: ClipLoss, or SigLipLoss with --siglip
 
 
@@ -32,5 +34,10 @@ def clip() -> MethodSpec:
 
 @register_method
 def siglip() -> MethodSpec:
-    return MethodSpec("siglip", "open_clip SigLipLoss", _siglip_loss, model_kwargs=_siglip_model_kwargs,
-                      open_clip_train_flags=("--siglip",))
+    return MethodSpec(
+        "siglip",
+        "open_clip SigLipLoss",
+        _siglip_loss,
+        model_kwargs=_siglip_model_kwargs,
+        open_clip_train_flags=("--siglip",),
+    )

@@ -2,6 +2,7 @@
 
 A term with weight 0 also switches its model part off (no unused parameters under DDP, no wasted compute).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,22 @@ TOKEN_EMBEDDING = "token_embedding.weight"
 
 
 def add_arguments(group: Any) -> None:
-    names = {"mvs": "multi-view InfoNCE", "simsiam": "image SimSiam", "mlm": "masked language modelling",
-             "nns": "nearest-neighbour text"}
+    names = {
+        "mvs": "multi-view InfoNCE",
+        "simsiam": "image SimSiam",
+        "mlm": "masked language modelling",
+        "nns": "nearest-neighbour text",
+    }
     for term, what in names.items():
-        group.add_argument(f"--declip-{term}-weight", type=float, default=None,
-                           help=f"{what} (default {DEFAULT_WEIGHTS[term]}, DeCLIP's; 0 switches the term off)")
-    group.add_argument("--declip-no-eda", action="store_true", default=None,
-                       help="no EDA text view (MVS over (x1,t), (x2,t) only)")
+        group.add_argument(
+            f"--declip-{term}-weight",
+            type=float,
+            default=None,
+            help=f"{what} (default {DEFAULT_WEIGHTS[term]}, DeCLIP's; 0 switches the term off)",
+        )
+    group.add_argument(
+        "--declip-no-eda", action="store_true", default=None, help="no EDA text view (MVS over (x1,t), (x2,t) only)"
+    )
 
 
 def _weight(args: argparse.Namespace, term: str) -> float:
@@ -35,8 +45,12 @@ def _weight(args: argparse.Namespace, term: str) -> float:
 
 
 def build_loss(args: argparse.Namespace) -> nn.Module:
-    return DeCLIPLoss(**{f"{term}_weight": _weight(args, term) for term in DEFAULT_WEIGHTS},
-                      local_loss=args.local_loss, rank=args.rank, world_size=args.world_size)
+    return DeCLIPLoss(
+        **{f"{term}_weight": _weight(args, term) for term in DEFAULT_WEIGHTS},
+        local_loss=args.local_loss,
+        rank=args.rank,
+        world_size=args.world_size,
+    )
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,6 +64,7 @@ def wrap_tokenizer(tokenizer: Callable, args: argparse.Namespace) -> Callable:
     if getattr(args, "declip_no_eda", None):
         return tokenizer
     from ..text_aug import EDA, EDATokenizer
+
     eda = EDA()
     eda.check()
     return EDATokenizer(tokenizer, seed=int(getattr(args, "seed", 0) or 0), eda=eda)
@@ -73,14 +88,25 @@ def init_from_clip(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[
     if theirs is None or theirs.shape[1:] != ours.shape[1:] or theirs.shape[0] >= ours.shape[0]:
         return {}  # same rows: loaded as is; anything else: the factory reports the mismatch
     rows = ours.detach().clone()
-    rows[:theirs.shape[0]].copy_(theirs)
+    rows[: theirs.shape[0]].copy_(theirs)
     return {TOKEN_EMBEDDING: rows}
 
 
 @register_method
 def declip() -> MethodSpec:
-    return MethodSpec("declip", "DeCLIP: 0.4 MVS + 0.2 SimSiam + 0.2 MLM + 0.2 NNS", build_loss, model_prefix="DeCLIP",
-                      marker="declip_cfg", model_class=DeCLIP, add_arguments=add_arguments,
-                      model_overrides=model_overrides, wrap_tokenizer=wrap_tokenizer,
-                      options_from_checkpoint=options_from_checkpoint, owns_checkpoint=owns_checkpoint,
-                      init_from_clip=init_from_clip, whole_image_input=True, exact_global_loss=True)
+    return MethodSpec(
+        "declip",
+        "DeCLIP: 0.4 MVS + 0.2 SimSiam + 0.2 MLM + 0.2 NNS",
+        build_loss,
+        model_prefix="DeCLIP",
+        marker="declip_cfg",
+        model_class=DeCLIP,
+        add_arguments=add_arguments,
+        model_overrides=model_overrides,
+        wrap_tokenizer=wrap_tokenizer,
+        options_from_checkpoint=options_from_checkpoint,
+        owns_checkpoint=owns_checkpoint,
+        init_from_clip=init_from_clip,
+        whole_image_input=True,
+        exact_global_loss=True,
+    )

@@ -26,6 +26,7 @@ Where we differ from DeCLIP's code, and why:
 * Eval forward / ``encode_image`` / ``encode_text`` are plain CLIP; ``encode_text`` also takes ``[N, R, ctx]`` (the
   training tokenizer's output) and encodes row 0, the original caption.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,20 +53,20 @@ IMAGE_VIEWS = 2
 class DeCLIPCfg:
     """DeCLIP's parts (docs/METHODS.md §DeCLIP), carried by the ``declip_cfg`` key of a model config."""
 
-    view_preset: str = "mocov2"             # the two image views' augmentation (views.VIEW_PRESETS)
-    simsiam: bool = True                    # SimSiam projector/predictor on the image embeddings
-    mlm: bool = True                        # mask the caption and predict it (MLM head Linear(width, vocab))
-    nns: bool = True                        # nearest-neighbour text queue
-    queue_size: int = 2 ** 16               # NNS FIFO size (DeCLIP: 2**16)
-    simsiam_proj_dim: int = 1024            # projector hidden and output width (DeCLIP ViT-B/32: 1024)
-    simsiam_pred_hidden: int = 512          # predictor bottleneck width (DeCLIP: 512)
-    mlm_probability: float = 0.15           # share of caption tokens selected for MLM
+    view_preset: str = "mocov2"  # the two image views' augmentation (views.VIEW_PRESETS)
+    simsiam: bool = True  # SimSiam projector/predictor on the image embeddings
+    mlm: bool = True  # mask the caption and predict it (MLM head Linear(width, vocab))
+    nns: bool = True  # nearest-neighbour text queue
+    queue_size: int = 2**16  # NNS FIFO size (DeCLIP: 2**16)
+    simsiam_proj_dim: int = 1024  # projector hidden and output width (DeCLIP ViT-B/32: 1024)
+    simsiam_pred_hidden: int = 512  # predictor bottleneck width (DeCLIP: 512)
+    mlm_probability: float = 0.15  # share of caption tokens selected for MLM
     # DeCLIP's quirk: the CLIP text embedding of the caption comes from the MASKED forward pass
     # (``encode_text(texts, mask_type='MLM')``). False: also encode the unmasked caption (one more row, same pass).
     mlm_text_embedding_from_masked: bool = True
-    mask_token_id: int = MASK_TOKEN_ID      # needs text_cfg.vocab_size > mask_token_id (DeCLIP configs: 49409)
+    mask_token_id: int = MASK_TOKEN_ID  # needs text_cfg.vocab_size > mask_token_id (DeCLIP configs: 49409)
 
-    source_size: int = 0                    # side of the training image the views are cut from (0: input size)
+    source_size: int = 0  # side of the training image the views are cut from (0: input size)
 
     def __post_init__(self) -> None:
         if self.view_preset not in VIEW_PRESETS:
@@ -112,9 +113,15 @@ class SimSiamProjector(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), ViewBatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, hidden_dim), ViewBatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim), ViewBatchNorm1d(out_dim))
+            nn.Linear(in_dim, hidden_dim),
+            ViewBatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            ViewBatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+            ViewBatchNorm1d(out_dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -125,8 +132,12 @@ class SimSiamPredictor(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), ViewBatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden_dim, out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            ViewBatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -152,33 +163,44 @@ class DeCLIP(CLIP):
     """
 
     def __init__(
-            self,
-            embed_dim: int,
-            vision_cfg: Any,
-            text_cfg: Any,
-            declip_cfg: Optional[dict] = None,
-            quick_gelu: bool = False,
-            init_logit_scale: float = np.log(1 / 0.07),
-            init_logit_bias: Optional[float] = None,
-            nonscalar_logit_scale: bool = False,
-            cast_dtype: Optional[torch.dtype] = None,
-            output_dict: bool = False,
+        self,
+        embed_dim: int,
+        vision_cfg: Any,
+        text_cfg: Any,
+        declip_cfg: Optional[dict] = None,
+        quick_gelu: bool = False,
+        init_logit_scale: float = np.log(1 / 0.07),
+        init_logit_bias: Optional[float] = None,
+        nonscalar_logit_scale: bool = False,
+        cast_dtype: Optional[torch.dtype] = None,
+        output_dict: bool = False,
     ):
-        super().__init__(embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale,
-                         init_logit_bias=init_logit_bias, nonscalar_logit_scale=nonscalar_logit_scale,
-                         cast_dtype=cast_dtype, output_dict=output_dict)
+        super().__init__(
+            embed_dim,
+            vision_cfg,
+            text_cfg,
+            quick_gelu=quick_gelu,
+            init_logit_scale=init_logit_scale,
+            init_logit_bias=init_logit_bias,
+            nonscalar_logit_scale=nonscalar_logit_scale,
+            cast_dtype=cast_dtype,
+            output_dict=output_dict,
+        )
         cfg = from_dict(DeCLIPCfg, declip_cfg, "declip_cfg")
         self.declip_cfg = cfg
         if cfg.mlm and self.vocab_size <= cfg.mask_token_id:
-            raise PluginError(f"declip_cfg.mlm needs text_cfg.vocab_size > mask_token_id={cfg.mask_token_id} (the "
-                              f"extra <|mask|> row; DeCLIP configs use 49409), got {self.vocab_size}")
+            raise PluginError(
+                f"declip_cfg.mlm needs text_cfg.vocab_size > mask_token_id={cfg.mask_token_id} (the "
+                f"extra <|mask|> row; DeCLIP configs use 49409), got {self.vocab_size}"
+            )
         self.views = InForwardViews(cfg.view_preset)
         self.view_source_size = cfg.source_size or self.visual.image_size  # what the loader gives for training
         self.simsiam_projector = self.simsiam_predictor = None
         if cfg.simsiam:
             self.simsiam_projector = SimSiamProjector(embed_dim, cfg.simsiam_proj_dim, cfg.simsiam_proj_dim)
-            self.simsiam_predictor = SimSiamPredictor(cfg.simsiam_proj_dim, cfg.simsiam_pred_hidden,
-                                                      cfg.simsiam_proj_dim)
+            self.simsiam_predictor = SimSiamPredictor(
+                cfg.simsiam_proj_dim, cfg.simsiam_pred_hidden, cfg.simsiam_proj_dim
+            )
         # DeCLIP: Linear(transformer width, vocab) on the final-layer (ln_final) token features
         self.mlm_head = nn.Linear(self.transformer.width, self.vocab_size) if cfg.mlm else None
         self.nns = NNMemoryBank(cfg.queue_size, embed_dim) if cfg.nns else None
@@ -192,8 +214,11 @@ class DeCLIP(CLIP):
         with a term switched off (``--declip-*-weight 0``) then loads by its base config name."""
         if "logit_scale" not in shapes:
             return {}
-        arch: dict[str, Any] = {"simsiam": "simsiam_projector.net.0.weight" in shapes,
-                                "mlm": "mlm_head.weight" in shapes, "nns": "nns.queue" in shapes}
+        arch: dict[str, Any] = {
+            "simsiam": "simsiam_projector.net.0.weight" in shapes,
+            "mlm": "mlm_head.weight" in shapes,
+            "nns": "nns.queue" in shapes,
+        }
         if arch["simsiam"]:
             arch["simsiam_proj_dim"] = shapes["simsiam_projector.net.0.weight"][0]
             arch["simsiam_pred_hidden"] = shapes["simsiam_predictor.net.0.weight"][0]
@@ -203,8 +228,9 @@ class DeCLIP(CLIP):
 
     # ------------------------------------------------------------------------------------------------- text tower
 
-    def encode_text_tokens(self, text: torch.Tensor, pool_text: Optional[torch.Tensor] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text_tokens(
+        self, text: torch.Tensor, pool_text: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One text-tower pass returning ``(pooled projected features [N, D], ln_final token features [N, ctx, W])``.
 
         open_clip 3.3.0's ``CLIP.encode_text`` with the token features kept; ``pool_text`` (default ``text``) are the
@@ -214,12 +240,19 @@ class DeCLIP(CLIP):
         x = self.token_embedding(text).to(cast_dtype)
         x = x + self.positional_embedding.to(cast_dtype)
         x = self.transformer(x, attn_mask=self.attn_mask)
-        tokens = self.ln_final(x)                                                        # [N, ctx, width]
-        pooled = text_global_pool(tokens, text if pool_text is None else pool_text, self.text_pool_type,
-                                  eos_token_id=getattr(self, "text_eos_id", None))
+        tokens = self.ln_final(x)  # [N, ctx, width]
+        pooled = text_global_pool(
+            tokens,
+            text if pool_text is None else pool_text,
+            self.text_pool_type,
+            eos_token_id=getattr(self, "text_eos_id", None),
+        )
         if self.text_projection is not None:
-            pooled = (self.text_projection(pooled) if isinstance(self.text_projection, nn.Linear)
-                      else pooled @ self.text_projection)
+            pooled = (
+                self.text_projection(pooled)
+                if isinstance(self.text_projection, nn.Linear)
+                else pooled @ self.text_projection
+            )
         return pooled, tokens
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -236,21 +269,26 @@ class DeCLIP(CLIP):
         if not self.training or image is None or text is None:
             return self._eval_forward(image, text)
         cfg = self.declip_cfg
-        texts = text.unsqueeze(1) if text.dim() == 2 else text                           # [B, R, ctx]
+        texts = text.unsqueeze(1) if text.dim() == 2 else text  # [B, R, ctx]
         batch, rows = texts.shape[:2]
 
         # two views, one image-tower pass
-        views, _ = self.views(image, IMAGE_VIEWS, self.visual)                          # [B, 2, C, H, W]
-        raw_image = self.visual(views.flatten(0, 1)).view(batch, IMAGE_VIEWS, -1)         # [B, 2, D] pre-norm
+        views, _ = self.views(image, IMAGE_VIEWS, self.visual)  # [B, 2, C, H, W]
+        raw_image = self.visual(views.flatten(0, 1)).view(batch, IMAGE_VIEWS, -1)  # [B, 2, D] pre-norm
 
         # all text rows, one text-tower pass: [caption (masked if mlm), EDA captions..., (unmasked caption)]
         caption = texts[:, 0]
         labels = None
         ids, pool_ids = [caption], [caption]
         if cfg.mlm:
-            masked, labels = mask_tokens(caption, mask_id=cfg.mask_token_id, num_regular=SOT_TOKEN_ID,
-                                         eot_id=EOT_TOKEN_ID, probability=cfg.mlm_probability,
-                                         generator=self.mlm_generator)
+            masked, labels = mask_tokens(
+                caption,
+                mask_id=cfg.mask_token_id,
+                num_regular=SOT_TOKEN_ID,
+                eot_id=EOT_TOKEN_ID,
+                probability=cfg.mlm_probability,
+                generator=self.mlm_generator,
+            )
             ids = [masked]
         ids += [texts[:, r] for r in range(1, rows)]
         pool_ids += [texts[:, r] for r in range(1, rows)]
@@ -258,9 +296,9 @@ class DeCLIP(CLIP):
         if extra_unmasked:
             ids.append(caption)
             pool_ids.append(caption)
-        stacked = torch.stack(ids, dim=1)                                                # [B, K, ctx]
+        stacked = torch.stack(ids, dim=1)  # [B, K, ctx]
         pooled, tokens = self.encode_text_tokens(stacked.flatten(0, 1), torch.stack(pool_ids, 1).flatten(0, 1))
-        pooled = pooled.view(batch, stacked.shape[1], -1)                                # [B, K, D]
+        pooled = pooled.view(batch, stacked.shape[1], -1)  # [B, K, D]
         text_raw = pooled[:, :rows]
         if extra_unmasked:
             text_raw = torch.cat([pooled[:, -1:], pooled[:, 1:rows]], dim=1)
@@ -268,21 +306,21 @@ class DeCLIP(CLIP):
         image_features = F.normalize(raw_image, dim=-1)
         text_features = F.normalize(text_raw, dim=-1)
         out: dict[str, torch.Tensor] = {
-            "image_features": image_features,                                            # [B, 2, D]
-            "text_features": text_features,                                              # [B, R, D]
-            "logit_scale": self.clamped_logit_scale(),                                   # []
+            "image_features": image_features,  # [B, 2, D]
+            "text_features": text_features,  # [B, R, D]
+            "logit_scale": self.clamped_logit_scale(),  # []
         }
         if self.simsiam_projector is not None and self.simsiam_predictor is not None:
-            z = self.simsiam_projector(raw_image.transpose(0, 1))                         # [2, B, P], BN per view
+            z = self.simsiam_projector(raw_image.transpose(0, 1))  # [2, B, P], BN per view
             p = self.simsiam_predictor(z)
-            out["simsiam_z"], out["simsiam_p"] = z.transpose(0, 1), p.transpose(0, 1)    # [B, 2, P]
+            out["simsiam_z"], out["simsiam_p"] = z.transpose(0, 1), p.transpose(0, 1)  # [B, 2, P]
         if self.mlm_head is not None and labels is not None:
             caption_tokens = tokens.view(batch, stacked.shape[1], *tokens.shape[1:])[:, 0]  # [B, ctx, width]
             selected = labels != IGNORE_INDEX
-            out["mlm_logits"] = self.mlm_head(caption_tokens[selected])                   # [M, vocab]
-            out["mlm_labels"] = labels[selected]                                         # [M]
+            out["mlm_logits"] = self.mlm_head(caption_tokens[selected])  # [M, vocab]
+            out["mlm_labels"] = labels[selected]  # [M]
         if self.nns is not None:
-            out["text_nn"] = self.nns.lookup(text_features)                              # [B, R, D], pre-update
+            out["text_nn"] = self.nns.lookup(text_features)  # [B, R, D], pre-update
             if torch.is_grad_enabled():
                 # DeCLIP's order: the EDA captions first, then the captions
                 self.nns.enqueue(text_features[:, list(range(1, rows)) + [0]])
@@ -296,4 +334,3 @@ class DeCLIP(CLIP):
             out = {"image_features": image_features, "text_features": text_features, "logit_scale": scale}
             return {k: v for k, v in out.items() if v is not None}
         return image_features, text_features, scale
-

@@ -3,6 +3,7 @@
 State-dict names of the towers are CLIP's own, so tower weights move between CLIP and UniCLIP checkpoints. Added:
 ``aug_embed.*`` and vector ``logit_scale``/``logit_bias`` (``[P]``: log-scales and offsets per domain pair).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,29 +33,31 @@ class UniCLIP(CLIP):
     """
 
     def __init__(
-            self,
-            embed_dim: int,
-            vision_cfg: Any,
-            text_cfg: Any,
-            uniclip_cfg: Optional[dict] = None,
-            quick_gelu: bool = False,
-            init_logit_scale: float = np.log(1 / 0.07),
-            init_logit_bias: Optional[float] = None,
-            nonscalar_logit_scale: bool = False,
-            cast_dtype: Optional[torch.dtype] = None,
-            output_dict: bool = False,
+        self,
+        embed_dim: int,
+        vision_cfg: Any,
+        text_cfg: Any,
+        uniclip_cfg: Optional[dict] = None,
+        quick_gelu: bool = False,
+        init_logit_scale: float = np.log(1 / 0.07),
+        init_logit_bias: Optional[float] = None,
+        nonscalar_logit_scale: bool = False,
+        cast_dtype: Optional[torch.dtype] = None,
+        output_dict: bool = False,
     ):
-        super().__init__(embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu, cast_dtype=cast_dtype,
-                         output_dict=output_dict)
+        super().__init__(
+            embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu, cast_dtype=cast_dtype, output_dict=output_dict
+        )
         cfg = from_dict(UniCLIPCfg, uniclip_cfg, "uniclip_cfg")
         self.uniclip_cfg = cfg
-        temps = cfg.temperatures() if cfg.domain_similarity else cfg.temperatures()[PAIR_IT:PAIR_IT + 1]
+        temps = cfg.temperatures() if cfg.domain_similarity else cfg.temperatures()[PAIR_IT : PAIR_IT + 1]
         # [P] vectors, never 0-dim (docs/UPSTREAM.md D1); open_clip_train's clamp_(0, ln 100) covers every entry.
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / t) for t in temps]))
         raw_offset = math.atanh(cfg.init_offset / cfg.offset_bound) if cfg.offset_bound else float(cfg.init_offset)
         self.logit_bias = nn.Parameter(torch.full([len(temps)], raw_offset))
-        self.aug_embed = (AugmentationAwareEmbedding(embed_dim, cfg.aug_hidden, cfg.aug_fusion)
-                          if cfg.aug_embed else None)
+        self.aug_embed = (
+            AugmentationAwareEmbedding(embed_dim, cfg.aug_hidden, cfg.aug_fusion) if cfg.aug_embed else None
+        )
         self.views = InForwardViews(cfg.view_presets or cfg.view_preset)
         self.view_source_size = cfg.source_size or self.visual.image_size  # what the loader gives for training
         self._eval_params: dict[torch.device, torch.Tensor] = {}
@@ -82,8 +85,9 @@ class UniCLIP(CLIP):
             self._eval_params[device] = sample.mean(dim=(0, 1)).to(device)
         return self._eval_params[device].expand(batch, -1)
 
-    def encode_image(self, image: torch.Tensor, normalize: bool = False,
-                     aug_params: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode_image(
+        self, image: torch.Tensor, normalize: bool = False, aug_params: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Universal-space image embedding ``[N, D]``; ``aug_params [N, 12]`` default to the identity view."""
         features = self.visual(image)
         if self.aug_embed is not None:
@@ -98,16 +102,17 @@ class UniCLIP(CLIP):
             return self._eval_forward(image, text, scales)
         views, aug_params = self.views(image, self.uniclip_cfg.views, self.visual)  # [B,V,C,H,W], [B,V,12]
         batch, num_views = aug_params.shape[:2]
-        image_features = self.encode_image(views.flatten(0, 1), normalize=True,
-                                           aug_params=aug_params.flatten(0, 1))       # [B*V, D], one tower pass
+        image_features = self.encode_image(
+            views.flatten(0, 1), normalize=True, aug_params=aug_params.flatten(0, 1)
+        )  # [B*V, D], one tower pass
         out = {
-            "image_features": image_features.view(batch, num_views, -1),              # [B, V, D]
-            "aug_params": aug_params,                                                  # [B, V, 12]
-            "logit_scale": scales[PAIR_IT],                                            # []
-            "logit_bias": torch.stack([scales, offsets]),                              # [2, 3]
+            "image_features": image_features.view(batch, num_views, -1),  # [B, V, D]
+            "aug_params": aug_params,  # [B, V, 12]
+            "logit_scale": scales[PAIR_IT],  # []
+            "logit_bias": torch.stack([scales, offsets]),  # [2, 3]
         }
         if text is not None:
-            out["text_features"] = self.encode_text(text, normalize=True)             # [B, D]
+            out["text_features"] = self.encode_text(text, normalize=True)  # [B, D]
         return out
 
     def _eval_forward(self, image: Optional[torch.Tensor], text: Optional[torch.Tensor], scales: torch.Tensor):
@@ -126,6 +131,7 @@ class UniCLIP(CLIP):
         text_features = self.encode_text(text, normalize=True)
         image_dom = torch.zeros(image_features.shape[0], dtype=torch.long, device=image_features.device)
         text_dom = torch.ones(text_features.shape[0], dtype=torch.long, device=text_features.device)
-        image_logits = domain_logits(image_features, image_dom, text_features, text_dom, scales, offsets,
-                                     self.uniclip_cfg.similarity_form)
+        image_logits = domain_logits(
+            image_features, image_dom, text_features, text_dom, scales, offsets, self.uniclip_cfg.similarity_form
+        )
         return image_logits, image_logits.T

@@ -1,5 +1,6 @@
 """The accelerator section (``--gpu-only`` runs just this): ViT-B/32 at batch 256 under bf16 autocast, stock
 open_clip CLIP against UniCLIP, with samples/s, peak allocated memory and the views checked for host syncs."""
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,14 @@ BATCH, DTYPE_NAME = 256, "bfloat16"  # the section's fixed setting (the ViT-B/32
 PAIR = (("clip", "ViT-B-32"), ("uniclip_mpnce", "UniCLIP-ViT-B-32"))
 
 
-def accelerator_compare(device: str = "cuda", models: tuple[tuple[str, str], ...] = PAIR, batch: int = BATCH,
-                        iters: int = 10, warmup: int = 3, dtype: Optional[torch.dtype] = torch.bfloat16
-                        ) -> dict[str, dict[str, Any]]:
+def accelerator_compare(
+    device: str = "cuda",
+    models: tuple[tuple[str, str], ...] = PAIR,
+    batch: int = BATCH,
+    iters: int = 10,
+    warmup: int = 3,
+    dtype: Optional[torch.dtype] = torch.bfloat16,
+) -> dict[str, dict[str, Any]]:
     """Training step on an accelerator for each ``(loss, model config)``.
 
     On CUDA each UniCLIP model's in-forward views also run under ``torch.cuda.set_sync_debug_mode("error")``, which
@@ -57,8 +63,15 @@ def _views_sync_free(model: torch.nn.Module, images: torch.Tensor) -> dict[str, 
         torch.cuda.set_sync_debug_mode("default")
 
 
-def _accelerator_row(loss_name: str, model_name: str, dev: torch.device, batch: int, iters: int, warmup: int,
-                     dtype: Optional[torch.dtype]) -> dict[str, Any]:
+def _accelerator_row(
+    loss_name: str,
+    model_name: str,
+    dev: torch.device,
+    batch: int,
+    iters: int,
+    warmup: int,
+    dtype: Optional[torch.dtype],
+) -> dict[str, Any]:
     cuda = dev.type == "cuda"
     step, parts = build_step(loss_name, model_name, batch, autocast_dtype=dtype, device=dev)
     model, images = parts["model"], parts["images"]
@@ -77,8 +90,12 @@ def _accelerator_row(loss_name: str, model_name: str, dev: torch.device, batch: 
         step()
     sync()
     seconds = (time.perf_counter() - t0) / iters
-    row: dict[str, Any] = {"model": model_name, "step_s": seconds, "samples_per_s": batch / seconds,
-                           "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None}
+    row: dict[str, Any] = {
+        "model": model_name,
+        "step_s": seconds,
+        "samples_per_s": batch / seconds,
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None,
+    }
     if cuda and isinstance(getattr(model, "views", None), torch.nn.Module) and hasattr(model, "uniclip_cfg"):
         row.update(_views_sync_free(model, images))
     return row

@@ -1,5 +1,6 @@
 """Allocator A/B (``--malloc-ab``): the same method steps in two fresh processes, glibc's default malloc settings
 against ``cpu_malloc.keep_freed_memory`` (as the training launchers set it)."""
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ def malloc_child(tuned: bool, size: str, batch: int, iters: int, methods: tuple[
     import resource
 
     from uniclip_plugin.cpu_malloc import keep_freed_memory
+
     uniclip_plugin.register()  # the plugin configs, before build_step
     status = keep_freed_memory() if tuned else "glibc defaults"
     built = {name: build_step(name, f"{MODEL_PREFIX[name]}-{size}", batch)[0] for name in methods}
@@ -54,12 +56,15 @@ def malloc_ab(size: str, batch: int, iters: int, methods: tuple[str, ...] = AB_M
         ``default`` and ``tuned``: ``malloc_child``'s result in each process.
     """
     from uniclip_plugin.cpu_malloc import OPT_OUT_ENV, allocator_env
+
     chosen = allocator_env()
     env = {k: v for k, v in os.environ.items() if k not in chosen and k != OPT_OUT_ENV}
-    return {"tuned" if tuned else "default":
-            in_fresh_process(MODULE, f"malloc_child({tuned}, {size!r}, {batch}, {iters}, {tuple(methods)!r})", env,
-                             register=True)
-            for tuned in (False, True)}
+    return {
+        "tuned" if tuned else "default": in_fresh_process(
+            MODULE, f"malloc_child({tuned}, {size!r}, {batch}, {iters}, {tuple(methods)!r})", env, register=True
+        )
+        for tuned in (False, True)
+    }
 
 
 def measure(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:

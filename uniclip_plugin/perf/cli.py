@@ -37,6 +37,7 @@ loss's working memory; the bytes autograd keeps for backward are counted exactly
 ``render(settings, results)``. Keys starting with ``_`` are intermediate values for later sections and never reach
 the ``--json`` file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,14 +83,16 @@ class Section:
 
 
 ACCELERATOR = Section(accelerator.measure, report.render_accelerator)
-FULL_RUN = (ACCELERATOR,
-            Section(step_cost.measure_steps, report.render_steps),
-            Section(step_cost.measure_beyond_towers, report.render_beyond_towers),
-            Section(loader.measure, report.render_loader),  # before torch.compile: its workers fork this process
-            Section(options.measure, report.render_options),
-            Section(loss_memory.measure, report.render_loss),
-            Section(efficiency.measure, report.render_efficiency),
-            Section(targets.measure, report.render_targets))
+FULL_RUN = (
+    ACCELERATOR,
+    Section(step_cost.measure_steps, report.render_steps),
+    Section(step_cost.measure_beyond_towers, report.render_beyond_towers),
+    Section(loader.measure, report.render_loader),  # before torch.compile: its workers fork this process
+    Section(options.measure, report.render_options),
+    Section(loss_memory.measure, report.render_loss),
+    Section(efficiency.measure, report.render_efficiency),
+    Section(targets.measure, report.render_targets),
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,21 +101,39 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, ≤ 2 minutes on 2 cores")
     p.add_argument("--model", default="Tiny-64", help="tiny config suffix: <CLIP|SLIP|DeCLIP|UniCLIP>-<x>")
     p.add_argument("--batch", type=int, default=None, help="training batch (default 256; --quick 64)")
-    p.add_argument("--curves", default=None, help="study curves (default: the first of "
-                   "results/{full-tuned,full,quick-tuned,quick}/curves.json)")
+    p.add_argument(
+        "--curves",
+        default=None,
+        help="study curves (default: the first of results/{full-tuned,full,quick-tuned,quick}/curves.json)",
+    )
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
-    p.add_argument("--gpu-only", action="store_true",
-                   help="only the accelerator section (ViT-B/32, batch 256, bf16: UniCLIP vs stock CLIP)")
-    p.add_argument("--malloc-ab", action="store_true",
-                   help="only the allocator A/B: clip, slip and uniclip steps in two fresh processes, glibc "
-                        "defaults vs the launchers' setting (batch --batch, default 256)")
-    p.add_argument("--train-threads", action="store_true",
-                   help="only the study's thread check: `open_clip train` steps at 1 OMP thread and at all "
-                        "cores, 1 loader worker (Tiny-32 clip / uniclip / declip at batch 128, Tiny-64 clip)")
-    p.add_argument("--train-data", default=None,
-                   help="--train-threads: shard pattern to train on (default: generated 64 px shards)")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="keep glibc's default malloc settings (the training launchers tune them on CPU)")
+    p.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="only the accelerator section (ViT-B/32, batch 256, bf16: UniCLIP vs stock CLIP)",
+    )
+    p.add_argument(
+        "--malloc-ab",
+        action="store_true",
+        help="only the allocator A/B: clip, slip and uniclip steps in two fresh processes, glibc "
+        "defaults vs the launchers' setting (batch --batch, default 256)",
+    )
+    p.add_argument(
+        "--train-threads",
+        action="store_true",
+        help="only the study's thread check: `open_clip train` steps at 1 OMP thread and at all "
+        "cores, 1 loader worker (Tiny-32 clip / uniclip / declip at batch 128, Tiny-64 clip)",
+    )
+    p.add_argument(
+        "--train-data",
+        default=None,
+        help="--train-threads: shard pattern to train on (default: generated 64 px shards)",
+    )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default malloc settings (the training launchers tune them on CPU)",
+    )
     return p
 
 
@@ -127,10 +148,18 @@ def sections(args: argparse.Namespace) -> tuple[Section, ...]:
 
 def _run_facts(settings: Settings, malloc_status: str) -> Results:
     from uniclip_plugin.cpu_malloc import allocator_env
-    return {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": settings.batch,
-            "quick": settings.quick, "iters": settings.iters, "load_avg_start": list(os.getloadavg()),
-            "allocator_env": allocator_env(), "allocator": malloc_status}
+
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": settings.batch,
+        "quick": settings.quick,
+        "iters": settings.iters,
+        "load_avg_start": list(os.getloadavg()),
+        "allocator_env": allocator_env(),
+        "allocator": malloc_status,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     uniclip_plugin.register()  # the plugin configs and losses
     from uniclip_plugin.cpu_malloc import keep_freed_memory
+
     malloc_status = "default allocator (--default-malloc)" if args.default_malloc else keep_freed_memory()
     settings = Settings.from_args(args)
     results = _run_facts(settings, malloc_status)

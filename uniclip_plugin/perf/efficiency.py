@@ -4,6 +4,7 @@ Not a copy of the study's computation: the interpolation and the per-seed rows a
 ``uniclip_plugin.study.analysis.data_efficiency``; this module only finds the curves file and turns the study's rows
 into the report's JSON (None instead of nan where the target is never reached, a mean only when every seed reached it).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ from .settings import Settings
 PROFILES = ("full-tuned", "full", "quick-tuned", "quick")  # reproduce.py's result folders, longest first
 
 
-def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uniclip", base: str = "clip"
-                    ) -> dict[str, Any]:
+def data_efficiency(
+    curves: dict[str, dict[str, list[dict]]], method: str = "uniclip", base: str = "clip"
+) -> dict[str, Any]:
     """Per seed: steps for ``method`` to reach ``base``'s final val_r1, as a fraction of ``base``'s final step count.
 
     Args:
@@ -31,14 +33,18 @@ def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uni
         ``mean`` over seeds (None unless every seed reached it); a ``note`` when a method's curves are missing.
     """
     from uniclip_plugin.study import analysis as study
+
     if method not in curves or base not in curves:
         return {"seeds": {}, "mean": None, "note": f"curves lack {method!r} or {base!r}"}
     seeds: dict[str, dict[str, Any]] = {}
     for row in study.data_efficiency(curves, method=method, baseline=base):
         reached = not math.isnan(row["steps_to_reach"])
-        seeds[row["seed"]] = {"target_r1": row["target_val_r1"], "base_steps": row["baseline_steps"],
-                              "steps": row["steps_to_reach"] if reached else None,
-                              "fraction": row["fraction"] if reached else None}
+        seeds[row["seed"]] = {
+            "target_r1": row["target_val_r1"],
+            "base_steps": row["baseline_steps"],
+            "steps": row["steps_to_reach"] if reached else None,
+            "fraction": row["fraction"] if reached else None,
+        }
     fractions = [s["fraction"] for s in seeds.values()]
     mean = statistics.mean(fractions) if fractions and None not in fractions else None
     return {"seeds": seeds, "mean": mean}

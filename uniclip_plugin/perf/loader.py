@@ -2,6 +2,7 @@
 
 Measured before ``torch.compile`` in a run: the loader's workers fork this process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,15 @@ from .settings import Settings
 from .steps import create_plugin_model
 
 
-def loader_throughput(model_name: str, batch: int, n_samples: int, workers: int = 2, res: int = 64,
-                      shards: int = 4, tmp_dir: Optional[str] = None) -> dict[str, float]:
+def loader_throughput(
+    model_name: str,
+    batch: int,
+    n_samples: int,
+    workers: int = 2,
+    res: int = 64,
+    shards: int = 4,
+    tmp_dir: Optional[str] = None,
+) -> dict[str, float]:
     """samples/s of ``open_clip_train.data.get_wds_dataset`` over generated ``res`` px shards.
 
     The training pipeline: shard shuffle, sample shuffle, decode, the model's training preprocess, tokenizer,
@@ -42,13 +50,21 @@ def loader_throughput(model_name: str, batch: int, n_samples: int, workers: int 
     from open_clip_train.data import get_wds_dataset
 
     from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
     with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
         info = build_synthetic_pretrain(Path(tmp) / "pretrain", n_samples, res, shards)
         _, preprocess, _ = create_plugin_model(model_name)
         tokenizer = open_clip.get_tokenizer(model_name)
-        args = argparse.Namespace(train_data=info["pattern"], train_num_samples=n_samples, dataset_resampled=False,
-                                  train_data_upsampling_factors=None, seed=0, batch_size=batch, workers=workers,
-                                  world_size=1)
+        args = argparse.Namespace(
+            train_data=info["pattern"],
+            train_num_samples=n_samples,
+            dataset_resampled=False,
+            train_data_upsampling_factors=None,
+            seed=0,
+            batch_size=batch,
+            workers=workers,
+            world_size=1,
+        )
         data = get_wds_dataset(args, preprocess, True, epoch=0, tokenizer=tokenizer)
         result: dict[str, float] = {}
         for epoch in (0, 1):

@@ -3,6 +3,7 @@
 Every point runs in a fresh interpreter that imports just this module and the loss (``timing.in_fresh_process``): the
 peak resident set then belongs to the loss alone, and the gloo ranks start from a clean parent.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .settings import Settings
 from ..testing.memory import saved_tensor_bytes
+from .settings import Settings
 from .timing import RssPeak, in_fresh_process, median_time
 
 MODULE = "uniclip_plugin.perf.loss_memory"
@@ -76,11 +77,13 @@ def loss_point_subprocess(batch: int, views: int, dim: int, chunk: int, iters: i
     return in_fresh_process(MODULE, f"loss_point({batch}, {views}, {dim}, {chunk}, {iters})", env)
 
 
-def _gather_worker(rank: int, world: int, init_file: str, out_file: str, batch: int, views: int, dim: int,
-                   iters: int) -> None:
+def _gather_worker(
+    rank: int, world: int, init_file: str, out_file: str, batch: int, views: int, dim: int, iters: int
+) -> None:
     import torch.distributed as dist
 
     from uniclip_plugin.testing.gloo_group import gloo_group
+
     with gloo_group(rank, world, init_file):
         mpnce = importlib.import_module("uniclip_plugin.losses.mpnce")
         local = batch // world
@@ -88,8 +91,9 @@ def _gather_worker(rank: int, world: int, init_file: str, out_file: str, batch: 
 
         def run() -> None:
             dist.barrier()
-            mpnce.universal_contrastive_loss(img, txt, scales, offsets, local_loss=True, gather_with_grad=True,
-                                             rank=rank, world_size=world)["contrastive_loss"].backward()
+            mpnce.universal_contrastive_loss(
+                img, txt, scales, offsets, local_loss=True, gather_with_grad=True, rank=rank, world_size=world
+            )["contrastive_loss"].backward()
 
         seconds = median_time(run, iters, 2)
         if rank == 0:
@@ -110,10 +114,15 @@ def gather_loss_time(batch: int, views: int, dim: int, iters: int, world: int = 
         Rank 0's median seconds.
     """
     import torch.multiprocessing as mp
+
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        mp.spawn(_gather_worker, args=(world, os.path.join(tmp, "init"), out, batch, views, dim, iters),
-                 nprocs=world, join=True)
+        mp.spawn(
+            _gather_worker,
+            args=(world, os.path.join(tmp, "init"), out, batch, views, dim, iters),
+            nprocs=world,
+            join=True,
+        )
         return float(json.loads(Path(out).read_text())["seconds"])
 
 
@@ -151,7 +160,9 @@ def measure(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     by_b = {(r["B"], r["chunk"]): r["seconds"] for r in rows}
     chunk_ratios = {b: by_b[(b, 256)] / by_b[(b, 0)] for b in sizes if (b, 0) in by_b and (b, 256) in by_b}
     per_m = [r["peak_extra_bytes"] / r["M"] for r in rows if r["chunk"]]
-    return {"loss": rows,
-            "loss_share_of_step": results["_loss_at_batch_s"] / results["methods"]["uniclip_mpnce"]["step_s"],
-            "loss_chunked_over_unchunked": chunk_ratios,
-            "loss_peak_per_m_last_over_first": per_m[-1] / per_m[0] if per_m[0] > 0 else float("nan")}
+    return {
+        "loss": rows,
+        "loss_share_of_step": results["_loss_at_batch_s"] / results["methods"]["uniclip_mpnce"]["step_s"],
+        "loss_chunked_over_unchunked": chunk_ratios,
+        "loss_peak_per_m_last_over_first": per_m[-1] / per_m[0] if per_m[0] > 0 else float("nan"),
+    }

@@ -1,5 +1,6 @@
 """Options open_clip users expect, as ratios to the plain UniCLIP step: ``--grad-checkpointing``, bf16 autocast,
 ``--torchcompile`` (full run) and ``--local-loss --gather-with-grad`` (a 2-process gloo run of the loss, full run)."""
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,9 @@ from .timing import median_time
 GATHER = "local_loss_gather_with_grad"  # the options row of the 2-process loss
 
 
-def option_steps(model_name: str, batch: int, iters: int, plain_s: float, full: bool, warmup: int = 2
-                 ) -> dict[str, dict[str, Any]]:
+def option_steps(
+    model_name: str, batch: int, iters: int, plain_s: float, full: bool, warmup: int = 2
+) -> dict[str, dict[str, Any]]:
     """UniCLIP step with each option, as a ratio to the plain step.
 
     Args:
@@ -31,13 +33,17 @@ def option_steps(model_name: str, batch: int, iters: int, plain_s: float, full: 
         ``grad_checkpointing``, ``bf16_autocast``, ``torchcompile``: ``step_s`` and ``ratio_to_plain``, or a ``note``.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for name, kw in (("grad_checkpointing", {"grad_checkpointing": True}),
-                     ("bf16_autocast", {"autocast_dtype": torch.bfloat16})):
+    for name, kw in (
+        ("grad_checkpointing", {"grad_checkpointing": True}),
+        ("bf16_autocast", {"autocast_dtype": torch.bfloat16}),
+    ):
         seconds = step_time("uniclip_mpnce", model_name, batch, iters, warmup, **kw)
         rows[name] = {"step_s": seconds, "ratio_to_plain": seconds / plain_s}
     if not full:
-        rows["torchcompile"] = {"note": "not measured in --quick: compiling the step (inductor, C++ on 2 cores) "
-                                        "takes longer than the whole quick budget"}
+        rows["torchcompile"] = {
+            "note": "not measured in --quick: compiling the step (inductor, C++ on 2 cores) "
+            "takes longer than the whole quick budget"
+        }
         return rows
     try:
         step, _ = build_step("uniclip_mpnce", model_name, batch, compile_model=True)
@@ -72,8 +78,14 @@ def measure(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
         ``options`` (a row per option) and ``_loss_at_batch_s`` (MP-NCE fwd+bwd at B, kept for the loss section).
     """
     uni = results["methods"]["uniclip_mpnce"]
-    opts = option_steps(f"UniCLIP-{settings.size}", settings.batch, settings.iters if settings.full else 2,
-                        uni["step_s"], settings.full, settings.warmup)
+    opts = option_steps(
+        f"UniCLIP-{settings.size}",
+        settings.batch,
+        settings.iters if settings.full else 2,
+        uni["step_s"],
+        settings.full,
+        settings.warmup,
+    )
     loss_at_batch = loss_point_subprocess(settings.batch, uni["image_passes"], DIM, 0, settings.iters)["seconds"]
     opts[GATHER] = _gather_row(settings, uni["image_passes"], loss_at_batch)
     return {"options": opts, "_loss_at_batch_s": loss_at_batch}

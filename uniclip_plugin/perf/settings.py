@@ -1,4 +1,5 @@
 """The settings of one perf run, derived once from the command line and read by every section."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,5 +44,13 @@ class Settings:
         """The settings of the parsed command line (``--quick``, ``--model``, ``--batch``, ``--curves``, ...)."""
         full = not args.quick
         iters, warmup = (5, 2) if full else (3, 1)
-        return cls(quick=args.quick, size=args.model, batch=args.batch or (256 if full else 64), iters=iters,
-                   warmup=warmup, main_iters=5 if full else 4, curves=args.curves, train_data=args.train_data)
+        return cls(
+            quick=args.quick,
+            size=args.model,
+            batch=args.batch or (256 if full else 64),
+            iters=iters,
+            warmup=warmup,
+            main_iters=5 if full else 4,
+            curves=args.curves,
+            train_data=args.train_data,
+        )

@@ -4,6 +4,7 @@ Towers, method steps and step parts are timed round-robin in the SAME rounds (``
 during a run cannot bias one against another; that is why they are one measurement here and three tables in the
 report.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,12 +30,18 @@ def measure_steps(settings: Settings, results: dict[str, Any]) -> dict[str, Any]
     extra.update({f"clip:{k}": f for k, f in part_passes("clip", f"CLIP-{size}", batch).items()})
     steps, medians = method_steps(size, batch, settings.main_iters, None, settings.warmup, extra=extra)
     del extra  # the part models: free before the next sections
-    step = {"image_tower_s": medians["image"], "text_tower_s": medians["text"],
-            "bound": steps["uniclip_mpnce"]["bound"], "clip_step_s": steps["clip"]["step_s"],
-            "uniclip_step_s": steps["uniclip_mpnce"]["step_s"]}
+    step = {
+        "image_tower_s": medians["image"],
+        "text_tower_s": medians["text"],
+        "bound": steps["uniclip_mpnce"]["bound"],
+        "clip_step_s": steps["clip"]["step_s"],
+        "uniclip_step_s": steps["uniclip_mpnce"]["step_s"],
+    }
     step.update({f"{key}_tower_s": sec for key, sec in medians.items() if key.startswith(("image", "text"))})
-    parts = {prefix: {k.split(":", 1)[1]: v for k, v in medians.items() if k.startswith(f"{prefix}:")}
-             for prefix in ("uniclip", "clip")}
+    parts = {
+        prefix: {k.split(":", 1)[1]: v for k, v in medians.items() if k.startswith(f"{prefix}:")}
+        for prefix in ("uniclip", "clip")
+    }
     return {"step": step, "methods": steps, "_parts": parts}
 
 
@@ -58,12 +65,28 @@ def measure_beyond_towers(settings: Settings, results: dict[str, Any]) -> dict[s
     beyond_uni, beyond_clip = t_uni - towers_uni, t_clip - towers_clip
     beyond_uni_linear = t_uni - towers_uni_linear
     extras = uni_parts["views"] + uni_parts.get("aug_embed", 0.0) + uni_parts["loss"]
-    return {"beyond_towers": {
-        "uniclip": {**uni_parts, "towers_s": towers_uni, "beyond_s": beyond_uni,
-                    "rest_s": beyond_uni - sum(uni_parts.values()), "beyond_share": beyond_uni / t_uni,
-                    "towers_linear_s": towers_uni_linear, "beyond_linear_s": beyond_uni_linear,
-                    "beyond_linear_share": beyond_uni_linear / t_uni, "extras_s": extras},
-        "clip": {**clip_parts, "towers_s": towers_clip, "beyond_s": beyond_clip,
-                 "rest_s": beyond_clip - sum(clip_parts.values()), "beyond_share": beyond_clip / t_clip},
-        "views_share": uni_parts["views"] / t_uni, "views_256_at_64px_s": aug256,
-        "views_256_at_64px_share": aug256 / t_uni}}
+    return {
+        "beyond_towers": {
+            "uniclip": {
+                **uni_parts,
+                "towers_s": towers_uni,
+                "beyond_s": beyond_uni,
+                "rest_s": beyond_uni - sum(uni_parts.values()),
+                "beyond_share": beyond_uni / t_uni,
+                "towers_linear_s": towers_uni_linear,
+                "beyond_linear_s": beyond_uni_linear,
+                "beyond_linear_share": beyond_uni_linear / t_uni,
+                "extras_s": extras,
+            },
+            "clip": {
+                **clip_parts,
+                "towers_s": towers_clip,
+                "beyond_s": beyond_clip,
+                "rest_s": beyond_clip - sum(clip_parts.values()),
+                "beyond_share": beyond_clip / t_clip,
+            },
+            "views_share": uni_parts["views"] / t_uni,
+            "views_256_at_64px_s": aug256,
+            "views_256_at_64px_share": aug256 / t_uni,
+        }
+    }

@@ -2,6 +2,7 @@
 
 Everything here builds callables (or times them with ``timing``); the sections decide what to time together.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,14 @@ from .timing import median_time, round_robin
 
 METHODS = ("clip", "slip", "declip", "uniclip_mpnce")
 MODEL_PREFIX = {"clip": "CLIP", "slip": "SLIP", "declip": "DeCLIP", "uniclip_mpnce": "UniCLIP"}
-CAPTIONS = ("a red circle on a light background", "a picture of a blue square", "one small green triangle",
-            "a yellow cross in the middle of the image", "a purple ring", "an orange bar lying flat")
+CAPTIONS = (
+    "a red circle on a light background",
+    "a picture of a blue square",
+    "one small green triangle",
+    "a yellow cross in the middle of the image",
+    "a purple ring",
+    "an orange bar lying flat",
+)
 
 Fns = dict[str, Callable[[], None]]
 
@@ -37,11 +44,13 @@ def create_plugin_model(model_name: str, **kwargs: Any) -> tuple[torch.nn.Module
     """
     # glue: the plugin's training integration (uniclip_plugin.integration); the one call perf makes into it
     from uniclip_plugin import integration
+
     return integration.create_model_and_transforms(model_name, **kwargs)
 
 
 def _tower_batch(model_name: str, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     import open_clip
+
     size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=g)
@@ -59,8 +68,18 @@ def loss_args(model_name: str, **loss_kw: object) -> argparse.Namespace:
     Returns:
         The args namespace.
     """
-    base = dict(distill=False, model=model_name, siglip=False, local_loss=False, gather_with_grad=False, rank=0,
-                world_size=1, horovod=False, loss_dist_impl=None, seed=0)
+    base = dict(
+        distill=False,
+        model=model_name,
+        siglip=False,
+        local_loss=False,
+        gather_with_grad=False,
+        rank=0,
+        world_size=1,
+        horovod=False,
+        loss_dist_impl=None,
+        seed=0,
+    )
     base.update(loss_kw)
     return argparse.Namespace(**base)
 
@@ -81,6 +100,7 @@ def method_batch(loss_name: str, model_name: str, batch: int, seed: int = 0) -> 
     import open_clip
 
     from uniclip_plugin import registry
+
     uniclip_plugin.register()
     spec = registry.get_method(loss_name)
     size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
@@ -93,8 +113,9 @@ def method_batch(loss_name: str, model_name: str, batch: int, seed: int = 0) -> 
     return images, texts
 
 
-def tower_passes(model_name: str, batch: int, image_multiples: tuple[int, ...] = (),
-                 text_multiples: tuple[int, ...] = ()) -> Fns:
+def tower_passes(
+    model_name: str, batch: int, image_multiples: tuple[int, ...] = (), text_multiples: tuple[int, ...] = ()
+) -> Fns:
     """Forward+backward passes of the towers, each from fresh gradients as in a training step.
 
     Args:
@@ -107,6 +128,7 @@ def tower_passes(model_name: str, batch: int, image_multiples: tuple[int, ...] =
         ``image`` (B images), ``text`` (B texts), ``image_x<k>`` and ``text_x<k>`` for each k > 1 given.
     """
     import open_clip
+
     uniclip_plugin.register()  # the tiny configs
     model = open_clip.create_model(model_name)
     model.train()
@@ -117,12 +139,14 @@ def tower_passes(model_name: str, batch: int, image_multiples: tuple[int, ...] =
         def run() -> None:
             model.zero_grad(set_to_none=True)
             model.visual(images[:n]).sum().backward()
+
         return run
 
     def text_pass(n: int) -> Callable[[], None]:
         def run() -> None:
             model.zero_grad(set_to_none=True)
             model.encode_text(texts[:n]).sum().backward()
+
         return run
 
     fns = {"image": image_pass(batch), "text": text_pass(batch)}
@@ -146,9 +170,17 @@ def tower_costs(model_name: str, batch: int, iters: int, warmup: int = 2) -> dic
     return round_robin(tower_passes(model_name, batch), iters, warmup)
 
 
-def build_step(loss_name: str, model_name: str, batch: int, *, grad_checkpointing: bool = False,
-               autocast_dtype: Optional[torch.dtype] = None, compile_model: bool = False,
-               device: torch.device | str = "cpu", **loss_kw: object) -> tuple[Callable[[], None], dict[str, Any]]:
+def build_step(
+    loss_name: str,
+    model_name: str,
+    batch: int,
+    *,
+    grad_checkpointing: bool = False,
+    autocast_dtype: Optional[torch.dtype] = None,
+    compile_model: bool = False,
+    device: torch.device | str = "cpu",
+    **loss_kw: object,
+) -> tuple[Callable[[], None], dict[str, Any]]:
     """One training step as open_clip_train runs it.
 
     ``zero_grad``; forward and loss (under autocast when given); backward of the sum of the ``*_loss`` terms; AdamW
@@ -171,6 +203,7 @@ def build_step(loss_name: str, model_name: str, batch: int, *, grad_checkpointin
     import open_clip
 
     from uniclip_plugin import registry
+
     uniclip_plugin.register()
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -182,8 +215,11 @@ def build_step(loss_name: str, model_name: str, batch: int, *, grad_checkpointin
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if dev.type == "cuda" else {}))
     images, texts = (t.to(dev) for t in method_batch(loss_name, model_name, batch))
     forward = torch.compile(model) if compile_model else model
-    amp = ((lambda: torch.autocast(dev.type, dtype=autocast_dtype)) if autocast_dtype is not None
-           else contextlib.nullcontext)
+    amp = (
+        (lambda: torch.autocast(dev.type, dtype=autocast_dtype))
+        if autocast_dtype is not None
+        else contextlib.nullcontext
+    )
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -195,8 +231,15 @@ def build_step(loss_name: str, model_name: str, batch: int, *, grad_checkpointin
         opt.step()
 
     image_passes, text_rows = forward_counts(model, texts)
-    return step, {"model": model, "loss": loss, "opt": opt, "images": images, "texts": texts,
-                  "image_passes": image_passes, "text_rows": text_rows}
+    return step, {
+        "model": model,
+        "loss": loss,
+        "opt": opt,
+        "images": images,
+        "texts": texts,
+        "image_passes": image_passes,
+        "text_rows": text_rows,
+    }
 
 
 def forward_counts(model: torch.nn.Module, texts: torch.Tensor) -> tuple[int, int]:
@@ -215,6 +258,7 @@ def forward_counts(model: torch.nn.Module, texts: torch.Tensor) -> tuple[int, in
         return 1 + int(model.slip_cfg.ssl_views), 1
     if hasattr(model, "declip_cfg"):
         from uniclip_plugin.model.declip import IMAGE_VIEWS
+
         cfg = model.declip_cfg
         rows = texts.shape[1] if texts.dim() == 3 else 1
         return IMAGE_VIEWS, rows + int(cfg.mlm and not cfg.mlm_text_embedding_from_masked)
@@ -249,8 +293,13 @@ def exact_towers(image_passes: int, text_rows: int, medians: dict[str, float]) -
 
 
 def _method_row(batch: int, seconds: float, parts: dict[str, Any], medians: dict[str, float]) -> dict[str, float]:
-    row = {"step_s": seconds, "samples_per_s": batch / seconds, "image_passes": parts["image_passes"],
-           "text_rows": parts["text_rows"], "bound": bound_of(parts["image_passes"], parts["text_rows"], medians)}
+    row = {
+        "step_s": seconds,
+        "samples_per_s": batch / seconds,
+        "image_passes": parts["image_passes"],
+        "text_rows": parts["text_rows"],
+        "bound": bound_of(parts["image_passes"], parts["text_rows"], medians),
+    }
     towers = exact_towers(parts["image_passes"], parts["text_rows"], medians)
     if towers is not None:
         row["towers_s"] = towers
@@ -258,9 +307,15 @@ def _method_row(batch: int, seconds: float, parts: dict[str, Any], medians: dict
     return row
 
 
-def method_steps(size: str, batch: int, iters: int, costs: Optional[dict[str, float]] = None, warmup: int = 2,
-                 methods: tuple[str, ...] = METHODS, extra: Optional[Fns] = None
-                 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def method_steps(
+    size: str,
+    batch: int,
+    iters: int,
+    costs: Optional[dict[str, float]] = None,
+    warmup: int = 2,
+    methods: tuple[str, ...] = METHODS,
+    extra: Optional[Fns] = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-iteration step time of each method on the same towers and batch, its ratio to clip and its bounds.
 
     Everything is timed in the same rounds (``round_robin``): the methods' steps, the tower passes on the CLIP config
@@ -282,15 +337,18 @@ def method_steps(size: str, batch: int, iters: int, costs: Optional[dict[str, fl
     built = {name: build_step(name, f"{MODEL_PREFIX[name]}-{size}", batch) for name in methods}
     fns: Fns = {}
     if costs is None:
-        fns = tower_passes(f"CLIP-{size}", batch, tuple(p["image_passes"] for _, p in built.values()),
-                           tuple(p["text_rows"] for _, p in built.values()))
+        fns = tower_passes(
+            f"CLIP-{size}",
+            batch,
+            tuple(p["image_passes"] for _, p in built.values()),
+            tuple(p["text_rows"] for _, p in built.values()),
+        )
     fns.update({f"step:{name}": step for name, (step, _) in built.items()})
     fns.update(extra or {})
     medians = round_robin(fns, iters, warmup)
     if costs is not None:
         medians.update(costs)
-    rows = {name: _method_row(batch, medians.pop(f"step:{name}"), parts, medians)
-            for name, (_, parts) in built.items()}
+    rows = {name: _method_row(batch, medians.pop(f"step:{name}"), parts, medians) for name, (_, parts) in built.items()}
     del built
     base = rows[methods[0]]["step_s"]
     for r in rows.values():
@@ -305,6 +363,7 @@ def augment_time(n_images: int, views: int, res: int, iters: int, preset: str = 
     """Seconds to sample and render ``n_images · views`` views at ``res`` px (``MultiViewAugment``, no grad)."""
     views_mod = importlib.import_module("uniclip_plugin.views")
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
     aug = views_mod.MultiViewAugment(views_mod.VIEW_PRESETS[preset], OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
     images = torch.randn(n_images, 3, res, res, generator=torch.Generator().manual_seed(0))
     return median_time(lambda: aug(images, views), iters, warmup)
@@ -338,8 +397,10 @@ def part_passes(loss_name: str, model_name: str, batch: int) -> Fns:
             fns["aug_embed"] = lambda: model.aug_embed(h, params).sum().backward()
     with torch.no_grad():
         raw = model(images, texts)
-    leaves = {k: (v.detach().clone().requires_grad_(v.is_floating_point()) if torch.is_tensor(v) else v)
-              for k, v in raw.items()}
+    leaves = {
+        k: (v.detach().clone().requires_grad_(v.is_floating_point()) if torch.is_tensor(v) else v)
+        for k, v in raw.items()
+    }
 
     def loss_pass() -> None:
         losses = loss(**leaves, output_dict=True)

@@ -1,5 +1,6 @@
 """The study's thread check (``--train-threads``): ``open_clip train`` steps at each OMP thread count, 1 loader
 worker, fp32 on CPU, timed from the run's own log (``uniclip_plugin.runs.RunDir.step_seconds``)."""
+
 from __future__ import annotations
 
 import os
@@ -15,17 +16,58 @@ from uniclip_plugin.runs import RunDir
 
 from .settings import Settings
 
-TRAIN_THREAD_CONFIGS = (("clip", "CLIP-Tiny-32", 128), ("uniclip_mpnce", "UniCLIP-Tiny-32", 128),
-                        ("declip", "DeCLIP-Tiny-32", 128), ("clip", "CLIP-Tiny-64", 256))
+TRAIN_THREAD_CONFIGS = (
+    ("clip", "CLIP-Tiny-32", 128),
+    ("uniclip_mpnce", "UniCLIP-Tiny-32", 128),
+    ("declip", "DeCLIP-Tiny-32", 128),
+    ("clip", "CLIP-Tiny-64", 256),
+)
 
 
 def _train_command(loss: str, model: str, batch: int, steps: int, train_data: str, logs: Path) -> list[str]:
-    return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", loss, "--model", model,
-            "--train-data", train_data, "--dataset-type", "webdataset", "--dataset-resampled",
-            "--train-num-samples", str(batch * steps), "--batch-size", str(batch), "--epochs", "1",
-            "--lr", "1e-3", "--warmup", "5", "--precision", "fp32", "--device", "cpu", "--workers", "1",
-            "--seed", "0", "--logs", str(logs), "--name", "r", "--save-frequency", "0",
-            "--zeroshot-frequency", "0", "--log-every-n-steps", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--loss",
+        loss,
+        "--model",
+        model,
+        "--train-data",
+        train_data,
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(batch * steps),
+        "--batch-size",
+        str(batch),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "5",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--seed",
+        "0",
+        "--logs",
+        str(logs),
+        "--name",
+        "r",
+        "--save-frequency",
+        "0",
+        "--zeroshot-frequency",
+        "0",
+        "--log-every-n-steps",
+        "2",
+    ]
 
 
 def _timed_run(cmd: list[str], threads: int, logs: Path, model: str) -> dict[str, Any]:
@@ -34,18 +76,27 @@ def _timed_run(cmd: list[str], threads: int, logs: Path, model: str) -> dict[str
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)  # the caller's cwd: relative --train-data
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"perf.py: training {model} with {threads} threads failed: "
-                           + (proc.stderr.strip().splitlines() or ["no output"])[-1])
+        raise RuntimeError(
+            f"perf.py: training {model} with {threads} threads failed: "
+            + (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        )
     run = RunDir(logs / "r")
     step_s = run.step_seconds()[1:]  # the first logged step is warm-up
     data_s = run.step_seconds("Data")[1:]
-    return {"step_s": statistics.median(step_s), "data_s": statistics.median(data_s), "wall_s": wall,
-            "logged_steps": len(step_s)}
+    return {
+        "step_s": statistics.median(step_s),
+        "data_s": statistics.median(data_s),
+        "wall_s": wall,
+        "logged_steps": len(step_s),
+    }
 
 
-def train_threads(configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFIGS, steps: int = 20,
-                  train_data: Optional[str] = None, thread_counts: Optional[tuple[int, ...]] = None
-                  ) -> list[dict[str, Any]]:
+def train_threads(
+    configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFIGS,
+    steps: int = 20,
+    train_data: Optional[str] = None,
+    thread_counts: Optional[tuple[int, ...]] = None,
+) -> list[dict[str, Any]]:
     """``open_clip train`` as the study runs it for ``steps`` steps of each (loss, model, batch), per thread count.
 
     Args:
@@ -64,13 +115,15 @@ def train_threads(configs: tuple[tuple[str, str, int], ...] = TRAIN_THREAD_CONFI
     with tempfile.TemporaryDirectory() as tmp:
         if train_data is None:
             from uniclip_plugin.testing.synthetic import build_synthetic_pretrain
+
             train_data = build_synthetic_pretrain(Path(tmp) / "pretrain", 2048, 64, 4)["pattern"]
         for loss, model, batch in configs:
             row: dict[str, Any] = {"loss": loss, "model": model, "batch": batch}
             for threads in counts:
                 logs = Path(tmp) / f"{loss}-{model}-{threads}"
-                row[f"threads_{threads}"] = _timed_run(_train_command(loss, model, batch, steps, train_data, logs),
-                                                       threads, logs, model)
+                row[f"threads_{threads}"] = _timed_run(
+                    _train_command(loss, model, batch, steps, train_data, logs), threads, logs, model
+                )
             rows.append(row)
     return rows
 

@@ -1,4 +1,5 @@
 """Timing primitives: medians, round-robin rounds, a fresh interpreter per measurement, the resident-set peak."""
+
 from __future__ import annotations
 
 import json

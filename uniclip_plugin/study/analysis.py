@@ -9,6 +9,7 @@ open_clip_train evaluates after every epoch (``--val-data``: image↔text R@1 ov
 ``wds/heldout_emoji_retrieval_test``, holds only the other 956 concepts: numbers at the epoch chosen on validation
 are reported on it and on the classification test splits, which never contain a validation image.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,19 +31,20 @@ def read_samples(split_dir: Path) -> list[dict]:
     """Every sample of a webdataset split (``nshards.txt`` + ``<i>.tar``) as ``{extension: bytes, "__key__": key}``."""
     n = int((split_dir / "nshards.txt").read_text().strip())
     urls = [str(split_dir / f"{i}.tar") for i in range(n)]
-    return [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-            for s in read_shards(urls)]
+    return [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"} for s in read_shards(urls)]
 
 
 def _write_tar(path: Path, samples: list[dict]) -> None:
     import webdataset as wds
+
     with wds.TarWriter(str(path), mtime=SHARD_MTIME) as sink:
         for s in samples:
             sink.write(s)
 
 
-def build_study_splits(data: Path, retrieval: str = "heldout_emoji_retrieval",
-                       classification: str = "heldout_emoji_group", seed: int = 0) -> dict[str, Any]:
+def build_study_splits(
+    data: Path, retrieval: str = "heldout_emoji_retrieval", classification: str = "heldout_emoji_group", seed: int = 0
+) -> dict[str, Any]:
     """Write the validation shard and the disjoint retrieval test set (idempotent: kept when newer than the sources).
 
     Validation keys: the retrieval samples whose key is in ``<classification>/train``; when none are (generated
@@ -74,7 +76,7 @@ def build_study_splits(data: Path, retrieval: str = "heldout_emoji_retrieval",
     (tmp / "test").mkdir()
     shards = min(TEST_SHARDS, len(test))
     for i in range(shards):
-        _write_tar(tmp / "test" / f"{i}.tar", test[i * len(test) // shards:(i + 1) * len(test) // shards])
+        _write_tar(tmp / "test" / f"{i}.tar", test[i * len(test) // shards : (i + 1) * len(test) // shards])
     (tmp / "test" / "nshards.txt").write_text(f"{shards}\n")
     for meta in (wds_dir / retrieval).glob("*.txt"):
         (tmp / meta.name).write_bytes(meta.read_bytes())
@@ -122,8 +124,9 @@ def first_reach(curve: list[dict[str, float]], target: float, x_key: str = "step
     return pts[-1][0] if pts and pts[-1][1] >= target else float("nan")
 
 
-def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uniclip",
-                    baseline: str = "clip") -> list[dict[str, float]]:
+def data_efficiency(
+    curves: dict[str, dict[str, list[dict]]], method: str = "uniclip", baseline: str = "clip"
+) -> list[dict[str, float]]:
     """Per seed: steps for ``method`` to reach ``baseline``'s final validation R@1, as a fraction of the baseline's
     steps (the paper's data-efficiency claim; goal ≤ 0.5)."""
     rows = []
@@ -133,8 +136,15 @@ def data_efficiency(curves: dict[str, dict[str, list[dict]]], method: str = "uni
             continue
         target, steps = base[-1]["val_r1"], base[-1]["step"]
         reach = first_reach(mine, target)
-        rows.append({"seed": seed, "target_val_r1": target, "baseline_steps": steps, "steps_to_reach": reach,
-                     "fraction": reach / steps if steps else float("nan")})
+        rows.append(
+            {
+                "seed": seed,
+                "target_val_r1": target,
+                "baseline_steps": steps,
+                "steps_to_reach": reach,
+                "fraction": reach / steps if steps else float("nan"),
+            }
+        )
     return rows
 
 
@@ -167,8 +177,10 @@ def validation_figure(curves: dict[str, dict[str, list[dict]]]) -> Optional[Any]
     if not any(c for per_seed in curves.values() for c in per_seed.values()):
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (method, per_seed) in enumerate(curves.items()):
         colour = f"C{i % 10}"  # the method's colour, whatever its number of seeds
@@ -179,8 +191,14 @@ def validation_figure(curves: dict[str, dict[str, list[dict]]]) -> Optional[Any]
                     ax.plot(*zip(*pts, strict=True), color=colour, lw=0.8, alpha=0.45)
             mean = _mean_curve(per_seed, key)
             if mean:
-                ax.plot(*zip(*mean, strict=True), color=colour, lw=2.2, marker="o", ms=3,
-                        label=method + (f" (mean of {len(per_seed)} seeds)" if len(per_seed) > 1 else ""))
+                ax.plot(
+                    *zip(*mean, strict=True),
+                    color=colour,
+                    lw=2.2,
+                    marker="o",
+                    ms=3,
+                    label=method + (f" (mean of {len(per_seed)} seeds)" if len(per_seed) > 1 else ""),
+                )
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel("wall-clock (s, this machine)")
     for ax in axes:
@@ -191,13 +209,15 @@ def validation_figure(curves: dict[str, dict[str, list[dict]]]) -> Optional[Any]
     return fig
 
 
-def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path, name: str = "validation_curves.png",
-                dpi: int = 110) -> Optional[Path]:
+def curves_plot(
+    curves: dict[str, dict[str, list[dict]]], out: Path, name: str = "validation_curves.png", dpi: int = 110
+) -> Optional[Path]:
     """``<out>/<name>``: :func:`validation_figure` saved atomically; None without any point."""
     fig = validation_figure(curves)
     if fig is None:
         return None
     import matplotlib.pyplot as plt
+
     path = out / name
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
@@ -208,6 +228,7 @@ def curves_plot(curves: dict[str, dict[str, list[dict]]], out: Path, name: str =
 def learned_similarity(checkpoint: Path) -> Optional[dict[str, list[float]]]:
     """Per-domain-pair temperature (1/scale) and offset of a UniCLIP checkpoint; None for other models."""
     import torch
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     sd = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
     if sd.get("logit_scale") is None or sd["logit_scale"].numel() != 3:
@@ -216,19 +237,30 @@ def learned_similarity(checkpoint: Path) -> Optional[dict[str, list[float]]]:
     return {"temperature": (1 / scales).tolist(), "offset": sd["logit_bias"].tolist()}
 
 
-def _method_row(name: str, per_seed: dict[str, list[dict]], seconds: list[float], steps: int,
-                budget: float) -> dict[str, Any]:
+def _method_row(
+    name: str, per_seed: dict[str, list[dict]], seconds: list[float], steps: int, budget: float
+) -> dict[str, Any]:
     """One method's row of ``analysis.json``: cost, final and best validation R@1, best epochs, value at budget."""
     curves = [c for c in per_seed.values() if c]
-    return {"method": name, "seconds_per_run": statistics.mean(seconds) if seconds else float("nan"),
-            "seconds_per_step": (statistics.mean(seconds) / steps) if seconds else float("nan"),
-            "final_val_r1": [c[-1]["val_r1"] for c in curves], "best_epochs": [best_epoch(c) for c in curves],
-            "best_val_r1": [max(p["val_r1"] for p in c if p["epoch"] >= 1) for c in curves],
-            "val_r1_at_budget": [value_at(c, "seconds", budget) for c in curves]}
+    return {
+        "method": name,
+        "seconds_per_run": statistics.mean(seconds) if seconds else float("nan"),
+        "seconds_per_step": (statistics.mean(seconds) / steps) if seconds else float("nan"),
+        "final_val_r1": [c[-1]["val_r1"] for c in curves],
+        "best_epochs": [best_epoch(c) for c in curves],
+        "best_val_r1": [max(p["val_r1"] for p in c if p["epoch"] >= 1) for c in curves],
+        "val_r1_at_budget": [value_at(c, "seconds", budget) for c in curves],
+    }
 
 
-def analyse(methods: list[str], epochs: int, runs: Path, seeds: dict[str, int], steps_per_epoch: int,
-            timings: dict[str, list[dict]]) -> dict:
+def analyse(
+    methods: list[str],
+    epochs: int,
+    runs: Path,
+    seeds: dict[str, int],
+    steps_per_epoch: int,
+    timings: dict[str, list[dict]],
+) -> dict:
     """Validation curves, best epochs, equal-wall-clock values and data efficiency of every run (→ curves.json).
 
     Args:
@@ -251,7 +283,14 @@ def analyse(methods: list[str], epochs: int, runs: Path, seeds: dict[str, int], 
     lasts = [[c[-1]["seconds"] for c in per_seed.values() if c] for per_seed in curves.values()]
     finite = [statistics.mean(v) for v in lasts if v and not any(math.isnan(x) for x in v)]
     budget = min(finite) if finite else float("nan")
-    rows = [_method_row(m, curves.get(m, {}), [t["seconds"] for t in timings.get(m, [])], epochs * steps_per_epoch,
-                        budget) for m in methods]
-    return {"curves": curves, "budget_seconds": budget, "rows": rows, "steps_per_epoch": steps_per_epoch,
-            "data_efficiency": data_efficiency(curves)}
+    rows = [
+        _method_row(m, curves.get(m, {}), [t["seconds"] for t in timings.get(m, [])], epochs * steps_per_epoch, budget)
+        for m in methods
+    ]
+    return {
+        "curves": curves,
+        "budget_seconds": budget,
+        "rows": rows,
+        "steps_per_epoch": steps_per_epoch,
+        "data_efficiency": data_efficiency(curves),
+    }

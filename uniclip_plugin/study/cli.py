@@ -12,6 +12,7 @@ default: the project root) or ``<out>/RESULTS.md`` is written with the tables, p
 temperatures and offsets, wall-clock per run, the machine, versions and the exact commands (relative to the project
 root). A run whose final checkpoint exists is not trained again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,27 +49,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
-                        help="also train UniCLIP's ablations: all of them, or a comma-separated subset of "
-                             + ",".join(m.name for m in ABLATIONS))
-    parser.add_argument("--ablation-seeds", type=int, default=1,
-                        help="seeds of each ablation row (default 1, whatever --seeds says)")
+    parser.add_argument(
+        "--ablations",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="NAMES",
+        help="also train UniCLIP's ablations: all of them, or a comma-separated subset of "
+        + ",".join(m.name for m in ABLATIONS),
+    )
+    parser.add_argument(
+        "--ablation-seeds", type=int, default=1, help="seeds of each ablation row (default 1, whatever --seeds says)"
+    )
     parser.add_argument("--data", default="data", help="data folder (built by harness/data.py if missing)")
     parser.add_argument("--synthetic", action="store_true", help="generated data instead of the real sets (CI smoke)")
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
-    parser.add_argument("--tune", action="store_true",
-                        help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
-                             "on --tune-profile, seed 0; the ablations use UniCLIP's (runs in runs/<profile>-tuned)")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
+        "on --tune-profile, seed 0; the ablations use UniCLIP's (runs in runs/<profile>-tuned)",
+    )
     parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OMP threads per training process (default: the profile's; quick: all cores)")
-    parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY, metavar="SECONDS",
-                        help=f"seconds between the progress lines of a training run (default {PROGRESS_EVERY:g})")
-    parser.add_argument("--plots-only", action="store_true",
-                        help="only redraw the report's small PNGs (<out>/docs/img/<label>_*.png) from "
-                             "results/<label>/ when it exists, else from docs/RESULTS*.md's tables; trains nothing")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated subset of " + ",".join(m.name for m in METHODS) + " (default: all)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP threads per training process (default: the profile's; quick: all cores)",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=PROGRESS_EVERY,
+        metavar="SECONDS",
+        help=f"seconds between the progress lines of a training run (default {PROGRESS_EVERY:g})",
+    )
+    parser.add_argument(
+        "--plots-only",
+        action="store_true",
+        help="only redraw the report's small PNGs (<out>/docs/img/<label>_*.png) from "
+        "results/<label>/ when it exists, else from docs/RESULTS*.md's tables; trains nothing",
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of " + ",".join(m.name for m in METHODS) + " (default: all)",
+    )
     return parser
 
 
@@ -86,18 +112,22 @@ def _prepare_data(data: Path, synthetic: bool) -> tuple[str, int, str, dict]:
     """Build (or reuse) the data and the study's splits: (shard pattern, pairs, one-line note, validation info)."""
     if synthetic:
         from uniclip_plugin.testing.synthetic import build_synthetic_eval, build_synthetic_pretrain
+
         info = build_synthetic_pretrain(data / "pretrain", n_samples=256, res=32, n_shards=4)
         build_synthetic_eval(data / "wds", res=32, n_per_class=8)
         val = study.build_study_splits(data, retrieval="synth_retrieval", classification="synth_shapes")
         return info["pattern"], info["n_samples"], "generated shapes (uniclip_plugin.testing.synthetic)", val
     from uniclip_plugin.data import build as data_builder
+
     manifest = data_builder.build(data, res=64)
     pattern = str(data / manifest["counts"]["pretrain"]["pattern"])
     samples = manifest["counts"]["pretrain"]["samples"]
     val = study.build_study_splits(data)
-    note = (f"{samples:,} emoji image–caption pairs in 3 styles (harness/data.py, see data/DATA_CARD.md); "
-            f"validation: {val['val_samples']} held-out-style pairs; tests: the held-out OpenMoji style "
-            f"(retrieval, 9-group and 97-subgroup zero-shot and probe), Fashion-MNIST and MNIST-5k digits")
+    note = (
+        f"{samples:,} emoji image–caption pairs in 3 styles (harness/data.py, see data/DATA_CARD.md); "
+        f"validation: {val['val_samples']} held-out-style pairs; tests: the held-out OpenMoji style "
+        f"(retrieval, 9-group and 97-subgroup zero-shot and probe), Fashion-MNIST and MNIST-5k digits"
+    )
     return pattern, samples, note, val
 
 
@@ -109,8 +139,16 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
     tuned = [m for m in methods if m not in ABLATIONS]
     tune_runs = out / "runs" / f"tune-{args.tune_profile}"
     # the study's thread count, not the tune profile's
-    tuning = tune(tuned, args.tune_profile, ctx["pattern"], ctx["data_samples"], tune_runs, ctx["val"],
-                  ctx["threads"], progress_every=ctx["progress_every"])
+    tuning = tune(
+        tuned,
+        args.tune_profile,
+        ctx["pattern"],
+        ctx["data_samples"],
+        tune_runs,
+        ctx["val"],
+        ctx["threads"],
+        progress_every=ctx["progress_every"],
+    )
     lrs.update(tuning["chosen"])
     if args.tune_profile == args.profile:  # seed 0 at the chosen lr is the tuning run itself: reuse it
         runs.mkdir(parents=True, exist_ok=True)
@@ -135,18 +173,33 @@ def _train_all(ctx: dict[str, Any]) -> tuple[dict[str, list[dict]], list[list[st
         label = f"run {k} of {len(jobs)}: {m.name} seed {seed}"
         output = ctx["runs"] / run_name(m.name, seed) / OUTPUT_LOG
         print(f"reproduce.py: {label} (lr {ctx['lrs'][m.name]:g}; output: {output}) ...", flush=True)
-        r = train(m, ctx["prof"], ctx["pattern"], ctx["samples"], ctx["runs"], seed, ctx["val"], ctx["threads"],
-                  lr=ctx["lrs"][m.name], label=label, progress_every=ctx["progress_every"])
+        r = train(
+            m,
+            ctx["prof"],
+            ctx["pattern"],
+            ctx["samples"],
+            ctx["runs"],
+            seed,
+            ctx["val"],
+            ctx["threads"],
+            lr=ctx["lrs"][m.name],
+            label=label,
+            progress_every=ctx["progress_every"],
+        )
         # a long study's progress at a glance: each run's own time, or that it was reused
-        print(f"reproduce.py: {label}: " + ("reused (already trained)" if r["skipped"] else
-                                            f"done in {r['seconds'] / 60:.1f} min"), flush=True)
+        print(
+            f"reproduce.py: {label}: "
+            + ("reused (already trained)" if r["skipped"] else f"done in {r['seconds'] / 60:.1f} min"),
+            flush=True,
+        )
         timings.setdefault(m.name, []).append(r)
         commands.append(r["command"])
     return timings, commands
 
 
-def _bench(models: list[str], out: Path, data: Path, what: str, runs_dir: Optional[Path] = None,
-           **options: Any) -> list[str]:
+def _bench(
+    models: list[str], out: Path, data: Path, what: str, runs_dir: Optional[Path] = None, **options: Any
+) -> list[str]:
     """The benchmark on ``models`` (printing its table as ``harness/bench.py`` does); returns its command."""
     try:
         run_bench(models, runs_dir or "runs", data, out, **options)
@@ -165,8 +218,11 @@ def _bench_stages(ctx: dict[str, Any], analysis: dict) -> list[list[str]]:
     """The benchmark of every final checkpoint, then of every best-validation epoch that is not the final one."""
     prof, results, data, methods = ctx["prof"], ctx["results"], ctx["data"], ctx["methods"]
     ordered = sorted(methods, key=lambda m: m.name != "uniclip")
-    commands = [_bench([m.name for m in ordered], results, data, "the benchmark", ctx["runs"],
-                       probe_max_train=prof.probe_max_train)]
+    commands = [
+        _bench(
+            [m.name for m in ordered], results, data, "the benchmark", ctx["runs"], probe_max_train=prof.probe_max_train
+        )
+    ]
     # Best epoch on validation, evaluated on the zero-shot test tasks (the probe's cost is kept to the final epoch)
     best_models = []
     for m in ordered:
@@ -178,9 +234,17 @@ def _bench_stages(ctx: dict[str, Any], analysis: dict) -> list[list[str]]:
     if best_models and not all(f"epoch_{prof.epochs}.pt" in b for b in best_models):
         overlapping = Path(ctx["val"]["test"]).name.removesuffix("_test")  # the retrieval set with the val concepts
         disjoint = [name for name in find_datasets(data) if name != overlapping]
-        commands.append(_bench(best_models, results / "best", data, "the best-epoch benchmark",
-                               feature_cache=results / ".features", datasets=disjoint,
-                               tasks="zeroshot_classification,zeroshot_retrieval"))
+        commands.append(
+            _bench(
+                best_models,
+                results / "best",
+                data,
+                "the best-epoch benchmark",
+                feature_cache=results / ".features",
+                datasets=disjoint,
+                tasks="zeroshot_classification,zeroshot_retrieval",
+            )
+        )
     return commands
 
 
@@ -194,22 +258,38 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
     if not args.progress_every > 0:
         parser.error(f"--progress-every must be > 0, got {args.progress_every:g}")
     main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)
-    ablations = ([] if args.ablations is None else ABLATIONS if args.ablations == "all" else
-                 pick_methods(parser, "--ablations", args.ablations, ABLATIONS))
+    ablations = (
+        []
+        if args.ablations is None
+        else ABLATIONS
+        if args.ablations == "all"
+        else pick_methods(parser, "--ablations", args.ablations, ABLATIONS)
+    )
     data = Path(args.data).resolve()
     pattern, data_samples, data_note, val = _prepare_data(data, args.synthetic)
     samples = profile_samples(prof, data_samples)
     wanted = main_methods + ablations
     methods = [m for m in wanted if available(m, prof.size)]
     return {
-        "prof": prof, "out": out, "label": label, "runs": out / "runs" / label, "results": out / "results" / label,
+        "prof": prof,
+        "out": out,
+        "label": label,
+        "runs": out / "runs" / label,
+        "results": out / "results" / label,
         # OMP threads of every training process: --threads, else the profile's, else the caller's setting / cores
         "threads": args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
-        "data": data, "pattern": pattern, "data_samples": data_samples, "data_note": data_note, "val": val,
-        "samples": samples, "steps_per_epoch": math.ceil(samples / prof.batch),  # open_clip_train, 1 worker
-        "methods": methods, "skipped": [m for m in wanted if m not in methods],
+        "data": data,
+        "pattern": pattern,
+        "data_samples": data_samples,
+        "data_note": data_note,
+        "val": val,
+        "samples": samples,
+        "steps_per_epoch": math.ceil(samples / prof.batch),  # open_clip_train, 1 worker
+        "methods": methods,
+        "skipped": [m for m in wanted if m not in methods],
         "seeds": {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods},
-        "lrs": {m.name: prof.lr for m in methods}, "progress_every": args.progress_every,
+        "lrs": {m.name: prof.lr for m in methods},
+        "progress_every": args.progress_every,
     }
 
 
@@ -230,10 +310,13 @@ def _plots_only(args: argparse.Namespace) -> int:
     label = args.profile + ("-tuned" if args.tune else "")
     results, report, images = out / "results" / label, out / "docs" / _report_name(label), out / "docs" / "img"
     if (results / "analysis.json").is_file() and (results / "curves.json").is_file():
-        analysis = {**json.loads((results / "analysis.json").read_text()),
-                    "curves": json.loads((results / "curves.json").read_text())}
-        written = _images(results, out / "runs" / label, images, label, analysis,
-                          [row["method"] for row in analysis["rows"]])
+        analysis = {
+            **json.loads((results / "analysis.json").read_text()),
+            "curves": json.loads((results / "curves.json").read_text()),
+        }
+        written = _images(
+            results, out / "runs" / label, images, label, analysis, [row["method"] for row in analysis["rows"]]
+        )
     elif report.is_file():
         written = images_from_report(report, images, label)
     else:
@@ -262,30 +345,57 @@ def main(argv: Optional[list[str]] = None) -> int:
     tuning = _tune_stage(args, ctx)
     timings, commands = _train_all(ctx)
     commands = (list(tuning["commands"]) if tuning else []) + commands
-    analysis = study.analyse([m.name for m in ctx["methods"]], ctx["prof"].epochs, ctx["runs"], ctx["seeds"],
-                             ctx["steps_per_epoch"], timings)
+    analysis = study.analyse(
+        [m.name for m in ctx["methods"]], ctx["prof"].epochs, ctx["runs"], ctx["seeds"], ctx["steps_per_epoch"], timings
+    )
     results = ctx["results"]
     results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
-    write_text_atomic(results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"},
-                                                             indent=1))
+    write_text_atomic(
+        results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"}, indent=1)
+    )
     study.curves_plot(analysis["curves"], results)
     commands += _bench_stages(ctx, analysis)
     # the project root's docs/ for a real study run there, with its small PNGs in docs/img; else beside runs/ and
     # results/, pointing at the results folder's PNGs
     in_docs = args.out == "." and not args.synthetic
     report = (ctx["out"] / "docs" if in_docs else ctx["out"]) / _report_name(ctx["label"])
-    images = (_images(results, ctx["runs"], report.parent / "img", ctx["label"], analysis,
-                      sorted((m.name for m in ctx["methods"]), key=lambda n: n != "uniclip")) if in_docs else [])
+    images = (
+        _images(
+            results,
+            ctx["runs"],
+            report.parent / "img",
+            ctx["label"],
+            analysis,
+            sorted((m.name for m in ctx["methods"]), key=lambda n: n != "uniclip"),
+        )
+        if in_docs
+        else []
+    )
     words = relative_command(list(sys.argv[1:] if argv is None else argv), ctx["out"])  # no machine paths
     result = StudyResult(
-        root=ctx["out"], label=ctx["label"], command_line=words or f"--profile {args.profile}",
-        prof=ctx["prof"], methods=ctx["methods"], skipped=ctx["skipped"],
-        ablations=[m.name for m in ctx["methods"] if m in ABLATIONS], analysis=analysis, commands=commands,
-        results=results, runs=ctx["runs"], seeds=ctx["seeds"], data_note=ctx["data_note"],
-        elapsed=time.time() - began, val_samples=ctx["val"]["val_samples"], lrs=ctx["lrs"], tuning=tuning,
-        threads=ctx["threads"], reused=sum(r["skipped"] for ts in timings.values() for r in ts), images=images,
-        report_dir=report.parent)
+        root=ctx["out"],
+        label=ctx["label"],
+        command_line=words or f"--profile {args.profile}",
+        prof=ctx["prof"],
+        methods=ctx["methods"],
+        skipped=ctx["skipped"],
+        ablations=[m.name for m in ctx["methods"] if m in ABLATIONS],
+        analysis=analysis,
+        commands=commands,
+        results=results,
+        runs=ctx["runs"],
+        seeds=ctx["seeds"],
+        data_note=ctx["data_note"],
+        elapsed=time.time() - began,
+        val_samples=ctx["val"]["val_samples"],
+        lrs=ctx["lrs"],
+        tuning=tuning,
+        threads=ctx["threads"],
+        reused=sum(r["skipped"] for ts in timings.values() for r in ts),
+        images=images,
+        report_dir=report.parent,
+    )
     write_report(report, result)
     print(f"reproduce.py: wrote {report}")
     return 0

@@ -7,6 +7,7 @@ validation R@1 (mean of both directions). Never a test set.
 
 Runs that finished are reused (their final checkpoint exists); each run's output goes to ``<run>/train.log``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,32 +32,86 @@ CAPTION = (*SOURCE, "--view-presets", "clip,simclr")
 # name -> flags on top of `--loss uniclip_mpnce --model UniCLIP-Tiny-32`; each arm changes one thing against the arm
 # named in its comment (the comparison is made on the same seeds)
 ARMS: dict[str, tuple[str, ...]] = {
-    "old-default": (),                                                  # as shipped before issue 18
-    "source-res": SOURCE,                                               # vs old-default
-    "caption-view": CAPTION,                                            # vs source-res
-    "caption-film": (*CAPTION, "--aug-fusion", "film"),                 # vs caption-view
+    "old-default": (),  # as shipped before issue 18
+    "source-res": SOURCE,  # vs old-default
+    "caption-view": CAPTION,  # vs source-res
+    "caption-film": (*CAPTION, "--aug-fusion", "film"),  # vs caption-view
     "caption-group": (*CAPTION, "--mpnce-balance", "group", "--mpnce-group-weights", "1,0.5"),  # vs caption-view
-    "caption-domain": (*CAPTION, "--init-temperatures", "0.1,0.07,0.07", "--offset-bound", "0.5",
-                       "--tt-offset", "fixed"),                         # vs caption-view
-    "caption-only-text": (*CAPTION, "--text-positives", "caption"),     # vs caption-view ("SLIP in one space")
-    "caption-film-lr2e-3": (*CAPTION, "--aug-fusion", "film"),          # vs caption-film: CLIP's tuned lr
-    "clip-lr2e-3": (),                                                  # the reference: CLIP, its tuned lr
+    "caption-domain": (
+        *CAPTION,
+        "--init-temperatures",
+        "0.1,0.07,0.07",
+        "--offset-bound",
+        "0.5",
+        "--tt-offset",
+        "fixed",
+    ),  # vs caption-view
+    "caption-only-text": (*CAPTION, "--text-positives", "caption"),  # vs caption-view ("SLIP in one space")
+    "caption-film-lr2e-3": (*CAPTION, "--aug-fusion", "film"),  # vs caption-film: CLIP's tuned lr
+    "clip-lr2e-3": (),  # the reference: CLIP, its tuned lr
 }
 # arms that differ in more than flags: (loss, model, lr)
-SETTINGS: dict[str, tuple[str, str, float]] = {"caption-film-lr2e-3": ("uniclip_mpnce", "UniCLIP-Tiny-32", 2e-3),
-                                               "clip-lr2e-3": ("clip", "CLIP-Tiny-32", 2e-3)}
+SETTINGS: dict[str, tuple[str, str, float]] = {
+    "caption-film-lr2e-3": ("uniclip_mpnce", "UniCLIP-Tiny-32", 2e-3),
+    "clip-lr2e-3": ("clip", "CLIP-Tiny-32", 2e-3),
+}
 
 
 def command(arm: str, seed: int, data: Path, val: dict, runs: Path, samples: int) -> list[str]:
     """The training command of one arm and seed (the study's flags at a third of its budget)."""
     loss, model, lr = SETTINGS.get(arm, ("uniclip_mpnce", "UniCLIP-Tiny-32", LR))
-    return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", loss, "--model", model, *ARMS[arm],
-            "--train-data", str(data), "--dataset-type", "webdataset",
-            "--dataset-resampled", "--train-num-samples", str(samples), "--batch-size", str(BATCH), "--epochs",
-            str(EPOCHS), "--lr", str(lr), "--wd", "0.1", "--warmup", str(WARMUP), "--precision", "fp32", "--device",
-            "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs), "--name", f"{arm}-seed{seed}",
-            "--save-frequency", str(EPOCHS), "--zeroshot-frequency", "0", "--log-every-n-steps", "10",
-            "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]), "--val-frequency", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--loss",
+        loss,
+        "--model",
+        model,
+        *ARMS[arm],
+        "--train-data",
+        str(data),
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(samples),
+        "--batch-size",
+        str(BATCH),
+        "--epochs",
+        str(EPOCHS),
+        "--lr",
+        str(lr),
+        "--wd",
+        "0.1",
+        "--warmup",
+        str(WARMUP),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--seed",
+        str(seed),
+        "--logs",
+        str(runs),
+        "--name",
+        f"{arm}-seed{seed}",
+        "--save-frequency",
+        str(EPOCHS),
+        "--zeroshot-frequency",
+        "0",
+        "--log-every-n-steps",
+        "10",
+        "--val-data",
+        val["val"],
+        "--val-num-samples",
+        str(val["val_samples"]),
+        "--val-frequency",
+        "1",
+    ]
 
 
 def train(cmd: list[str], run_dir: Path) -> float:
@@ -67,11 +122,13 @@ def train(cmd: list[str], run_dir: Path) -> float:
     resume = ["--resume", "latest"] if (run_dir / "checkpoints").is_dir() else []
     start = time.time()
     with open(run_dir.parent / f"{run_dir.name}.train.log", "w") as log:
-        proc = subprocess.run(cmd + resume, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc = subprocess.run(
+            cmd + resume, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")
+        )
     if proc.returncode != 0:
-        raise RuntimeError(f"{run_dir.name} failed (exit {proc.returncode}); see {run_dir.parent}/{run_dir.name}"
-                           f".train.log")
+        raise RuntimeError(
+            f"{run_dir.name} failed (exit {proc.returncode}); see {run_dir.parent}/{run_dir.name}.train.log"
+        )
     return time.time() - start
 
 
@@ -84,8 +141,13 @@ def summarise(runs: Path, arms: list[str], seeds: int, steps_per_epoch: int) -> 
             curve = RunDir(runs / f"{arm}-seed{seed}").val_curve(steps_per_epoch, None)
             finals.append(curve[-1]["val_r1"] if curve else math.nan)
             bests.append(max((p["val_r1"] for p in curve if p["epoch"] >= 1), default=math.nan))
-        out[arm] = {"flags": list(ARMS[arm]), "final": finals, "best": bests,
-                    "final_mean": statistics.fmean(finals), "final_std": statistics.stdev(finals) if seeds > 1 else 0}
+        out[arm] = {
+            "flags": list(ARMS[arm]),
+            "final": finals,
+            "best": bests,
+            "final_mean": statistics.fmean(finals),
+            "final_std": statistics.stdev(finals) if seeds > 1 else 0,
+        }
     return out
 
 
@@ -100,6 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--report", default="results/decide/summary.json")
     args = p.parse_args(argv)
     from .analysis import build_study_splits
+
     data, runs = Path(args.data), Path(args.out)
     val = build_study_splits(data)
     manifest = json.loads((data / "manifest.json").read_text())["counts"]["pretrain"]
@@ -107,8 +170,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     jobs = [(arm, seed) for seed in range(args.seeds) for arm in arms]  # seed-major: every arm's seed 0 first
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for (arm, seed), secs in zip(jobs, pool.map(lambda j: train(command(
-                j[0], j[1], data / manifest["pattern"], val, runs, samples), runs / f"{j[0]}-seed{j[1]}"), jobs)):
+        for (arm, seed), secs in zip(
+            jobs,
+            pool.map(
+                lambda j: train(
+                    command(j[0], j[1], data / manifest["pattern"], val, runs, samples), runs / f"{j[0]}-seed{j[1]}"
+                ),
+                jobs,
+            ),
+            strict=False,
+        ):
             print(f"decide: {arm} seed {seed}: {secs:.0f} s", flush=True)
     summary = summarise(runs, arms, args.seeds, math.ceil(samples / BATCH))
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ of the universal set (every image view and every text):
 
     python -m uniclip_plugin.study.diagnose --checkpoint runs/x/checkpoints/epoch_40.pt --data 'data/pretrain/...tar'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ from ..losses.mpnce import universal_contrastive_loss
 from ..similarity import DOMAIN_TEXT, domain_logits, universal_embeddings
 
 
-def negative_mass_share(image_features: torch.Tensor, text_features: torch.Tensor, scales: torch.Tensor,
-                        offsets: torch.Tensor, form: str = "shift_scale") -> dict[str, float]:
+def negative_mass_share(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    form: str = "shift_scale",
+) -> dict[str, float]:
     """Mean share of each anchor's negative softmax mass on its own domain, for image and text anchors.
 
     Args:
@@ -33,22 +39,24 @@ def negative_mass_share(image_features: torch.Tensor, text_features: torch.Tenso
     """
     z, sample, dom = universal_embeddings(image_features, text_features)
     with torch.no_grad():
-        logits = domain_logits(z, dom, z, dom, scales, offsets, form)                        # [M, M]
-        negative = sample[:, None] != sample[None, :]                                        # other samples only
-        weights = torch.softmax(logits.masked_fill(~negative, float("-inf")), dim=1)         # over N(u)
-        own = (weights * (dom[:, None] == dom[None, :])).sum(dim=1)                          # [M]
+        logits = domain_logits(z, dom, z, dom, scales, offsets, form)  # [M, M]
+        negative = sample[:, None] != sample[None, :]  # other samples only
+        weights = torch.softmax(logits.masked_fill(~negative, float("-inf")), dim=1)  # over N(u)
+        own = (weights * (dom[:, None] == dom[None, :])).sum(dim=1)  # [M]
     is_text = dom == DOMAIN_TEXT
     return {"neg_share_own_image": own[~is_text].mean().item(), "neg_share_own_text": own[is_text].mean().item()}
 
 
-def _batches(model: torch.nn.Module, model_name: str, pattern: str, batch: int, count: int
-             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    model: torch.nn.Module, model_name: str, pattern: str, batch: int, count: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``count`` batches of the shards in order, through the model's training input transform."""
     import open_clip
     import webdataset as wds
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from ..integration import whole_image_transforms
+
     preprocess_val = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     train, _ = whole_image_transforms(model, (None, preprocess_val))
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -65,8 +73,9 @@ def _batches(model: torch.nn.Module, model_name: str, pattern: str, batch: int, 
     return out
 
 
-def diagnose(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int = 0
-             ) -> dict[str, float]:
+def diagnose(
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int = 0
+) -> dict[str, float]:
     """Means over ``batches`` of the negative-mass shares and the groups' positive probabilities."""
     torch.manual_seed(seed)
     model.train()  # training views; no gradient, no parameter changes
@@ -77,8 +86,9 @@ def diagnose(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
             scales, offsets = out["logit_bias"][0], out["logit_bias"][1]
             form = model.uniclip_cfg.similarity_form
             row = negative_mass_share(out["image_features"], out["text_features"], scales, offsets, form)
-            loss = universal_contrastive_loss(out["image_features"], out["text_features"], scales, offsets,
-                                              similarity_form=form)
+            loss = universal_contrastive_loss(
+                out["image_features"], out["text_features"], scales, offsets, similarity_form=form
+            )
             row.update({k: float(loss[k]) for k in ("prob_it", "prob_ii", "loss_it", "loss_ii") if k in loss})
             for key, value in row.items():
                 sums[key] = sums.get(key, 0.0) + value / len(batches)
@@ -98,12 +108,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=None, help="JSON file")
     args = p.parse_args(argv)
     import uniclip_plugin
+
     model, _, _ = uniclip_plugin.create_model_and_transforms(
-        args.model, pretrained=args.checkpoint, uniclip_cfg=json.loads(args.uniclip_cfg), output_dict=True)
+        args.model, pretrained=args.checkpoint, uniclip_cfg=json.loads(args.uniclip_cfg), output_dict=True
+    )
     result: dict[str, Any] = diagnose(model, _batches(model, args.model, args.data, args.batch, args.batches))
     print(json.dumps(result, indent=1))
     if args.out:
         from ..io import write_json_atomic
+
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, {"checkpoint": args.checkpoint, **result})
     return 0

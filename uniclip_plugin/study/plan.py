@@ -4,6 +4,7 @@ Every method trains with ``open_clip train`` on the same tiny towers, data, epoc
 a profile fixes those. The method table names each method's ``--loss``, model family and flags (the study keeps its
 own table; the method registry ``uniclip_plugin.methods`` is the plugin's).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,14 +17,14 @@ __all__ = ["Profile", "PROFILES", "TUNE_LRS", "Method", "METHODS", "ABLATIONS", 
 class Profile:
     """One training budget, the same for every method."""
 
-    size: str            # tiny config suffix: CLIP-<size>, UniCLIP-<size>
+    size: str  # tiny config suffix: CLIP-<size>, UniCLIP-<size>
     epochs: int
     batch: int
     lr: float
     warmup: int
     samples: Optional[int] = None  # --train-num-samples per epoch (None: the data's sizes.json)
-    epoch_fraction: float = 1.0    # an "epoch" is this fraction of the data (more validation points per pass)
-    probe_max_train: int = 10000   # linear-probe training samples (Fashion-MNIST's probe dominates the bench)
+    epoch_fraction: float = 1.0  # an "epoch" is this fraction of the data (more validation points per pass)
+    probe_max_train: int = 10000  # linear-probe training samples (Fashion-MNIST's probe dominates the bench)
     threads: Optional[int] = None  # OMP threads per training process (None: all cores)
 
 
@@ -43,37 +44,76 @@ class Method:
 
     name: str
     loss: str
-    model: str            # "{size}" is replaced by the profile's size
+    model: str  # "{size}" is replaced by the profile's size
     flags: tuple[str, ...] = field(default_factory=tuple)
     note: str = ""
 
 
 METHODS = [
     Method("clip", "clip", "CLIP-{size}", note="open_clip ClipLoss, open_clip's train transform"),
-    Method("clip-aug", "uniclip_mpnce", "UniCLIP-{size}",
-           ("--views", "1", "--no-aug-embed", "--no-domain-similarity", "--mpnce-objective", "infonce"),
-           "control: CLIP loss on one UniCLIP-strength view (= ClipLoss with UniCLIP's augmentations)"),
+    Method(
+        "clip-aug",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--views", "1", "--no-aug-embed", "--no-domain-similarity", "--mpnce-objective", "infonce"),
+        "control: CLIP loss on one UniCLIP-strength view (= ClipLoss with UniCLIP's augmentations)",
+    ),
     Method("slip", "slip", "SLIP-{size}", note="SLIP: CLIP loss on a weak view + SimCLR on two strong views"),
     Method("declip", "declip", "DeCLIP-{size}", note="DeCLIP: 0.4 MVS + 0.2 SimSiam + 0.2 MLM + 0.2 NNS"),
     Method("uniclip", "uniclip_mpnce", "UniCLIP-{size}", note="UniCLIP: V=2, aug-aware embedding, MP-NCE, domain sim"),
 ]
 ABLATIONS = [
-    Method("uniclip-no-aug-embed", "uniclip_mpnce", "UniCLIP-{size}", ("--no-aug-embed",),
-           "without the augmentation-aware image embedding"),
-    Method("uniclip-infonce", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "infonce"),
-           "MP-NCE replaced by InfoNCE on the universal space"),
-    Method("uniclip-supcon", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "supcon"),
-           "MP-NCE replaced by SupCon"),
-    Method("uniclip-milnce", "uniclip_mpnce", "UniCLIP-{size}", ("--mpnce-objective", "milnce"),
-           "MP-NCE replaced by MIL-NCE"),
-    Method("uniclip-shared-sim", "uniclip_mpnce", "UniCLIP-{size}", ("--no-domain-similarity",),
-           "one shared temperature and offset for all domain pairs instead of one per pair"),
+    Method(
+        "uniclip-no-aug-embed",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--no-aug-embed",),
+        "without the augmentation-aware image embedding",
+    ),
+    Method(
+        "uniclip-infonce",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--mpnce-objective", "infonce"),
+        "MP-NCE replaced by InfoNCE on the universal space",
+    ),
+    Method(
+        "uniclip-supcon",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--mpnce-objective", "supcon"),
+        "MP-NCE replaced by SupCon",
+    ),
+    Method(
+        "uniclip-milnce",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--mpnce-objective", "milnce"),
+        "MP-NCE replaced by MIL-NCE",
+    ),
+    Method(
+        "uniclip-shared-sim",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--no-domain-similarity",),
+        "one shared temperature and offset for all domain pairs instead of one per pair",
+    ),
     Method("uniclip-v1", "uniclip_mpnce", "UniCLIP-{size}", ("--views", "1"), "V = 1: no image–image pairs"),
     # not paper ablations: the augmentation-strength diagnosis (the quick study's clip-aug control lost 1.1 points)
-    Method("uniclip-mocov2-views", "uniclip_mpnce", "UniCLIP-{size}", ("--view-preset", "mocov2"),
-           "diagnostic: MoCo-v2 views (crop area ≥ 0.2 instead of ≥ 0.08)"),
-    Method("uniclip-weak-views", "uniclip_mpnce", "UniCLIP-{size}", ("--view-preset", "clip_weak"),
-           "diagnostic: SLIP's weak CLIP view (crop area ≥ 0.5, no flip, jitter, grayscale or blur)"),
+    Method(
+        "uniclip-mocov2-views",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--view-preset", "mocov2"),
+        "diagnostic: MoCo-v2 views (crop area ≥ 0.2 instead of ≥ 0.08)",
+    ),
+    Method(
+        "uniclip-weak-views",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--view-preset", "clip_weak"),
+        "diagnostic: SLIP's weak CLIP view (crop area ≥ 0.5, no flip, jitter, grayscale or blur)",
+    ),
 ]
 
 
@@ -83,6 +123,7 @@ def available(method: Method, size: str) -> bool:
 
     import uniclip_plugin
     from uniclip_plugin import registry
+
     uniclip_plugin.register()
     return method.loss in registry.list_methods() and method.model.format(size=size) in open_clip.list_models()
 

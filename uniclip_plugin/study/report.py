@@ -4,6 +4,7 @@ Paths and commands in the report are relative to the project root (the study's `
 written ``python``, so a report never names a folder of the machine it was made on. The hand-written
 ``## Reading these numbers`` section of an existing report is kept as it is.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,9 +24,22 @@ from uniclip_plugin.runs import run_name
 from uniclip_plugin.study import analysis as study
 from uniclip_plugin.study.plan import Method, Profile
 
-__all__ = ["StudyResult", "ABLATION_METRICS", "ablation_table", "tuning_lines", "relative_command", "render",
-           "write_report", "READING_MARKER", "read_report_tables", "parse_cell", "write_images", "images_from_report",
-           "IMAGE_DPI", "VALIDATION_COLUMNS"]
+__all__ = [
+    "StudyResult",
+    "ABLATION_METRICS",
+    "ablation_table",
+    "tuning_lines",
+    "relative_command",
+    "render",
+    "write_report",
+    "READING_MARKER",
+    "read_report_tables",
+    "parse_cell",
+    "write_images",
+    "images_from_report",
+    "IMAGE_DPI",
+    "VALIDATION_COLUMNS",
+]
 
 READING_MARKER = "\n## Reading these numbers"  # the hand-written analysis that follows is kept on a rewrite
 IMAGE_DPI = 100  # docs/img PNGs: small enough to commit (tens of KB), sharp enough to read
@@ -35,14 +49,19 @@ VALIDATION_COLUMNS = ("final val R@1", "best val R@1", "val R@1 at equal wall-cl
 
 # Compact ablation table: (dataset, task, metric, column label); absent sets are left out
 # clip_benchmark's image_retrieval_recall is text → image (a caption retrieves its image), text_retrieval image → text
-ABLATION_METRICS = (("heldout_emoji_retrieval_test", "zeroshot_retrieval", "image_retrieval_recall@1",
-                     "test image retrieval R@1 (T→I)"),
-                    ("heldout_emoji_retrieval_test", "zeroshot_retrieval", "text_retrieval_recall@1",
-                     "test text retrieval R@1 (I→T)"),
-                    ("heldout_emoji_group", "zeroshot_classification", "acc1", "group zero-shot"),
-                    ("heldout_emoji_subgroup", "zeroshot_classification", "acc1", "subgroup zero-shot"),
-                    ("fmnist", "zeroshot_classification", "acc1", "Fashion-MNIST zero-shot"),
-                    ("fmnist", "linear_probe", "lp_acc1", "Fashion-MNIST probe"))
+ABLATION_METRICS = (
+    (
+        "heldout_emoji_retrieval_test",
+        "zeroshot_retrieval",
+        "image_retrieval_recall@1",
+        "test image retrieval R@1 (T→I)",
+    ),
+    ("heldout_emoji_retrieval_test", "zeroshot_retrieval", "text_retrieval_recall@1", "test text retrieval R@1 (I→T)"),
+    ("heldout_emoji_group", "zeroshot_classification", "acc1", "group zero-shot"),
+    ("heldout_emoji_subgroup", "zeroshot_classification", "acc1", "subgroup zero-shot"),
+    ("fmnist", "zeroshot_classification", "acc1", "Fashion-MNIST zero-shot"),
+    ("fmnist", "linear_probe", "lp_acc1", "Fashion-MNIST probe"),
+)
 
 
 @dataclass
@@ -153,8 +172,10 @@ def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: li
     per_run = _read_per_run(results_csv)
     metrics = [m for m in ABLATION_METRICS if any(k[0] == full and k[2:] == m[:3] for k in per_run)]
     val = {r["method"]: r["final_val_r1"] for r in rows}
-    lines = ["| run | seeds | final val R@1 | " + " | ".join(m[3] for m in metrics) + " |",
-             "|---|---|---|" + "---|" * len(metrics)]
+    lines = [
+        "| run | seeds | final val R@1 | " + " | ".join(m[3] for m in metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
     full_seeds = list(range(len(val.get(full) or [])))
     for name in [full, *ablations]:
         seeds = list(range(len(val.get(name) or [])))
@@ -166,7 +187,7 @@ def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: li
             own = _mean_over([per_run.get((name, s, *m[:3])) for s in seeds]) if seeds else None
             base = _mean_over([per_run.get((full, s, *m[:3])) for s in base_seeds]) if base_seeds else None
             cells.append(_delta_cell(own, base, 100.0))
-        seed_text = ("–" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}")
+        seed_text = "–" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
         lines.append(f"| {name} | {seed_text} | " + " | ".join(cells) + " |")
     return lines
 
@@ -174,8 +195,10 @@ def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: li
 def tuning_lines(tuning: dict) -> list[str]:
     """Markdown: the grid's best-epoch validation R@1 per method, the chosen lr in bold."""
     grid = tuning["grid"]
-    lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |",
-             "|---|" + "---|" * (len(grid) + 1)]
+    lines = [
+        "| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |",
+        "|---|" + "---|" * (len(grid) + 1),
+    ]
     for method, scores in tuning["scores"].items():
         chosen = tuning["chosen"][method]
         cells = [(f"**{scores[lr]:.2f}**" if lr == chosen else f"{scores[lr]:.2f}") for lr in grid]  # ties at .1f
@@ -186,12 +209,16 @@ def tuning_lines(tuning: dict) -> list[str]:
 def _trained_text(r: StudyResult) -> str:
     rows = r.analysis["rows"]
     n_runs = sum(len(row["final_val_r1"]) for row in rows)
-    train_minutes = sum(row["seconds_per_run"] * len(row["final_val_r1"]) for row in rows
-                        if not math.isnan(row["seconds_per_run"])) / 60
+    train_minutes = (
+        sum(row["seconds_per_run"] * len(row["final_val_r1"]) for row in rows if not math.isnan(row["seconds_per_run"]))
+        / 60
+    )
     trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
     if r.reused:
-        trained += (f"; {r.reused} of them had been trained by an earlier call and were reused, so this command's own "
-                    f"time covers only the rest")
+        trained += (
+            f"; {r.reused} of them had been trained by an earlier call and were reused, so this command's own "
+            f"time covers only the rest"
+        )
     return trained
 
 
@@ -206,100 +233,151 @@ def _seed_text(r: StudyResult) -> str:
 
 def _lr_texts(r: StudyResult) -> tuple[str, str]:
     if r.tuning:
-        return ("with each method's lr as tuned below",
-                f"The learning rate was tuned on the validation split with the same effort for every method: "
-                f"lr ∈ {{{', '.join(f'{lr:g}' for lr in r.tuning['grid'])}}} on the {r.tuning['profile']} profile, "
-                f"seed 0, each scored by its best-epoch validation R@1 (the table under \"Learning-rate "
-                f"tuning\"); the ablations use UniCLIP's lr. Nothing else was tuned.")
-    return (f"lr {r.prof.lr}",
-            "No hyper-parameter was tuned for any method (the same zero tuning effort for all): these are "
-            "open_clip-style defaults fixed before the first run (`--tune` searches the lr per method).")
+        return (
+            "with each method's lr as tuned below",
+            f"The learning rate was tuned on the validation split with the same effort for every method: "
+            f"lr ∈ {{{', '.join(f'{lr:g}' for lr in r.tuning['grid'])}}} on the {r.tuning['profile']} profile, "
+            f'seed 0, each scored by its best-epoch validation R@1 (the table under "Learning-rate '
+            f"tuning\"); the ablations use UniCLIP's lr. Nothing else was tuned.",
+        )
+    return (
+        f"lr {r.prof.lr}",
+        "No hyper-parameter was tuned for any method (the same zero tuning effort for all): these are "
+        "open_clip-style defaults fixed before the first run (`--tune` searches the lr per method).",
+    )
 
 
 def _header(r: StudyResult) -> list[str]:
     import open_clip
     import torch
+
     prof, results = r.prof, r.results
     lr_text, tuning_text = _lr_texts(r)
-    return [f"# Results ({r.label} profile)", "",
-            f"Made by `python harness/reproduce.py {r.command_line}` on "
-            f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}; the whole "
-            f"command took {r.elapsed / 60:.1f} min (data build, training, validation, benchmark; {_trained_text(r)}). "
-            f"Every number below "
-            f"comes from `{r.rel(results)}/json/*.json` (one clip_benchmark JSON per run, dataset and task), "
-            f"`{r.rel(results)}/best/json/*.json` (best-epoch runs) and `{r.rel(results)}/curves.json` "
-            f"(validation curves).", "",
-            f"Data: {r.data_note}", "",
-            f"Every method: towers `{prof.size}`, {prof.epochs} epochs of "
-            f"{r.analysis['steps_per_epoch']} steps (an epoch = {prof.epoch_fraction:g} × the data, resampled), batch "
-            f"{prof.batch}, AdamW {lr_text}, wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
-            f"{r.threads} OMP thread(s) per training process, {_seed_text(r)}. {tuning_text} Only the epoch is "
-            f"chosen, on the validation split, for the best-epoch rows. Linear probes use at most "
-            f"{prof.probe_max_train:,} training samples per set (a seeded subset).", ""]
+    return [
+        f"# Results ({r.label} profile)",
+        "",
+        f"Made by `python harness/reproduce.py {r.command_line}` on "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, open_clip {open_clip.__version__}, {time.strftime('%Y-%m-%d')}; the whole "
+        f"command took {r.elapsed / 60:.1f} min (data build, training, validation, benchmark; {_trained_text(r)}). "
+        f"Every number below "
+        f"comes from `{r.rel(results)}/json/*.json` (one clip_benchmark JSON per run, dataset and task), "
+        f"`{r.rel(results)}/best/json/*.json` (best-epoch runs) and `{r.rel(results)}/curves.json` "
+        f"(validation curves).",
+        "",
+        f"Data: {r.data_note}",
+        "",
+        f"Every method: towers `{prof.size}`, {prof.epochs} epochs of "
+        f"{r.analysis['steps_per_epoch']} steps (an epoch = {prof.epoch_fraction:g} × the data, resampled), batch "
+        f"{prof.batch}, AdamW {lr_text}, wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
+        f"{r.threads} OMP thread(s) per training process, {_seed_text(r)}. {tuning_text} Only the epoch is "
+        f"chosen, on the validation split, for the best-epoch rows. Linear probes use at most "
+        f"{prof.probe_max_train:,} training samples per set (a seeded subset).",
+        "",
+    ]
 
 
 def _methods_and_tests(r: StudyResult) -> list[str]:
     size = r.prof.size
     lines = ["## Methods", ""]
     for m in r.methods:
-        lines.append(f"- **{m.name}** (`--loss {m.loss} --model {m.model.format(size=size)} "
-                     f"{' '.join(m.flags)}`, lr {r.lrs[m.name]:g}): {m.note or 'ablation'}")
+        lines.append(
+            f"- **{m.name}** (`--loss {m.loss} --model {m.model.format(size=size)} "
+            f"{' '.join(m.flags)}`, lr {r.lrs[m.name]:g}): {m.note or 'ablation'}"
+        )
     for m in r.skipped:
-        lines.append(f"- {m.name}: not run — `--loss {m.loss}` / `{m.model.format(size=size)}` is not "
-                     f"registered in this version ({m.note})")
+        lines.append(
+            f"- {m.name}: not run — `--loss {m.loss}` / `{m.model.format(size=size)}` is not "
+            f"registered in this version ({m.note})"
+        )
     table = (r.results / "table.md").read_text() if (r.results / "table.md").is_file() else "(no bench table)"
     best = r.results / "best" / "table.md"
-    best_table = (best.read_text() if best.is_file()
-                  else "(every run's best validation epoch is its final epoch: the table above applies)")
-    return lines + ["", "## Test sets, final epoch", "", table, "",
-                    "`heldout_emoji_retrieval` holds all 1,852 held-out concepts (it shares 896 with the validation "
-                    "split); `heldout_emoji_retrieval_test` holds only the 956 concepts never used for validation.", "",
-                    "## Test sets, epoch chosen on validation (zero-shot tasks; disjoint from validation)", "",
-                    best_table, ""]
+    best_table = (
+        best.read_text()
+        if best.is_file()
+        else "(every run's best validation epoch is its final epoch: the table above applies)"
+    )
+    return lines + [
+        "",
+        "## Test sets, final epoch",
+        "",
+        table,
+        "",
+        "`heldout_emoji_retrieval` holds all 1,852 held-out concepts (it shares 896 with the validation "
+        "split); `heldout_emoji_retrieval_test` holds only the 956 concepts never used for validation.",
+        "",
+        "## Test sets, epoch chosen on validation (zero-shot tasks; disjoint from validation)",
+        "",
+        best_table,
+        "",
+    ]
 
 
 def _validation(r: StudyResult) -> list[str]:
     analysis = r.analysis
-    lines = ["## Validation, cost and equal wall-clock", "",
-             f"Validation R@1 = mean of image→text and text→image R@1 over the {r.val_samples} validation pairs "
-             f"(open_clip_train `--val-data`, after every epoch). Equal wall-clock: each method's validation R@1 "
-             f"interpolated at {analysis['budget_seconds']:.0f} s after its training process started, when the "
-             f"cheapest method had finished (n/a: that method's first validation came later). s / run includes "
-             f"process start-up and validation; s / step = s / run over the steps.", "",
-             "| method | s / run | s / step | × clip | final val R@1 | best val R@1 | best epoch | "
-             "val R@1 at equal wall-clock |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Validation, cost and equal wall-clock",
+        "",
+        f"Validation R@1 = mean of image→text and text→image R@1 over the {r.val_samples} validation pairs "
+        f"(open_clip_train `--val-data`, after every epoch). Equal wall-clock: each method's validation R@1 "
+        f"interpolated at {analysis['budget_seconds']:.0f} s after its training process started, when the "
+        f"cheapest method had finished (n/a: that method's first validation came later). s / run includes "
+        f"process start-up and validation; s / step = s / run over the steps.",
+        "",
+        "| method | s / run | s / step | × clip | final val R@1 | best val R@1 | best epoch | "
+        "val R@1 at equal wall-clock |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     clip_step = next((row["seconds_per_step"] for row in analysis["rows"] if row["method"] == "clip"), float("nan"))
     for row in analysis["rows"]:
         ratio = row["seconds_per_step"] / clip_step if clip_step == clip_step else float("nan")
-        lines.append(f"| {row['method']} | {row['seconds_per_run']:.0f} | {row['seconds_per_step']:.3f} | "
-                     f"{ratio:.2f} | {study.mean_std(row['final_val_r1'])} | {study.mean_std(row['best_val_r1'])} | "
-                     f"{', '.join(str(b) for b in row['best_epochs'])} | {study.mean_std(row['val_r1_at_budget'])} |")
+        lines.append(
+            f"| {row['method']} | {row['seconds_per_run']:.0f} | {row['seconds_per_step']:.3f} | "
+            f"{ratio:.2f} | {study.mean_std(row['final_val_r1'])} | {study.mean_std(row['best_val_r1'])} | "
+            f"{', '.join(str(b) for b in row['best_epochs'])} | {study.mean_std(row['val_r1_at_budget'])} |"
+        )
     eff = analysis["data_efficiency"]
     if eff:
-        lines += ["", "Data efficiency (issue 9; the paper's claim): steps UniCLIP needs to reach CLIP's final "
-                  "validation R@1, as a fraction of CLIP's steps (goal ≤ 0.5): " + "; ".join(
-                      f"seed {e['seed']}: target {e['target_val_r1']:.1f} → "
-                      + ("not reached" if math.isnan(e["fraction"]) else f"{e['fraction']:.2f}") for e in eff) + "."]
+        lines += [
+            "",
+            "Data efficiency (issue 9; the paper's claim): steps UniCLIP needs to reach CLIP's final "
+            "validation R@1, as a fraction of CLIP's steps (goal ≤ 0.5): "
+            + "; ".join(
+                f"seed {e['seed']}: target {e['target_val_r1']:.1f} → "
+                + ("not reached" if math.isnan(e["fraction"]) else f"{e['fraction']:.2f}")
+                for e in eff
+            )
+            + ".",
+        ]
     return lines
 
 
 def _ablations_and_tuning(r: StudyResult) -> list[str]:
     lines: list[str] = []
     if r.ablations:
-        lines += ["", "## UniCLIP ablations (PAPER.md §1) and view-strength diagnostics", "",
-                  "Final epoch; values in % (val R@1 in % of the validation pairs), mean over the row's seeds; Δ in "
-                  "points against the full `uniclip` on the same seeds. Every row changes one thing, with the flag "
-                  "listed under Methods.", ""]
+        lines += [
+            "",
+            "## UniCLIP ablations (PAPER.md §1) and view-strength diagnostics",
+            "",
+            "Final epoch; values in % (val R@1 in % of the validation pairs), mean over the row's seeds; Δ in "
+            "points against the full `uniclip` on the same seeds. Every row changes one thing, with the flag "
+            "listed under Methods.",
+            "",
+        ]
         lines += ablation_table(r.results / "results.csv", r.analysis["rows"], "uniclip", r.ablations)
     if r.tuning:
         tuning = r.tuning
-        lines += ["", "## Learning-rate tuning (validation split)", "",
-                  f"Best-epoch validation R@1 (%) of each lr, {tuning['profile']} profile, seed 0 "
-                  f"({tuning['seconds'] / 60:.1f} min of training; `{r.rel(r.results)}/tuning.json`). The chosen lr "
-                  f"(bold) trains the runs above. The search runs on the {tuning['profile']} profile to keep its cost "
-                  f"down; where that profile is shorter than this one, an lr that learns fastest early may not be "
-                  f"the best over the whole run.", ""]
+        lines += [
+            "",
+            "## Learning-rate tuning (validation split)",
+            "",
+            f"Best-epoch validation R@1 (%) of each lr, {tuning['profile']} profile, seed 0 "
+            f"({tuning['seconds'] / 60:.1f} min of training; `{r.rel(r.results)}/tuning.json`). The chosen lr "
+            f"(bold) trains the runs above. The search runs on the {tuning['profile']} profile to keep its cost "
+            f"down; where that profile is shorter than this one, an lr that learns fastest early may not be "
+            f"the best over the whole run.",
+            "",
+        ]
         lines += tuning_lines(tuning)
     return lines
 
@@ -314,9 +392,14 @@ def _plot_lines(r: StudyResult) -> list[str]:
 
 
 def _similarity_and_commands(r: StudyResult) -> list[str]:
-    lines = [*_plot_lines(r), "",
-             "## Learned per-domain-pair similarity (UniCLIP runs)", "",
-             "| run | τ II | τ IT | τ TT | b II | b IT | b TT |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        *_plot_lines(r),
+        "",
+        "## Learned per-domain-pair similarity (UniCLIP runs)",
+        "",
+        "| run | τ II | τ IT | τ TT | b II | b IT | b TT |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in r.methods:
         for s in range(r.seeds[m.name]):
             name = run_name(m.name, s)
@@ -329,15 +412,20 @@ def _similarity_and_commands(r: StudyResult) -> list[str]:
 
 def render(result: StudyResult) -> str:
     """The generated part of the report (everything before ``## Reading these numbers``)."""
-    lines = (_header(result) + _methods_and_tests(result) + _validation(result) + _ablations_and_tuning(result)
-             + _similarity_and_commands(result))
+    lines = (
+        _header(result)
+        + _methods_and_tests(result)
+        + _validation(result)
+        + _ablations_and_tuning(result)
+        + _similarity_and_commands(result)
+    )
     return "\n".join(lines)
 
 
 def write_report(path: Path, result: StudyResult) -> None:
     """Write the report to ``path``, keeping the hand-written ``## Reading these numbers`` section already there."""
     previous = path.read_text() if path.is_file() else ""
-    keep = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
+    keep = previous[previous.index(READING_MARKER) :] if READING_MARKER in previous else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, render(result) + keep)
 
@@ -388,25 +476,38 @@ def _summary_from_table(rows: list[dict[str, str]]) -> list[dict]:
             m = re.fullmatch(r"(.+) \(n=(\d+)\)", column)
             if m:
                 mean, std = parse_cell(cell)
-                summary.append({"method": m[1], "dataset": row["dataset"], "task": row["task"],
-                                "metric": row["metric"], "mean": mean / 100, "std": std / 100, "n": int(m[2])})
+                summary.append(
+                    {
+                        "method": m[1],
+                        "dataset": row["dataset"],
+                        "task": row["task"],
+                        "metric": row["metric"],
+                        "mean": mean / 100,
+                        "std": std / 100,
+                        "n": int(m[2]),
+                    }
+                )
     return summary
 
 
 def _read_summary_csv(path: Path) -> list[dict]:
     """``summary.csv`` of the benchmark as summary rows (numbers parsed)."""
     with open(path, newline="") as f:
-        return [{**r, "mean": float(r["mean"]), "std": float(r["std"] or "nan"), "n": int(r["n"])}
-                for r in csv.DictReader(f)]
+        return [
+            {**r, "mean": float(r["mean"]), "std": float(r["std"] or "nan"), "n": int(r["n"])}
+            for r in csv.DictReader(f)
+        ]
 
 
 def _validation_figure(stats: dict[tuple[str, str], tuple[float, float]], methods: list[str]) -> object:
     """Bars of the validation table's ``VALIDATION_COLUMNS``, one colour per method (values in %)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from uniclip_plugin.bench.report import grouped_bars
+
     fig, ax = plt.subplots(figsize=(7, 3.6))
     grouped_bars(ax, list(VALIDATION_COLUMNS), methods, stats, ylabel="validation R@1 (%)")
     ax.set_title("validation R@1 (896 held-out-style pairs)", fontsize=10)
@@ -418,15 +519,22 @@ def _save(fig: object, path: Path, dpi: int) -> Path:
     import matplotlib.pyplot as plt
 
     from uniclip_plugin.io import atomic_path
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
     return path
 
 
-def write_images(out: Path, label: str, summary: list[dict], val_stats: dict[tuple[str, str], tuple[float, float]],
-                 methods: list[str], curves: Optional[dict] = None,
-                 loss_curves: Optional[dict[str, list[tuple[int, float]]]] = None) -> list[Path]:
+def write_images(
+    out: Path,
+    label: str,
+    summary: list[dict],
+    val_stats: dict[tuple[str, str], tuple[float, float]],
+    methods: list[str],
+    curves: Optional[dict] = None,
+    loss_curves: Optional[dict[str, list[tuple[int, float]]]] = None,
+) -> list[Path]:
     """The report's small PNGs, ``<out>/<label>_<name>.png``: a bar chart per benchmark task, the validation bars,
     and the validation and loss curves when their data is given.
 
@@ -442,6 +550,7 @@ def write_images(out: Path, label: str, summary: list[dict], val_stats: dict[tup
         The files written, in report order.
     """
     from uniclip_plugin.bench.report import bar_charts, loss_figure
+
     out.mkdir(parents=True, exist_ok=True)
     written = bar_charts(summary, methods, out, prefix=f"{label}_", dpi=IMAGE_DPI)
     if val_stats:
@@ -473,14 +582,21 @@ def images_from_report(report: Path, out: Path, label: str) -> list[Path]:
     summary = _summary_from_table(tables.get("Test sets, final epoch", []))
     methods = list(dict.fromkeys(s["method"] for s in summary))
     val_rows = tables.get("Validation, cost and equal wall-clock", [])
-    val_stats = {(col, row["method"]): parse_cell(row[col]) for row in val_rows for col in VALIDATION_COLUMNS
-                 if col in row}
+    val_stats = {
+        (col, row["method"]): parse_cell(row[col]) for row in val_rows for col in VALIDATION_COLUMNS if col in row
+    }
     methods += [row["method"] for row in val_rows if row["method"] not in methods]
     return write_images(out, label, summary, val_stats, methods)
 
 
-def images_from_results(results: Path, out: Path, label: str, analysis: dict, methods: list[str],
-                        loss_curves: Optional[dict[str, list[tuple[int, float]]]] = None) -> list[Path]:
+def images_from_results(
+    results: Path,
+    out: Path,
+    label: str,
+    analysis: dict,
+    methods: list[str],
+    loss_curves: Optional[dict[str, list[tuple[int, float]]]] = None,
+) -> list[Path]:
     """The report's small PNGs from a study's own files: ``<results>/summary.csv`` and its analysis (rows, curves).
 
     Args:
@@ -492,13 +608,18 @@ def images_from_results(results: Path, out: Path, label: str, analysis: dict, me
         The files written.
     """
     summary = _read_summary_csv(results / "summary.csv") if (results / "summary.csv").is_file() else []
-    keys = {"final val R@1": "final_val_r1", "best val R@1": "best_val_r1",
-            "val R@1 at equal wall-clock": "val_r1_at_budget"}
+    keys = {
+        "final val R@1": "final_val_r1",
+        "best val R@1": "best_val_r1",
+        "val R@1 at equal wall-clock": "val_r1_at_budget",
+    }
     val_stats = {}
     for row in analysis.get("rows", []):
         for col, key in keys.items():
             finite = [v for v in row[key] if not math.isnan(v)]
             if finite:
-                val_stats[(col, row["method"])] = (statistics.mean(finite),
-                                                   statistics.stdev(finite) if len(finite) > 1 else 0.0)
+                val_stats[(col, row["method"])] = (
+                    statistics.mean(finite),
+                    statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                )
     return write_images(out, label, summary, val_stats, methods, analysis.get("curves"), loss_curves)

@@ -8,6 +8,7 @@ held in memory), and every ``PROGRESS_EVERY`` seconds the study prints the run's
 ETA, read from open_clip_train's own ``out.log`` (:func:`progress_line`). A failed run is reported with the last
 ``FAIL_TAIL`` lines of its output and the log's path (:func:`failure_message`).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,33 @@ from uniclip_plugin.io import write_text_atomic
 from uniclip_plugin.runs import RunDir, run_name
 from uniclip_plugin.study.plan import PROFILES, TUNE_LRS, Method, Profile, profile_samples
 
-__all__ = ["train_command", "stale_settings", "train", "choose_lr", "tune", "write_tuning", "CHECKED_PARAMS",
-           "WHERE_FLAGS", "progress_line", "failure_message", "OUTPUT_LOG", "PROGRESS_EVERY", "FAIL_TAIL"]
+__all__ = [
+    "train_command",
+    "stale_settings",
+    "train",
+    "choose_lr",
+    "tune",
+    "write_tuning",
+    "CHECKED_PARAMS",
+    "WHERE_FLAGS",
+    "progress_line",
+    "failure_message",
+    "OUTPUT_LOG",
+    "PROGRESS_EVERY",
+    "FAIL_TAIL",
+]
 
 # open_clip_train's params.txt keys checked before a run is reused or resumed (the flags that change its result)
-CHECKED_PARAMS = {"--model": "model", "--lr": "lr", "--batch-size": "batch_size", "--epochs": "epochs",
-                  "--seed": "seed", "--train-num-samples": "train_num_samples", "--warmup": "warmup", "--wd": "wd"}
+CHECKED_PARAMS = {
+    "--model": "model",
+    "--lr": "lr",
+    "--batch-size": "batch_size",
+    "--epochs": "epochs",
+    "--seed": "seed",
+    "--train-num-samples": "train_num_samples",
+    "--warmup": "warmup",
+    "--wd": "wd",
+}
 
 # where a run lives, not how it trains: a moved checkout or data folder, or the lr search's seed-0 run linked into the
 # study under the study's name, is the same run
@@ -39,19 +61,70 @@ PROGRESS_EVERY = 20.0  # seconds between progress lines (open_clip_train logs ev
 FAIL_TAIL = 30  # lines of a failed run's output shown with the error
 
 
-def train_command(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int,
-                  val: dict, lr: Optional[float] = None, name: Optional[str] = None) -> list[str]:
+def train_command(
+    method: Method,
+    prof: Profile,
+    data: str,
+    samples: int,
+    runs: Path,
+    seed: int,
+    val: dict,
+    lr: Optional[float] = None,
+    name: Optional[str] = None,
+) -> list[str]:
     """The ``python -m uniclip_plugin.cli train`` command of one run (absolute paths as given)."""
-    return [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", method.loss,
-            "--model", method.model.format(size=prof.size), *method.flags,
-            "--train-data", data, "--dataset-type", "webdataset", "--dataset-resampled",
-            "--train-num-samples", str(samples), "--batch-size", str(prof.batch), "--epochs", str(prof.epochs),
-            "--lr", str(prof.lr if lr is None else lr), "--wd", "0.1", "--warmup", str(prof.warmup),
-            "--precision", "fp32",
-            "--device", "cpu", "--workers", "1", "--seed", str(seed), "--logs", str(runs),
-            "--name", name or run_name(method.name, seed), "--save-frequency", "1", "--zeroshot-frequency", "0",
-            "--log-every-n-steps", "10", "--val-data", val["val"], "--val-num-samples", str(val["val_samples"]),
-            "--val-frequency", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "uniclip_plugin.cli",
+        "train",
+        "--loss",
+        method.loss,
+        "--model",
+        method.model.format(size=prof.size),
+        *method.flags,
+        "--train-data",
+        data,
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(samples),
+        "--batch-size",
+        str(prof.batch),
+        "--epochs",
+        str(prof.epochs),
+        "--lr",
+        str(prof.lr if lr is None else lr),
+        "--wd",
+        "0.1",
+        "--warmup",
+        str(prof.warmup),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--seed",
+        str(seed),
+        "--logs",
+        str(runs),
+        "--name",
+        name or run_name(method.name, seed),
+        "--save-frequency",
+        "1",
+        "--zeroshot-frequency",
+        "0",
+        "--log-every-n-steps",
+        "10",
+        "--val-data",
+        val["val"],
+        "--val-num-samples",
+        str(val["val_samples"]),
+        "--val-frequency",
+        "1",
+    ]
 
 
 def _settings(cmd: list[str]) -> list[str]:
@@ -88,8 +161,11 @@ def stale_settings(run_dir: Path, cmd: list[str]) -> list[str]:
         if old == new:
             return []
         # strict=False: a changed length is reported when no common argument differs
-        changed = [f"{old[i - 1]} {a} -> {b}" if i and old[i - 1].startswith("--") else f"{a} -> {b}"
-                   for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b]
+        changed = [
+            f"{old[i - 1]} {a} -> {b}" if i and old[i - 1].startswith("--") else f"{a} -> {b}"
+            for i, (a, b) in enumerate(zip(old, new, strict=False))
+            if a != b
+        ]
         return changed or [f"{len(old)} -> {len(new)} arguments"]
     return _stale_params(run.params(), cmd)
 
@@ -111,8 +187,9 @@ def _fraction(point: Optional[dict[str, float]], epochs: int) -> float:
     return min((point["epoch"] + within) / epochs, 1.0)
 
 
-def progress_line(run: RunDir, label: str, epochs: int, steps_per_epoch: int, start: float, now: float,
-                  start_fraction: float = 0.0) -> str:
+def progress_line(
+    run: RunDir, label: str, epochs: int, steps_per_epoch: int, start: float, now: float, start_fraction: float = 0.0
+) -> str:
     """One progress line of a training run, from the last ``Train Epoch`` line of its ``out.log``.
 
     Args:
@@ -134,10 +211,11 @@ def progress_line(run: RunDir, label: str, epochs: int, steps_per_epoch: int, st
     within = min(point["seen"] / point["per_epoch"], 1.0) if point["per_epoch"] else 0.0
     step = int(point["epoch"]) * steps_per_epoch + round(within * steps_per_epoch)
     rate = (done - start_fraction) / elapsed if elapsed > 0 else 0.0
-    eta = "validating and saving" if done >= 1.0 else (
-        f"ETA {_clock((1.0 - done) / rate)}" if rate > 0 else "ETA ?")
-    return (f"reproduce.py: {label}: step {step}/{epochs * steps_per_epoch} ({100 * done:.0f}%), "
-            f"loss {point['loss']:.4g}, {_clock(elapsed)} elapsed, {eta}")
+    eta = "validating and saving" if done >= 1.0 else (f"ETA {_clock((1.0 - done) / rate)}" if rate > 0 else "ETA ?")
+    return (
+        f"reproduce.py: {label}: step {step}/{epochs * steps_per_epoch} ({100 * done:.0f}%), "
+        f"loss {point['loss']:.4g}, {_clock(elapsed)} elapsed, {eta}"
+    )
 
 
 def failure_message(what: str, log: Path, returncode: int, lines: int = FAIL_TAIL) -> str:
@@ -145,12 +223,15 @@ def failure_message(what: str, log: Path, returncode: int, lines: int = FAIL_TAI
     the whole output is."""
     text = log.read_text(errors="replace").splitlines() if log.is_file() else []
     tail = text[-lines:] or ["(no output)"]
-    return (f"reproduce.py: error: training {what} failed (exit status {returncode}); the last {len(tail)} lines "
-            f"of its output ({log}):\n" + "\n".join("    " + line for line in tail))
+    return (
+        f"reproduce.py: error: training {what} failed (exit status {returncode}); the last {len(tail)} lines "
+        f"of its output ({log}):\n" + "\n".join("    " + line for line in tail)
+    )
 
 
-def _run_child(cmd: list[str], env: dict[str, str], run: RunDir, label: str, epochs: int, steps_per_epoch: int,
-               every: float) -> int:
+def _run_child(
+    cmd: list[str], env: dict[str, str], run: RunDir, label: str, epochs: int, steps_per_epoch: int, every: float
+) -> int:
     """Run ``cmd`` with its output streamed to ``<run>/OUTPUT_LOG``, printing a progress line every ``every`` s;
     returns its exit status."""
     start_fraction = _fraction(run.last_train_point(), epochs)  # a resumed run's earlier epochs
@@ -165,17 +246,31 @@ def _run_child(cmd: list[str], env: dict[str, str], run: RunDir, label: str, epo
                 try:
                     return proc.wait(timeout=every)
                 except subprocess.TimeoutExpired:
-                    print(progress_line(run, label, epochs, steps_per_epoch, start, time.time(), start_fraction),
-                          flush=True)
+                    print(
+                        progress_line(run, label, epochs, steps_per_epoch, start, time.time(), start_fraction),
+                        flush=True,
+                    )
         except BaseException:
             proc.kill()  # Ctrl-C or an error here: never leave a training process behind
             proc.wait()
             raise
 
 
-def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, seed: int, val: dict,
-          threads: int, lr: Optional[float] = None, name: Optional[str] = None, *, label: str = "",
-          progress_every: float = PROGRESS_EVERY) -> dict:
+def train(
+    method: Method,
+    prof: Profile,
+    data: str,
+    samples: int,
+    runs: Path,
+    seed: int,
+    val: dict,
+    threads: int,
+    lr: Optional[float] = None,
+    name: Optional[str] = None,
+    *,
+    label: str = "",
+    progress_every: float = PROGRESS_EVERY,
+) -> dict:
     """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
     "command", "skipped"}. ``label`` starts its progress lines (default: the method and seed)."""
     name = name or run_name(method.name, seed)
@@ -185,19 +280,32 @@ def train(method: Method, prof: Profile, data: str, samples: int, runs: Path, se
     timing = run.path / "wallclock.json"
     stale = stale_settings(run.path, cmd)
     if stale:
-        raise SystemExit(f"reproduce.py: error: {run.path} was trained with other settings than this study asks "
-                         f"for ({'; '.join(stale)}); delete that run folder, or pass another --out / runs folder")
+        raise SystemExit(
+            f"reproduce.py: error: {run.path} was trained with other settings than this study asks "
+            f"for ({'; '.join(stale)}); delete that run folder, or pass another --out / runs folder"
+        )
     if final.is_file():
         record = json.loads(timing.read_text()) if timing.is_file() else {}
-        return {"seconds": record.get("seconds", float("nan")), "start": record.get("start"), "command": cmd,
-                "skipped": True}
+        return {
+            "seconds": record.get("seconds", float("nan")),
+            "start": record.get("start"),
+            "command": cmd,
+            "skipped": True,
+        }
     resume = ["--resume", "latest"] if (run.path / "checkpoints").is_dir() else []
     run.path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.path / "command.json", json.dumps(cmd))
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    returncode = _run_child(cmd + resume, env, run, label or f"{method.name} seed {seed}", prof.epochs,
-                            math.ceil(samples / prof.batch), progress_every)
+    returncode = _run_child(
+        cmd + resume,
+        env,
+        run,
+        label or f"{method.name} seed {seed}",
+        prof.epochs,
+        math.ceil(samples / prof.batch),
+        progress_every,
+    )
     if returncode != 0 or not final.is_file():
         raise SystemExit(failure_message(f"{method.name} seed {seed}", run.path / OUTPUT_LOG, returncode))
     seconds = time.time() - start
@@ -212,8 +320,16 @@ def choose_lr(scores: dict[float, float], default: float) -> float:
     return max(scores, key=lambda lr: (-math.inf if math.isnan(scores[lr]) else scores[lr], lr == default, -lr))
 
 
-def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, runs: Path, val: dict,
-         threads: int, progress_every: float = PROGRESS_EVERY) -> dict:
+def tune(
+    methods: list[Method],
+    prof_name: str,
+    data: str,
+    data_samples: int,
+    runs: Path,
+    val: dict,
+    threads: int,
+    progress_every: float = PROGRESS_EVERY,
+) -> dict:
     """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seed 0,
     scored by the best validation R@1 over its epochs (the validation split only, never a test set).
 
@@ -229,19 +345,30 @@ def tune(methods: list[Method], prof_name: str, data: str, data_samples: int, ru
         name = run_name(m.name, 0, lr)
         label = f"tuning run {i} of {total}: {m.name} lr {lr:g}"
         print(f"reproduce.py: {label} ({prof_name} profile; output: {runs / name / OUTPUT_LOG}) ...", flush=True)
-        r = train(m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name, label=label,
-                  progress_every=progress_every)
+        r = train(
+            m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name, label=label, progress_every=progress_every
+        )
         seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
         commands.append(r["command"])
         curve = RunDir(runs / name).val_curve(steps_per_epoch, None)
-        scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1),
-                                                default=float("nan"))
+        scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1), default=float("nan"))
     chosen = {m: choose_lr(s, prof.lr) for m, s in scores.items()}
-    return {"profile": prof_name, "grid": list(TUNE_LRS), "scores": scores, "chosen": chosen, "seconds": seconds,
-            "commands": commands}
+    return {
+        "profile": prof_name,
+        "grid": list(TUNE_LRS),
+        "scores": scores,
+        "chosen": chosen,
+        "seconds": seconds,
+        "commands": commands,
+    }
 
 
 def write_tuning(path: Path, tuning: dict) -> None:
     """``tuning.json``: the search's record with the lrs as ``%g`` strings (JSON keys)."""
-    write_text_atomic(path, json.dumps({**tuning, "scores": {m: {f"{lr:g}": v for lr, v in s.items()}
-                                                             for m, s in tuning["scores"].items()}}, indent=1))
+    write_text_atomic(
+        path,
+        json.dumps(
+            {**tuning, "scores": {m: {f"{lr:g}": v for lr, v in s.items()} for m, s in tuning["scores"].items()}},
+            indent=1,
+        ),
+    )

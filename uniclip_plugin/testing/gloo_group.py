@@ -3,6 +3,7 @@ cleanly.
 
 Imports torch only, so spawned children stay light.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """What autograd keeps for backward, counted exactly: the basis of the chunked loss's memory claims (its test and
 ``perf``'s loss-memory section), not the allocator's peak."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

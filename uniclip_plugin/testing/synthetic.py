@@ -7,6 +7,7 @@ reads them with ``--train-data 'DIR/pretrain/shard-{000000..000003}.tar'``. Eval
 ``wds/`` layout: ``synth_shapes`` (zero-shot / linear-probe classification by shape) and ``synth_retrieval``.
 Every tar is written to a temp name and renamed, so an interrupted build never leaves a complete-looking shard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,16 @@ from PIL import Image, ImageDraw
 from uniclip_plugin.data.common import SHARD_MTIME, fresh_tmp_dir, png_bytes, publish_dir
 from uniclip_plugin.io import atomic_path, write_text_atomic
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),
-           "purple": (140, 40, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "cyan": (20, 200, 210)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 40, 170),
+    "orange": (245, 130, 20),
+    "black": (20, 20, 20),
+    "cyan": (20, 200, 210),
+}
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
 PHRASINGS = ("a {c} {s}", "a {s} in {c}", "one {c} {s}", "a picture of a {c} {s}")
 
@@ -64,6 +73,7 @@ def write_tar_atomic(path: Path, samples: Iterable[dict[str, Any]]) -> int:
         The number of samples written.
     """
     import webdataset as wds
+
     count = 0
     with atomic_path(path) as tmp:
         with wds.TarWriter(str(tmp), mtime=SHARD_MTIME) as sink:  # closed (complete) before the rename
@@ -77,8 +87,15 @@ def _concept(rng: random.Random) -> tuple[str, str]:
     return rng.choice(SHAPES), rng.choice(list(COLOURS))
 
 
-def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int = 32, n_shards: int = 4,
-                             seed: int = 0, corrupt_images: int = 0, empty_captions: int = 0) -> dict:
+def build_synthetic_pretrain(
+    out_dir: str | Path,
+    n_samples: int = 512,
+    res: int = 32,
+    n_shards: int = 4,
+    seed: int = 0,
+    corrupt_images: int = 0,
+    empty_captions: int = 0,
+) -> dict:
     """Pre-training shards ``out_dir/shard-{000000..}.tar`` + ``sizes.json``, readable by ``open_clip train``.
 
     Each sample has ``<key>.png`` (a coloured shape with position/size jitter on a light random background),
@@ -105,8 +122,12 @@ def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int
     for i in range(n_samples):
         shape, colour = _concept(rng)
         caption = rng.choice(PHRASINGS).format(c=colour, s=shape)
-        sample = {"__key__": f"{i:06d}", "png": png_bytes(draw_shape(shape, colour, res, rng)), "txt": caption,
-                  "json": json.dumps({"shape": shape, "colour": colour, "keywords": [colour, shape]})}
+        sample = {
+            "__key__": f"{i:06d}",
+            "png": png_bytes(draw_shape(shape, colour, res, rng)),
+            "txt": caption,
+            "json": json.dumps({"shape": shape, "colour": colour, "keywords": [colour, shape]}),
+        }
         if i < corrupt_images:
             sample["png"] = b"\x89PNG this is not an image"
         elif i < corrupt_images + empty_captions:
@@ -116,11 +137,10 @@ def build_synthetic_pretrain(out_dir: str | Path, n_samples: int = 512, res: int
     per_shard = -(-n_samples // n_shards)
     for k in range(n_shards):
         path = out / f"shard-{k:06d}.tar"
-        sizes[path.name] = write_tar_atomic(path, samples[k * per_shard:(k + 1) * per_shard])
+        sizes[path.name] = write_tar_atomic(path, samples[k * per_shard : (k + 1) * per_shard])
         shards.append(str(path))
     write_text_atomic(out / "sizes.json", json.dumps(sizes))
-    return {"pattern": str(out / f"shard-{{000000..{n_shards - 1:06d}}}.tar"), "shards": shards,
-            "n_samples": n_samples}
+    return {"pattern": str(out / f"shard-{{000000..{n_shards - 1:06d}}}.tar"), "shards": shards, "n_samples": n_samples}
 
 
 def _write_split(root: Path, split: str, samples: list[dict]) -> None:
@@ -154,8 +174,9 @@ def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_p
         for label, shape in enumerate(SHAPES):
             for i in range(n_per_class):
                 colour = rng.choice(list(COLOURS))
-                samples.append({"__key__": f"{shape}{i:04d}", "png": png_bytes(draw_shape(shape, colour, res, rng)),
-                                "cls": label})
+                samples.append(
+                    {"__key__": f"{shape}{i:04d}", "png": png_bytes(draw_shape(shape, colour, res, rng)), "cls": label}
+                )
         rng.shuffle(samples)
         _write_split(tmp, split, samples)
     (tmp / "classnames.txt").write_text("\n".join(SHAPES) + "\n")
@@ -164,8 +185,13 @@ def build_synthetic_eval(out_root: str | Path, res: int = 32, seed: int = 1, n_p
     tmp = fresh_tmp_dir(retrieval_dir)
     samples = []
     for i, (shape, colour) in enumerate((s, c) for s in SHAPES for c in COLOURS):
-        samples.append({"__key__": f"r{i:04d}", "png": png_bytes(draw_shape(shape, colour, res, rng)),
-                        "txt": f"a {colour} {shape}\na picture of a {colour} {shape}"})
+        samples.append(
+            {
+                "__key__": f"r{i:04d}",
+                "png": png_bytes(draw_shape(shape, colour, res, rng)),
+                "txt": f"a {colour} {shape}\na picture of a {colour} {shape}",
+            }
+        )
     _write_split(tmp, "test", samples)
     (tmp / "dataset_type.txt").write_text("retrieval\n")
     publish_dir(tmp, retrieval_dir)
