@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from uniclip_plugin.cli import train_argv
+
 CURVES = Path(__file__).resolve().parent / "data" / "loss_curves.json"
 # --loss -> model config; every method the project ships
 RUNS = {
@@ -41,51 +43,28 @@ def build_shards(out: Path) -> str:
 
 def train_curve(loss: str, model: str, pattern: str, logs: Path, cwd: Path) -> dict[str, list[float]]:
     """Per-step values of every ``*_loss`` term open_clip_train logs (5 significant digits)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "uniclip_plugin.cli",
-        "train",
-        "--loss",
+    cmd = train_argv(
         loss,
-        "--model",
         model,
-        "--train-data",
-        pattern,
-        "--dataset-type",
-        "webdataset",
-        "--dataset-resampled",
-        "--train-num-samples",
-        str(STEPS * BATCH),
-        "--batch-size",
-        str(BATCH),
-        "--epochs",
-        "1",
-        "--lr",
-        "1e-3",
-        "--wd",
-        "0.1",
-        "--warmup",
-        "2",
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--seed",
-        "0",
-        "--logs",
-        str(logs),
-        "--name",
-        loss,
-        "--log-every-n-steps",
-        "1",
-        "--zeroshot-frequency",
-        "0",
-        "--save-frequency",
-        "0",
-    ]
+        train_data=pattern,
+        dataset_type="webdataset",
+        dataset_resampled=True,
+        train_num_samples=STEPS * BATCH,
+        batch_size=BATCH,
+        epochs=1,
+        lr="1e-3",
+        wd="0.1",
+        warmup=2,
+        precision="fp32",
+        device="cpu",
+        workers=1,
+        seed=0,
+        logs=logs,
+        name=loss,
+        log_every_n_steps=1,
+        zeroshot_frequency=0,
+        save_frequency=0,
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

@@ -48,6 +48,19 @@ def plugin_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_argv(loss: str, model: str, *flags: str, **options: object) -> list[str]:
+    """The command line ``python -m uniclip_plugin.cli train --loss LOSS --model MODEL FLAGS --key value ...``: keys
+    in order, ``_`` → ``-``; ``True`` gives a bare flag, ``None`` / ``False`` leave the key out."""
+    argv = [sys.executable, "-m", "uniclip_plugin.cli", "train", "--loss", loss, "--model", model, *flags]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + key.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
 def _option(rest: list[str], name: str, default: Optional[str] = None) -> Optional[str]:
     """Value of ``--name`` in an open_clip_train argv (``--name v`` or ``--name=v``)."""
     for i, tok in enumerate(rest):

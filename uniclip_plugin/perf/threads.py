@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Optional
 
 from uniclip_plugin.runs import RunDir
 
+from ..cli import train_argv
 from .settings import Settings
 
 TRAIN_THREAD_CONFIGS = (
@@ -25,49 +25,27 @@ TRAIN_THREAD_CONFIGS = (
 
 
 def _train_command(loss: str, model: str, batch: int, steps: int, train_data: str, logs: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uniclip_plugin.cli",
-        "train",
-        "--loss",
+    return train_argv(
         loss,
-        "--model",
         model,
-        "--train-data",
-        train_data,
-        "--dataset-type",
-        "webdataset",
-        "--dataset-resampled",
-        "--train-num-samples",
-        str(batch * steps),
-        "--batch-size",
-        str(batch),
-        "--epochs",
-        "1",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "5",
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--seed",
-        "0",
-        "--logs",
-        str(logs),
-        "--name",
-        "r",
-        "--save-frequency",
-        "0",
-        "--zeroshot-frequency",
-        "0",
-        "--log-every-n-steps",
-        "2",
-    ]
+        train_data=train_data,
+        dataset_type="webdataset",
+        dataset_resampled=True,
+        train_num_samples=batch * steps,
+        batch_size=batch,
+        epochs=1,
+        lr="1e-3",
+        warmup=5,
+        precision="fp32",
+        device="cpu",
+        workers=1,
+        seed=0,
+        logs=logs,
+        name="r",
+        save_frequency=0,
+        zeroshot_frequency=0,
+        log_every_n_steps=2,
+    )
 
 
 def _timed_run(cmd: list[str], threads: int, logs: Path, model: str) -> dict[str, Any]:

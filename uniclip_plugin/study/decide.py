@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+from ..cli import train_argv
 from ..io import write_json_atomic
 from ..runs import RunDir
 
@@ -60,58 +61,32 @@ SETTINGS: dict[str, tuple[str, str, float]] = {
 def command(arm: str, seed: int, data: Path, val: dict, runs: Path, samples: int) -> list[str]:
     """The training command of one arm and seed (the study's flags at a third of its budget)."""
     loss, model, lr = SETTINGS.get(arm, ("uniclip_mpnce", "UniCLIP-Tiny-32", LR))
-    return [
-        sys.executable,
-        "-m",
-        "uniclip_plugin.cli",
-        "train",
-        "--loss",
+    return train_argv(
         loss,
-        "--model",
         model,
         *ARMS[arm],
-        "--train-data",
-        str(data),
-        "--dataset-type",
-        "webdataset",
-        "--dataset-resampled",
-        "--train-num-samples",
-        str(samples),
-        "--batch-size",
-        str(BATCH),
-        "--epochs",
-        str(EPOCHS),
-        "--lr",
-        str(lr),
-        "--wd",
-        "0.1",
-        "--warmup",
-        str(WARMUP),
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--seed",
-        str(seed),
-        "--logs",
-        str(runs),
-        "--name",
-        f"{arm}-seed{seed}",
-        "--save-frequency",
-        str(EPOCHS),
-        "--zeroshot-frequency",
-        "0",
-        "--log-every-n-steps",
-        "10",
-        "--val-data",
-        val["val"],
-        "--val-num-samples",
-        str(val["val_samples"]),
-        "--val-frequency",
-        "1",
-    ]
+        train_data=data,
+        dataset_type="webdataset",
+        dataset_resampled=True,
+        train_num_samples=samples,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        lr=lr,
+        wd=0.1,
+        warmup=WARMUP,
+        precision="fp32",
+        device="cpu",
+        workers=1,
+        seed=seed,
+        logs=runs,
+        name=f"{arm}-seed{seed}",
+        save_frequency=EPOCHS,
+        zeroshot_frequency=0,
+        log_every_n_steps=10,
+        val_data=val["val"],
+        val_num_samples=val["val_samples"],
+        val_frequency=1,
+    )
 
 
 def train(cmd: list[str], run_dir: Path) -> float:

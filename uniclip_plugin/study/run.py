@@ -15,11 +15,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
+from uniclip_plugin.cli import train_argv
 from uniclip_plugin.io import write_text_atomic
 from uniclip_plugin.runs import RunDir, run_name
 from uniclip_plugin.study.plan import PROFILES, TUNE_LRS, Method, Profile, profile_samples
@@ -73,58 +73,32 @@ def train_command(
     name: Optional[str] = None,
 ) -> list[str]:
     """The ``python -m uniclip_plugin.cli train`` command of one run (absolute paths as given)."""
-    return [
-        sys.executable,
-        "-m",
-        "uniclip_plugin.cli",
-        "train",
-        "--loss",
+    return train_argv(
         method.loss,
-        "--model",
         method.model.format(size=prof.size),
         *method.flags,
-        "--train-data",
-        data,
-        "--dataset-type",
-        "webdataset",
-        "--dataset-resampled",
-        "--train-num-samples",
-        str(samples),
-        "--batch-size",
-        str(prof.batch),
-        "--epochs",
-        str(prof.epochs),
-        "--lr",
-        str(prof.lr if lr is None else lr),
-        "--wd",
-        "0.1",
-        "--warmup",
-        str(prof.warmup),
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--seed",
-        str(seed),
-        "--logs",
-        str(runs),
-        "--name",
-        name or run_name(method.name, seed),
-        "--save-frequency",
-        "1",
-        "--zeroshot-frequency",
-        "0",
-        "--log-every-n-steps",
-        "10",
-        "--val-data",
-        val["val"],
-        "--val-num-samples",
-        str(val["val_samples"]),
-        "--val-frequency",
-        "1",
-    ]
+        train_data=data,
+        dataset_type="webdataset",
+        dataset_resampled=True,
+        train_num_samples=samples,
+        batch_size=prof.batch,
+        epochs=prof.epochs,
+        lr=prof.lr if lr is None else lr,
+        wd=0.1,
+        warmup=prof.warmup,
+        precision="fp32",
+        device="cpu",
+        workers=1,
+        seed=seed,
+        logs=runs,
+        name=name or run_name(method.name, seed),
+        save_frequency=1,
+        zeroshot_frequency=0,
+        log_every_n_steps=10,
+        val_data=val["val"],
+        val_num_samples=val["val_samples"],
+        val_frequency=1,
+    )
 
 
 def _settings(cmd: list[str]) -> list[str]:
