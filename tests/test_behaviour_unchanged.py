@@ -1,6 +1,7 @@
 """Training is unchanged by the restructure: every method's per-step loss terms, trained by ``open_clip train`` on
 generated shards with a fixed seed, equal the curves recorded on the code before it (``tests/data/loss_curves.json``,
-``python tests/loss_curves.py --record``)."""
+``python tests/loss_curves.py --record``), with the sample shuffle's old seed restored: the declared change of training
+since then (tests/test_shuffle.py)."""
 
 from __future__ import annotations
 
