@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import open_clip
@@ -67,3 +68,25 @@ def test_pretrained_neither_file_nor_tag(capsys: pytest.CaptureFixture) -> None:
         ["train", "--loss", "slip", "--model", "SLIP-Tiny-32", "--pretrained", "no_such_tag"], capsys
     )
     assert "neither a checkpoint file nor a tag of its base architecture CLIP-Tiny-32" in line
+
+
+@pytest.mark.parametrize("make_out", ["under_a_file", "read_only"])
+def test_data_build_into_an_impossible_or_unwritable_folder_is_one_line(
+    make_out: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``harness/data.py build --out`` into a path under a file, or a read-only folder: exit 2, one line naming the
+    fix, before any download."""
+    from uniclip_plugin.data.cli import main as data_main
+
+    if make_out == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "data"
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+        if os.access(out, os.W_OK):  # root ignores permission bits: use a path it cannot create either
+            out = Path("/proc/uniclip-test/data")
+    assert data_main(["build", "--out", str(out), "--only", "digits"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "writable" in err[0], err

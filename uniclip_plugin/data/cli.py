@@ -24,6 +24,7 @@ when complete, so an interrupted build never leaves a set that looks finished.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -51,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder we can create and write, checked before any download (one line naming the fix)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file on the path, a read-only or non-existent file system, no permission
+        raise DataError(
+            f"--out {out}: cannot create the folder ({err.strerror}); choose a writable folder, e.g. --out data/"
+        ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(f"--out {out}: the folder is not writable; choose a writable folder, e.g. --out data/")
+
+
 def _run(args: argparse.Namespace) -> int:
     """Carry out a parsed command; ``DataError`` propagates to :func:`main`."""
     if args.cmd == "info":
@@ -59,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.res < 8 or args.shards < 1 or args.jobs < 1:
         raise DataError("--res must be ≥ 8, --shards and --jobs ≥ 1")
     only = [t.strip() for t in args.only.split(",") if t.strip()]
+    _check_out(Path(args.out))
     manifest = build(
         Path(args.out),
         only,
