@@ -200,86 +200,64 @@ def _build(
     return model
 
 
-def create_model(
-    model_name: str,
-    pretrained: Optional[str] = None,
-    precision: str = "fp32",
-    device: Union[str, torch.device] = "cpu",
-    jit: bool = False,
-    force_quick_gelu: bool = False,
-    force_custom_text: bool = False,
-    force_patch_dropout: Optional[float] = None,
-    force_image_size: Any = None,
-    force_preprocess_cfg: Optional[dict] = None,
-    force_context_length: Optional[int] = None,
-    cache_dir: Optional[str] = None,
-    output_dict: Optional[bool] = None,
-    require_pretrained: bool = False,
-    weights_only: bool = True,
-    load_weights: bool = True,
-    pretrained_image: bool = False,
-    pretrained_text: bool = True,
-    pretrained_image_path: Optional[str] = None,
-    pretrained_text_path: Optional[str] = None,
-    **model_kwargs: Any,
-) -> torch.nn.Module:
-    """Drop-in for ``open_clip.create_model``: plugin classes for marked configs, open_clip's own otherwise.
+# open_clip.create_model's options that mean nothing for plugin models (timm / HF towers, TorchScript): refused if set
+_UNSUPPORTED = {"jit": False, "force_custom_text": False, "pretrained_image_path": None, "pretrained_text_path": None}
+_FORCED = (
+    "force_quick_gelu",
+    "force_patch_dropout",
+    "force_image_size",
+    "force_context_length",
+    "force_preprocess_cfg",
+    "cache_dir",
+)
+# open_clip's options the plugin build reads (with open_clip's defaults) or ignores (pretrained_image / _text: timm /
+# HF towers only); every other keyword is a model constructor kwarg, as in open_clip
+_OPTIONS = {
+    "precision": "fp32",
+    "device": "cpu",
+    "output_dict": None,
+    "require_pretrained": False,
+    "weights_only": True,
+    "load_weights": True,
+    "pretrained_image": False,
+    "pretrained_text": True,
+    **{k: None for k in _FORCED},
+    **_UNSUPPORTED,
+}
+
+
+def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
+    """Drop-in for ``open_clip.create_model`` (same keywords): plugin classes for marked configs, open_clip's own
+    otherwise.
 
     Plugin models take ``pretrained`` as a tag of their base architecture or a checkpoint file (the plugin's own, or a
     stock CLIP one: see the module docstring), or a ``local-dir:`` / ``hf-hub:`` bundle as ``model_name``, and the
     marker options as a kwarg (``uniclip_cfg={...}``); ``jit``, ``force_custom_text`` and tower weight paths are
     refused for them. ``device="meta"`` builds without memory and checks a checkpoint's shapes without loading it.
     """
-    cfg = plugin_model_config(model_name, cache_dir)
+    cfg = plugin_model_config(model_name, kwargs.get("cache_dir"))
     if cfg is None:
-        return _ORIGINAL_CREATE_MODEL(
-            model_name,
-            pretrained,
-            load_weights=load_weights,
-            precision=precision,
-            device=device,
-            jit=jit,
-            force_quick_gelu=force_quick_gelu,
-            force_custom_text=force_custom_text,
-            force_patch_dropout=force_patch_dropout,
-            force_image_size=force_image_size,
-            force_preprocess_cfg=force_preprocess_cfg,
-            force_context_length=force_context_length,
-            cache_dir=cache_dir,
-            output_dict=output_dict,
-            require_pretrained=require_pretrained,
-            weights_only=weights_only,
-            pretrained_image=pretrained_image,
-            pretrained_text=pretrained_text,
-            pretrained_image_path=pretrained_image_path,
-            pretrained_text_path=pretrained_text_path,
-            **model_kwargs,
-        )
-    # pretrained_image / pretrained_text only concern timm / HF towers, which plugin configs do not use
-    if jit or force_custom_text or pretrained_image_path or pretrained_text_path:
+        return _ORIGINAL_CREATE_MODEL(model_name, pretrained, **kwargs)
+    opts = {key: kwargs.pop(key, default) for key, default in _OPTIONS.items()}
+    if any(opts[key] != default for key, default in _UNSUPPORTED.items()):
         raise PluginError(
             f"{model_name}: jit, force_custom_text and pretrained_image_path / pretrained_text_path are "
             f"not supported for plugin models"
         )
-    forced = {
-        "force_quick_gelu": force_quick_gelu,
-        "force_patch_dropout": force_patch_dropout,
-        "force_image_size": force_image_size,
-        "force_context_length": force_context_length,
-        "force_preprocess_cfg": force_preprocess_cfg,
-        "cache_dir": cache_dir,
-    }
+    forced = {key: opts[key] for key in _FORCED}
+    if forced["force_quick_gelu"] is None:
+        forced["force_quick_gelu"] = False
     return _build(
         model_name,
         cfg,
-        pretrained if load_weights else None,
-        precision,
-        device,
-        output_dict,
-        weights_only,
-        require_pretrained,
+        pretrained if opts["load_weights"] else None,
+        opts["precision"],
+        opts["device"],
+        opts["output_dict"],
+        opts["weights_only"],
+        opts["require_pretrained"],
         forced,
-        dict(model_kwargs),
+        kwargs,
     )
 
 

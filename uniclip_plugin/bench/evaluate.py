@@ -144,23 +144,23 @@ def evaluate_model(
         rec = extract_features(model, preprocess, dataset_dir, "test", **kw)
         return _zero_shot(model, tokenizer, rec, task, batch_size, device, recall_k)
     if task == "linear_probe":
-        if not (dataset_dir / "train").is_dir():
-            raise BenchError(f"linear probe on {dataset_dir.name} needs a train split")
-        train = extract_features(model, preprocess, dataset_dir, "train", max_samples=probe_max_train, seed=seed, **kw)
-        test = extract_features(model, preprocess, dataset_dir, "test", **kw)
-        try:
-            return linear_probe(
-                train["x"].numpy(),
-                train["y"].numpy(),
-                test["x"].numpy(),
-                test["y"].numpy(),
-                seed=seed,
-                max_train=probe_max_train,
-                desc=f"probe {dataset_dir.name}",
-            )
-        except ValueError as err:
-            raise BenchError(f"linear probe on {dataset_dir.name}: {one_line(err)}") from err
+        return _probe(model, preprocess, dataset_dir, seed, probe_max_train, kw)
     raise BenchError(f"unknown task {task!r}; choices: {', '.join(TASKS)}")
+
+
+def _probe(
+    model: torch.nn.Module, preprocess: Any, dataset_dir: Path, seed: int, max_train: int, feature_kw: dict[str, Any]
+) -> dict[str, float]:
+    """The CPU linear probe on the set's train and test features."""
+    if not (dataset_dir / "train").is_dir():
+        raise BenchError(f"linear probe on {dataset_dir.name} needs a train split")
+    train = extract_features(model, preprocess, dataset_dir, "train", max_samples=max_train, seed=seed, **feature_kw)
+    test = extract_features(model, preprocess, dataset_dir, "test", **feature_kw)
+    xy = (train["x"].numpy(), train["y"].numpy(), test["x"].numpy(), test["y"].numpy())
+    try:
+        return linear_probe(*xy, seed=seed, max_train=max_train, desc=f"probe {dataset_dir.name}")
+    except ValueError as err:
+        raise BenchError(f"linear probe on {dataset_dir.name}: {one_line(err)}") from err
 
 
 # ---------------------------------------------------------------------------------------------- the whole benchmark
@@ -231,35 +231,40 @@ def _evaluate_run(
                 **opts,
             )
             metrics = {k: float(v) for k, v in metrics.items()}
-            # clip_benchmark's result format; the extra keys become extra columns in `clip_benchmark build`.
-            record = {
-                "dataset": name,
-                "model": run.model_config,
-                "pretrained": str(run.checkpoint),
-                "task": task,
-                "metrics": metrics,
-                "language": "en",
-                "method": run.method,
-                "run": run.run,
-                "checkpoint_sha256": digest,
-            }
-            (out / "json").mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "json" / f"{run.run}__{name}__{task}.json", json.dumps(record, indent=2))
-            rows += [
-                {
-                    "method": run.method,
-                    "run": run.run,
-                    "dataset": name,
-                    "task": task,
-                    "metric": k,
-                    "value": v,
-                    "model": run.model_config,
-                    "checkpoint": str(run.checkpoint),
-                }
-                for k, v in metrics.items()
-            ]
+            rows += _record(run, name, task, metrics, digest, out)
             bar.update()
     return rows
+
+
+def _record(run: Run, dataset: str, task: str, metrics: dict[str, float], digest: str, out: Path) -> list[dict]:
+    """Write one evaluation as clip_benchmark's result JSON (extra keys become extra columns in `clip_benchmark
+    build`) and return its result rows."""
+    record = {
+        "dataset": dataset,
+        "model": run.model_config,
+        "pretrained": str(run.checkpoint),
+        "task": task,
+        "metrics": metrics,
+        "language": "en",
+        "method": run.method,
+        "run": run.run,
+        "checkpoint_sha256": digest,
+    }
+    (out / "json").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "json" / f"{run.run}__{dataset}__{task}.json", json.dumps(record, indent=2))
+    return [
+        {
+            "method": run.method,
+            "run": run.run,
+            "dataset": dataset,
+            "task": task,
+            "metric": k,
+            "value": v,
+            "model": run.model_config,
+            "checkpoint": str(run.checkpoint),
+        }
+        for k, v in metrics.items()
+    ]
 
 
 def run_bench(

@@ -94,6 +94,49 @@ class DeCLIPLoss(nn.Module):
             )
         return value
 
+    def _contrastive(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        nn_text: Optional[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """MVS (and NNS when ``nn_text`` is given): this rank's rows (``local_loss``) or every row, against the
+        columns gathered with gradient; plus the image→text accuracy of view 0 against captions."""
+        w, out = self.weights, {}
+        batch, views, rows = image_features.shape[0], image_features.shape[1], text_features.shape[1]
+        local = [image_features, text_features] + ([nn_text] if nn_text is not None else [])
+        gathered = gather_rows_with_grad(local, rank=self.rank, world_size=self.world_size)
+        all_image, all_text = gathered[0], gathered[1]
+        if self.local_loss or self.world_size <= 1:
+            row_image, row_text = image_features, text_features
+            offset = self.rank * batch if self.world_size > 1 else 0
+            labels = torch.arange(batch, device=image_features.device) + offset
+        else:
+            row_image, row_text = all_image, all_text
+            labels = torch.arange(all_image.shape[0], device=image_features.device)
+        if w["mvs"] > 0:
+            terms = [
+                0.5
+                * (
+                    info_nce(row_image[:, v], all_text[:, r], logit_scale, labels)
+                    + info_nce(row_text[:, r], all_image[:, v], logit_scale, labels)
+                )
+                for r in range(rows)
+                for v in range(views)
+            ]
+            out["mvs_loss"] = w["mvs"] * torch.stack(terms).mean()
+        if nn_text is not None:
+            terms = [
+                info_nce(row_image[:, v], gathered[2][:, r], logit_scale, labels)
+                for v in range(views)
+                for r in range(rows)
+            ]
+            out["nns_loss"] = w["nns"] * torch.stack(terms).mean()
+        with torch.no_grad():
+            out["i2t_acc"] = ((row_image[:, 0] @ all_text[:, 0].T).argmax(-1) == labels).float().mean()
+        return out
+
     def forward(
         self,
         image_features: torch.Tensor,
@@ -116,44 +159,9 @@ class DeCLIPLoss(nn.Module):
         """
         w = self.weights
         out: dict[str, torch.Tensor] = {}
-        batch, views = image_features.shape[:2]
-        rows = text_features.shape[1]
-        contrastive = w["mvs"] > 0 or w["nns"] > 0
-        if contrastive:
+        if w["mvs"] > 0 or w["nns"] > 0:
             nn_text = self._required("nns", text_nn, "text_nn").detach() if w["nns"] > 0 else None
-            local = [image_features, text_features] + ([nn_text] if nn_text is not None else [])
-            gathered = gather_rows_with_grad(local, rank=self.rank, world_size=self.world_size)
-            all_image, all_text = gathered[0], gathered[1]
-            all_nn = gathered[2] if nn_text is not None else None
-            if self.local_loss or self.world_size <= 1:
-                row_image, row_text = image_features, text_features
-                labels = torch.arange(batch, device=image_features.device) + (
-                    self.rank * batch if self.world_size > 1 else 0
-                )
-            else:
-                row_image, row_text = all_image, all_text
-                labels = torch.arange(all_image.shape[0], device=image_features.device)
-            if w["mvs"] > 0:
-                terms = [
-                    0.5
-                    * (
-                        info_nce(row_image[:, v], all_text[:, r], logit_scale, labels)
-                        + info_nce(row_text[:, r], all_image[:, v], logit_scale, labels)
-                    )
-                    for r in range(rows)
-                    for v in range(views)
-                ]
-                out["mvs_loss"] = w["mvs"] * torch.stack(terms).mean()
-            if all_nn is not None:
-                terms = [
-                    info_nce(row_image[:, v], all_nn[:, r], logit_scale, labels)
-                    for v in range(views)
-                    for r in range(rows)
-                ]
-                out["nns_loss"] = w["nns"] * torch.stack(terms).mean()
-            with torch.no_grad():
-                logits = row_image[:, 0] @ all_text[:, 0].T
-                out["i2t_acc"] = (logits.argmax(-1) == labels).float().mean()
+            out.update(self._contrastive(image_features, text_features, logit_scale, nn_text))
         if w["simsiam"] > 0:
             out["simsiam_loss"] = w["simsiam"] * simsiam_loss(
                 self._required("simsiam", simsiam_p, "simsiam_p"), self._required("simsiam", simsiam_z, "simsiam_z")

@@ -326,6 +326,65 @@ def _plots_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyse(ctx: dict[str, Any], timings: dict) -> dict[str, Any]:
+    """Curves and analysis of the trained runs, written to the results folder with the validation plot."""
+    analysis = study.analyse(
+        [m.name for m in ctx["methods"]], ctx["prof"].epochs, ctx["runs"], ctx["seeds"], ctx["steps_per_epoch"], timings
+    )
+    results = ctx["results"]
+    results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
+    write_text_atomic(
+        results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"}, indent=1)
+    )
+    study.curves_plot(analysis["curves"], results)
+    return analysis
+
+
+def _result(
+    args: argparse.Namespace,
+    argv: Optional[list[str]],
+    ctx: dict[str, Any],
+    analysis: dict[str, Any],
+    commands: list,
+    tuning: Optional[dict],
+    timings: dict,
+    elapsed: float,
+) -> tuple[Path, StudyResult]:
+    """Where the report goes and what it says: the project root's docs/ (with small PNGs in docs/img) for a real
+    study run there, else beside runs/ and results/, pointing at the results folder's PNGs."""
+    results = ctx["results"]
+    in_docs = args.out == "." and not args.synthetic
+    report = (ctx["out"] / "docs" if in_docs else ctx["out"]) / _report_name(ctx["label"])
+    order = sorted((m.name for m in ctx["methods"]), key=lambda n: n != "uniclip")
+    images = _images(results, ctx["runs"], report.parent / "img", ctx["label"], analysis, order) if in_docs else []
+    words = relative_command(list(sys.argv[1:] if argv is None else argv), ctx["out"])  # no machine paths
+    result = StudyResult(
+        root=ctx["out"],
+        label=ctx["label"],
+        command_line=words or f"--profile {args.profile}",
+        prof=ctx["prof"],
+        methods=ctx["methods"],
+        skipped=ctx["skipped"],
+        ablations=[m.name for m in ctx["methods"] if m in ABLATIONS],
+        analysis=analysis,
+        commands=commands,
+        results=results,
+        runs=ctx["runs"],
+        seeds=ctx["seeds"],
+        data_note=ctx["data_note"],
+        elapsed=elapsed,
+        val_samples=ctx["val"]["val_samples"],
+        lrs=ctx["lrs"],
+        tuning=tuning,
+        threads=ctx["threads"],
+        reused=sum(r["skipped"] for ts in timings.values() for r in ts),
+        images=images,
+        report_dir=report.parent,
+    )
+    return report, result
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the study (see the module docstring): train, analyse, benchmark, write the report.
 
@@ -345,57 +404,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     tuning = _tune_stage(args, ctx)
     timings, commands = _train_all(ctx)
     commands = (list(tuning["commands"]) if tuning else []) + commands
-    analysis = study.analyse(
-        [m.name for m in ctx["methods"]], ctx["prof"].epochs, ctx["runs"], ctx["seeds"], ctx["steps_per_epoch"], timings
-    )
-    results = ctx["results"]
-    results.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(results / "curves.json", json.dumps(analysis["curves"], indent=1))
-    write_text_atomic(
-        results / "analysis.json", json.dumps({k: v for k, v in analysis.items() if k != "curves"}, indent=1)
-    )
-    study.curves_plot(analysis["curves"], results)
+    analysis = _analyse(ctx, timings)
     commands += _bench_stages(ctx, analysis)
-    # the project root's docs/ for a real study run there, with its small PNGs in docs/img; else beside runs/ and
-    # results/, pointing at the results folder's PNGs
-    in_docs = args.out == "." and not args.synthetic
-    report = (ctx["out"] / "docs" if in_docs else ctx["out"]) / _report_name(ctx["label"])
-    images = (
-        _images(
-            results,
-            ctx["runs"],
-            report.parent / "img",
-            ctx["label"],
-            analysis,
-            sorted((m.name for m in ctx["methods"]), key=lambda n: n != "uniclip"),
-        )
-        if in_docs
-        else []
-    )
-    words = relative_command(list(sys.argv[1:] if argv is None else argv), ctx["out"])  # no machine paths
-    result = StudyResult(
-        root=ctx["out"],
-        label=ctx["label"],
-        command_line=words or f"--profile {args.profile}",
-        prof=ctx["prof"],
-        methods=ctx["methods"],
-        skipped=ctx["skipped"],
-        ablations=[m.name for m in ctx["methods"] if m in ABLATIONS],
-        analysis=analysis,
-        commands=commands,
-        results=results,
-        runs=ctx["runs"],
-        seeds=ctx["seeds"],
-        data_note=ctx["data_note"],
-        elapsed=time.time() - began,
-        val_samples=ctx["val"]["val_samples"],
-        lrs=ctx["lrs"],
-        tuning=tuning,
-        threads=ctx["threads"],
-        reused=sum(r["skipped"] for ts in timings.values() for r in ts),
-        images=images,
-        report_dir=report.parent,
-    )
+    report, result = _result(args, argv, ctx, analysis, commands, tuning, timings, time.time() - began)
     write_report(report, result)
     print(f"reproduce.py: wrote {report}")
     return 0
