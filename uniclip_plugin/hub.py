@@ -17,6 +17,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .errors import PluginError
+from .io import atomic_path
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip.constants.HF_CONFIG_NAME
 WEIGHTS_FILE = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
@@ -69,6 +70,8 @@ def export_bundle(checkpoint: Optional[str], model_name: str, out: str, **model_
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    save_config_for_hf(model, folder / CONFIG_FILE, model_config=bundle_model_config(model_name, model))
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:  # a crash never leaves a half-written bundle file
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        save_config_for_hf(model, tmp, model_config=bundle_model_config(model_name, model))
     return folder
