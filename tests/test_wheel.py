@@ -53,14 +53,16 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (Path(site) / "deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+    # install first: with this environment's packages visible, pip could take its editable install of the checkout
+    # for the package already installed and skip the wheel
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
         timeout=600,
         cwd=tmp,
     )
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(site) / "deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     return tmp / "venv"
 
 
