@@ -85,10 +85,12 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_flags(spec: MethodSpec, args: argparse.Namespace) -> None:
     """A flag of another method given with ``--loss spec.name`` is an error, not silently ignored."""
-    for method, dests in method_flags().items():
+    owned = method_flags()
+    own = set(owned.get(spec.name, []))
+    for method, dests in owned.items():
         if method == spec.name:
             continue
-        given = [d for d in dests if getattr(args, d, None) is not None and d not in method_flags().get(spec.name, [])]
+        given = [d for d in dests if getattr(args, d, None) is not None and d not in own]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise PluginError(

@@ -73,9 +73,17 @@ def measure(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """Section 7: ``data_efficiency`` of the study's curves (``path`` and the result, or ``path`` and a ``note`` when
     there is no curves file)."""
     path = find_curves(settings.curves)
-    eff: dict[str, Any] = {"path": str(path) if path else None}
+    eff: dict[str, Any] = {"path": _shown(path) if path else None}
     if path is None or not path.exists():
         eff["note"] = "no curves file"
     else:
         eff.update(data_efficiency(json.loads(path.read_text())))
     return {"data_efficiency": eff}
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (no machine paths in the JSON)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
