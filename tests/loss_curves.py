@@ -27,6 +27,13 @@ RUNS = {
     "slip": "SLIP-Tiny-32",
     "declip": "DeCLIP-Tiny-32",
 }
+# Issue 18 changed the shipped configs' defaults (a caption view, FiLM, views from the 64-px source); these flags
+# restore the configs the curves were recorded with. The code before the restructure knows none of them.
+RECORDED_CONFIG = {
+    "uniclip_mpnce": ("--view-presets", "simclr,simclr", "--aug-fusion", "concat", "--view-source-size", "0"),
+    "slip": ("--view-source-size", "0"),
+    "declip": ("--view-source-size", "0"),
+}
 STEPS, BATCH = 6, 16
 _LOSS = re.compile(r"Train Epoch: \d+ \[.*?\] .*?(\w+_loss: .*)$")
 _TERM = re.compile(r"(\w+_loss): ([-0-9.e+]+) \(")
@@ -55,9 +62,11 @@ def build_shards(out: Path) -> str:
 
 def train_curve(loss: str, model: str, pattern: str, logs: Path, cwd: Path) -> dict[str, list[float]]:
     """Per-step values of every ``*_loss`` term open_clip_train logs (5 significant digits)."""
+    flags = RECORDED_CONFIG.get(loss, ()) if (cwd / "uniclip_plugin" / "methods").is_dir() else ()
     cmd = [sys.executable, "-c", _OLD_SHUFFLE_SEED] + train_argv(
         loss,
         model,
+        *flags,
         train_data=pattern,
         dataset_type="webdataset",
         dataset_resampled=True,

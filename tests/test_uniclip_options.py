@@ -52,6 +52,20 @@ def test_views_from_a_larger_source_equal_the_per_view_reference_at_the_input_si
     assert (caption[:, [4, 5, 10, 11]] == 0).all()  # no flip, colour, grayscale or blur
 
 
+def test_the_shipped_presets_fit_any_number_of_views_and_one_preset_replaces_them() -> None:
+    def presets(**flags: object) -> tuple[str, ...]:
+        setup = integration.prepare(argparse.Namespace(loss="uniclip_mpnce", **flags))
+        model, _, _ = integration.create_model_and_transforms(NAME, setup)
+        return model.uniclip_cfg.presets(), model.views.preset
+
+    assert presets() == (("clip", "simclr"), ("clip", "simclr"))  # the shipped config: a caption view, a strong one
+    assert presets(views=1) == (("clip",), ("clip",))  # V=1 keeps the caption view
+    assert presets(views=3) == (("clip", "simclr", "simclr"),) * 2  # the last preset repeats
+    assert presets(view_presets=("simclr",)) == (("simclr",), ("simclr",))
+    # one preset for every view: the per-view list goes, and the views are sampled as before issue 18
+    assert presets(view_preset="mocov2") == (("mocov2", "mocov2"), "mocov2")
+
+
 def test_the_training_transform_delivers_the_source_resolution_uncropped() -> None:
     setup = integration.prepare(argparse.Namespace(loss="uniclip_mpnce", view_source_size=64))
     model, train, val = integration.create_model_and_transforms(NAME, setup)
@@ -61,7 +75,10 @@ def test_the_training_transform_delivers_the_source_resolution_uncropped() -> No
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     assert train(image).shape == (3, 64, 64) and val(image).shape == (3, 32, 32)
     assert torch.equal(train(image), train(image))  # deterministic: no random crop
-    plain, train_plain, val_plain = integration.create_model_and_transforms(NAME, None)
+    shipped, train_shipped, _ = integration.create_model_and_transforms(NAME, None)
+    assert shipped.view_source_size == 64 and train_shipped(image).shape == (3, 64, 64)  # the config's default
+    at_input = integration.prepare(argparse.Namespace(loss="uniclip_mpnce", view_source_size=0))
+    plain, train_plain, val_plain = integration.create_model_and_transforms(NAME, at_input)
     assert train_plain is val_plain  # source = input size: the eval transform
 
 

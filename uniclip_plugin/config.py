@@ -48,7 +48,8 @@ class UniCLIPCfg:
 
     views: int = 2  # V image views per sample in training; V=1 drops image–image pairs
     view_preset: str = "simclr"  # augmentation strengths of every view (views.VIEW_PRESETS)
-    # one preset per view instead (length V), e.g. ("clip", "simclr"): view 0 a caption view, view 1 a strong view
+    # one preset per view instead, e.g. ("clip", "simclr"): view 0 a caption view, view 1 a strong view; with more
+    # views than presets the last one repeats, with fewer the first V are used (views=1: the caption view only)
     view_presets: Optional[tuple[str, ...]] = None
     # side of the image the loader gives for training (resize + centre crop, no random crop); the views are cut from
     # it and rendered at the model's input size. 0: the input size (views re-sampled from the shrunk image)
@@ -78,11 +79,8 @@ class UniCLIPCfg:
         _check_choice("tt_offset", self.tt_offset, TT_OFFSETS)
         if self.views < 1:
             raise PluginError(f"uniclip_cfg.views must be ≥ 1, got {self.views}")
-        if self.view_presets is not None and len(self.view_presets) != self.views:
-            raise PluginError(
-                f"uniclip_cfg.view_presets names {len(self.view_presets)} presets for {self.views} "
-                f"views; give one per view"
-            )
+        if self.view_presets is not None and not self.view_presets:
+            raise PluginError("uniclip_cfg.view_presets must name at least one preset (or be null)")
         temps = self.temperatures()
         if len(temps) != 3 or min(temps) <= 0:
             raise PluginError(
@@ -101,8 +99,12 @@ class UniCLIPCfg:
         return (float(t),) * 3 if isinstance(t, (int, float)) else tuple(float(v) for v in t)
 
     def presets(self) -> tuple[str, ...]:
-        """The preset of each view."""
-        return self.view_presets or (self.view_preset,) * self.views
+        """The preset of each of the ``views`` views: ``view_presets`` names the first ones (view 0 the caption
+        view) and its last preset repeats for the rest; without it, ``view_preset`` for every view."""
+        if not self.view_presets:
+            return (self.view_preset,) * self.views
+        named = tuple(self.view_presets[: self.views])
+        return named + named[-1:] * (self.views - len(named))
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

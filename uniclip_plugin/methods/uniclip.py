@@ -61,7 +61,11 @@ _ON_OFF = argparse.BooleanOptionalAction
 # flag -> (argparse options, help, the config field or loss argument whose default the help quotes)
 _FLAG_HELP: dict[str, tuple[dict[str, Any], str, str]] = {
     "--views": ({"type": int}, "image views per sample; 1 drops image–image pairs", "views"),
-    "--view-preset": ({"choices": sorted(VIEW_PRESETS)}, "augmentation strengths of the views", "view_preset"),
+    "--view-preset": (
+        {"choices": sorted(VIEW_PRESETS)},
+        "augmentation strengths of every view (replaces the config's per-view presets)",
+        "view_preset",
+    ),
     "--view-presets": (
         {"type": _names, "metavar": "P0,P1,..."},
         "one preset per view, e.g. clip,simclr (view 0 a caption view); sets --views",
@@ -118,16 +122,22 @@ _FLAG_HELP: dict[str, tuple[dict[str, Any], str, str]] = {
 
 
 def add_arguments(group: Any) -> None:
-    """UniCLIP's flags, all defaulting to None (not given); each help quotes the config's or the loss's default."""
+    """UniCLIP's flags, all defaulting to None (not given); each help quotes the loss's default, or the model
+    option's when the model config does not set it (the shipped UniCLIP-* configs set views, presets and fusion)."""
     for flag, (options, text, key) in _FLAG_HELP.items():
-        default = getattr(_CFG, key) if hasattr(_CFG, key) else _LOSS_DEFAULTS[key]
-        group.add_argument(flag, default=None, help=f"{text} (default {default})", **options)
+        if hasattr(_CFG, key):
+            where = f"the model config's, else {getattr(_CFG, key)}"
+        else:
+            where = str(_LOSS_DEFAULTS[key])
+        group.add_argument(flag, default=None, help=f"{text} (default {where})", **options)
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {key: getattr(args, flag) for flag, key in MODEL_FLAGS.items() if getattr(args, flag, None) is not None}
     if "view_presets" in out:
         out["views"] = len(out["view_presets"])
+    elif "view_preset" in out:  # one preset for every view replaces a config's per-view presets
+        out["view_presets"] = None
     return out
 
 

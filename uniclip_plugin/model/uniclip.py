@@ -58,7 +58,7 @@ class UniCLIP(CLIP):
         self.aug_embed = (
             AugmentationAwareEmbedding(embed_dim, cfg.aug_hidden, cfg.aug_fusion) if cfg.aug_embed else None
         )
-        self.views = InForwardViews(cfg.view_presets or cfg.view_preset)
+        self.views = InForwardViews(cfg.presets() if cfg.view_presets else cfg.view_preset)
         self.view_source_size = cfg.source_size or self.visual.image_size  # what the loader gives for training
         self._eval_params: dict[torch.device, torch.Tensor] = {}
 

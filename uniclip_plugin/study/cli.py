@@ -68,9 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune",
         action="store_true",
         help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
-        "on --tune-profile, seed 0; the ablations use UniCLIP's (runs in runs/<profile>-tuned)",
+        "on --tune-profile, --tune-seeds seeds; the ablations use UniCLIP's (runs in runs/<profile>-tuned)",
     )
     parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--tune-seeds", type=int, default=1, help="seeds of each lr in the search (default 1)")
+    parser.add_argument(
+        "--tune-jobs",
+        type=int,
+        default=1,
+        help="lr-search runs trained side by side (default 1); the study's own runs always train one at a time, "
+        "so their wall-clock is a cost",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -148,6 +156,8 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
         ctx["val"],
         ctx["threads"],
         progress_every=ctx["progress_every"],
+        seeds=args.tune_seeds,
+        jobs=args.tune_jobs,
     )
     lrs.update(tuning["chosen"])
     if args.tune_profile == args.profile:  # seed 0 at the chosen lr is the tuning run itself: reuse it
@@ -255,6 +265,8 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
     label = args.profile + ("-tuned" if args.tune else "")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    if args.tune_seeds < 1 or args.tune_jobs < 1:
+        parser.error(f"--tune-seeds and --tune-jobs must be ≥ 1, got {args.tune_seeds} and {args.tune_jobs}")
     if not args.progress_every > 0:
         parser.error(f"--progress-every must be > 0, got {args.progress_every:g}")
     main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)

@@ -25,18 +25,24 @@ from typing import Optional
 from ..cli import train_argv
 from ..io import write_json_atomic
 from ..runs import RunDir
+from .plan import PROFILES
 
 # A third of the full profile (1,720 steps): 14 epochs of half the data = 602 steps, warm-up scaled alike.
-EPOCHS, BATCH, WARMUP, EPOCH_FRACTION, LR = 14, 128, 70, 0.5, 1e-3
+_THIRD = PROFILES["third"]
+EPOCHS, BATCH, WARMUP, EPOCH_FRACTION, LR = _THIRD.epochs, _THIRD.batch, _THIRD.warmup, _THIRD.epoch_fraction, _THIRD.lr
+# Every arm spells out its views, fusion and source size: the shipped UniCLIP-Tiny-32 config changed after these
+# decisions (to caption-film's settings), and the arms must keep meaning what they meant.
+PAPER = ("--view-presets", "simclr,simclr", "--aug-fusion", "concat")  # the config before issue 18
 SOURCE = ("--view-source-size", "64")
-CAPTION = (*SOURCE, "--view-presets", "clip,simclr")
+CAPTION = ("--view-presets", "clip,simclr", "--aug-fusion", "concat", *SOURCE)
+FILM = ("--view-presets", "clip,simclr", "--aug-fusion", "film", *SOURCE)  # the shipped config since
 # name -> flags on top of `--loss uniclip_mpnce --model UniCLIP-Tiny-32`; each arm changes one thing against the arm
 # named in its comment (the comparison is made on the same seeds)
 ARMS: dict[str, tuple[str, ...]] = {
-    "old-default": (),  # as shipped before issue 18
-    "source-res": SOURCE,  # vs old-default
+    "old-default": (*PAPER, "--view-source-size", "0"),  # as shipped before issue 18
+    "source-res": (*PAPER, *SOURCE),  # vs old-default
     "caption-view": CAPTION,  # vs source-res
-    "caption-film": (*CAPTION, "--aug-fusion", "film"),  # vs caption-view
+    "caption-film": FILM,  # vs caption-view
     "caption-group": (*CAPTION, "--mpnce-balance", "group", "--mpnce-group-weights", "1,0.5"),  # vs caption-view
     "caption-domain": (
         *CAPTION,
@@ -48,7 +54,7 @@ ARMS: dict[str, tuple[str, ...]] = {
         "fixed",
     ),  # vs caption-view
     "caption-only-text": (*CAPTION, "--text-positives", "caption"),  # vs caption-view ("SLIP in one space")
-    "caption-film-lr2e-3": (*CAPTION, "--aug-fusion", "film"),  # vs caption-film: CLIP's tuned lr
+    "caption-film-lr2e-3": FILM,  # vs caption-film: CLIP's tuned lr
     "clip-lr2e-3": (),  # the reference: CLIP, its tuned lr
 }
 # arms that differ in more than flags: (loss, model, lr)

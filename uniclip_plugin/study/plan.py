@@ -34,6 +34,8 @@ PROFILES = {
     # 20 passes, 40 val points. Tiny-32 at one thread: on 2 cores the loader worker needs the other core, and 2 OMP
     # threads beside it made each step 1.1-1.45x slower (docs/PERF.md); Tiny-64 would allow ~6 passes in 90 min.
     "full": Profile("Tiny-32", 40, 128, 1e-3, 200, epoch_fraction=0.5, threads=1),
+    # a third of full (602 of 1,720 steps), warm-up scaled alike: issue 18's decisions and lr search
+    "third": Profile("Tiny-32", 14, 128, 1e-3, 70, epoch_fraction=0.5, threads=1),
 }
 TUNE_LRS = (5e-4, 1e-3, 2e-3, 4e-3)  # the same grid, seed and budget for every method
 
@@ -55,12 +57,17 @@ METHODS = [
         "clip-aug",
         "uniclip_mpnce",
         "UniCLIP-{size}",
-        ("--views", "1", "--no-aug-embed", "--no-domain-similarity", "--mpnce-objective", "infonce"),
-        "control: CLIP loss on one UniCLIP-strength view (= ClipLoss with UniCLIP's augmentations)",
+        ("--view-presets", "simclr", "--no-aug-embed", "--no-domain-similarity", "--mpnce-objective", "infonce"),
+        "control: CLIP loss on one UniCLIP-strength view (= ClipLoss with UniCLIP's strong augmentations)",
     ),
     Method("slip", "slip", "SLIP-{size}", note="SLIP: CLIP loss on a weak view + SimCLR on two strong views"),
     Method("declip", "declip", "DeCLIP-{size}", note="DeCLIP: 0.4 MVS + 0.2 SimSiam + 0.2 MLM + 0.2 NNS"),
-    Method("uniclip", "uniclip_mpnce", "UniCLIP-{size}", note="UniCLIP: V=2, aug-aware embedding, MP-NCE, domain sim"),
+    Method(
+        "uniclip",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        note="UniCLIP: a caption view + a strong view, FiLM aug-aware embedding, MP-NCE, domain sim",
+    ),
 ]
 ABLATIONS = [
     Method(
@@ -98,21 +105,34 @@ ABLATIONS = [
         ("--no-domain-similarity",),
         "one shared temperature and offset for all domain pairs instead of one per pair",
     ),
-    Method("uniclip-v1", "uniclip_mpnce", "UniCLIP-{size}", ("--views", "1"), "V = 1: no image–image pairs"),
-    # not paper ablations: the augmentation-strength diagnosis (the quick study's clip-aug control lost 1.1 points)
+    Method(
+        "uniclip-v1",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--view-presets", "clip"),
+        "V = 1: the caption view only, no image–image pairs",
+    ),
+    # not paper ablations: the strength of the second view
     Method(
         "uniclip-mocov2-views",
         "uniclip_mpnce",
         "UniCLIP-{size}",
-        ("--view-preset", "mocov2"),
-        "diagnostic: MoCo-v2 views (crop area ≥ 0.2 instead of ≥ 0.08)",
+        ("--view-presets", "clip,mocov2"),
+        "diagnostic: a MoCo-v2 second view (crop area ≥ 0.2 instead of ≥ 0.08)",
     ),
     Method(
         "uniclip-weak-views",
         "uniclip_mpnce",
         "UniCLIP-{size}",
-        ("--view-preset", "clip_weak"),
-        "diagnostic: SLIP's weak CLIP view (crop area ≥ 0.5, no flip, jitter, grayscale or blur)",
+        ("--view-presets", "clip,clip_weak"),
+        "diagnostic: SLIP's weak CLIP view as the second view (crop area ≥ 0.5, no flip, jitter, grayscale or blur)",
+    ),
+    Method(
+        "uniclip-paper-views",
+        "uniclip_mpnce",
+        "UniCLIP-{size}",
+        ("--view-presets", "simclr,simclr", "--aug-fusion", "concat", "--view-source-size", "0"),
+        "before issue 18: two SimCLR views re-sampled from the 32-px image, concat fusion after the projection",
     ),
 ]
 

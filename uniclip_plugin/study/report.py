@@ -206,6 +206,12 @@ def tuning_lines(tuning: dict) -> list[str]:
     return lines
 
 
+def tuning_seeds(tuning: dict) -> str:
+    """``seed 0`` or ``seeds 0..N-1, mean`` (a search recorded before ``seeds`` existed used seed 0)."""
+    n = tuning.get("seeds", 1)
+    return "seed 0" if n == 1 else f"seeds 0..{n - 1}, mean"
+
+
 def _trained_text(r: StudyResult) -> str:
     rows = r.analysis["rows"]
     n_runs = sum(len(row["final_val_r1"]) for row in rows)
@@ -237,7 +243,8 @@ def _lr_texts(r: StudyResult) -> tuple[str, str]:
             "with each method's lr as tuned below",
             f"The learning rate was tuned on the validation split with the same effort for every method: "
             f"lr ∈ {{{', '.join(f'{lr:g}' for lr in r.tuning['grid'])}}} on the {r.tuning['profile']} profile, "
-            f'seed 0, each scored by its best-epoch validation R@1 (the table under "Learning-rate '
+            f"{tuning_seeds(r.tuning)}, "
+            f'each scored by its best-epoch validation R@1 (the table under "Learning-rate '
             f"tuning\"); the ablations use UniCLIP's lr. Nothing else was tuned.",
         )
     return (
@@ -371,7 +378,7 @@ def _ablations_and_tuning(r: StudyResult) -> list[str]:
             "",
             "## Learning-rate tuning (validation split)",
             "",
-            f"Best-epoch validation R@1 (%) of each lr, {tuning['profile']} profile, seed 0 "
+            f"Best-epoch validation R@1 (%) of each lr, {tuning['profile']} profile, {tuning_seeds(tuning)} "
             f"({tuning['seconds'] / 60:.1f} min of training; `{r.rel(r.results)}/tuning.json`). The chosen lr "
             f"(bold) trains the runs above. The search runs on the {tuning['profile']} profile to keep its cost "
             f"down; where that profile is shorter than this one, an lr that learns fastest early may not be "

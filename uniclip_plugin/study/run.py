@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -303,37 +304,58 @@ def tune(
     val: dict,
     threads: int,
     progress_every: float = PROGRESS_EVERY,
+    seeds: int = 1,
+    jobs: int = 1,
 ) -> dict:
-    """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seed 0,
-    scored by the best validation R@1 over its epochs (the validation split only, never a test set).
+    """Learning-rate search, the same for every method: each lr of ``TUNE_LRS`` on profile ``prof_name``, seeds
+    0..``seeds``-1, scored by the best validation R@1 over its epochs averaged over the seeds (the validation split
+    only, never a test set). ``jobs`` runs train side by side (their wall-clock is not reported as a cost).
 
-    Returns ``{"profile", "grid", "scores": {method: {lr: val R@1}}, "chosen": {method: lr}, "seconds",
-    "commands"}``; runs live in ``runs`` as ``<method>-lr<lr>-seed0`` and are not trained again."""
+    Returns ``{"profile", "grid", "seeds", "scores": {method: {lr: mean val R@1}}, "per_seed": {method: {lr: [val
+    R@1 per seed]}}, "chosen": {method: lr}, "seconds", "commands"}``; runs live in ``runs`` as
+    ``<method>-lr<lr>-seed<N>`` and are not trained again."""
     prof = PROFILES[prof_name]
     samples = profile_samples(prof, data_samples)
     steps_per_epoch = math.ceil(samples / prof.batch)
-    scores: dict[str, dict[float, float]] = {}
-    seconds, commands = 0.0, []
-    total = len(methods) * len(TUNE_LRS)
-    for i, (m, lr) in enumerate(((m, lr) for m in methods for lr in TUNE_LRS), start=1):
-        name = run_name(m.name, 0, lr)
-        label = f"tuning run {i} of {total}: {m.name} lr {lr:g}"
+    grid = [(m, lr, seed) for m in methods for lr in TUNE_LRS for seed in range(seeds)]
+
+    def one(i: int, m: Method, lr: float, seed: int) -> dict:
+        name = run_name(m.name, seed, lr)
+        label = f"tuning run {i} of {len(grid)}: {m.name} lr {lr:g} seed {seed}"
         print(f"reproduce.py: {label} ({prof_name} profile; output: {runs / name / OUTPUT_LOG}) ...", flush=True)
         r = train(
-            m, prof, data, samples, runs, 0, val, threads, lr=lr, name=name, label=label, progress_every=progress_every
+            m,
+            prof,
+            data,
+            samples,
+            runs,
+            seed,
+            val,
+            threads,
+            lr=lr,
+            name=name,
+            label=label,
+            progress_every=progress_every,
         )
-        seconds += 0.0 if math.isnan(r["seconds"]) else r["seconds"]
-        commands.append(r["command"])
         curve = RunDir(runs / name).val_curve(steps_per_epoch, None)
-        scores.setdefault(m.name, {})[lr] = max((p["val_r1"] for p in curve if p["epoch"] >= 1), default=float("nan"))
+        return {**r, "best": max((p["val_r1"] for p in curve if p["epoch"] >= 1), default=float("nan"))}
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        done = list(pool.map(lambda job: one(job[0], *job[1]), enumerate(grid, start=1)))
+    per_seed: dict[str, dict[float, list[float]]] = {}
+    for (m, lr, _), r in zip(grid, done, strict=True):
+        per_seed.setdefault(m.name, {}).setdefault(lr, []).append(r["best"])
+    scores = {m: {lr: sum(v) / len(v) for lr, v in s.items()} for m, s in per_seed.items()}
     chosen = {m: choose_lr(s, prof.lr) for m, s in scores.items()}
     return {
         "profile": prof_name,
         "grid": list(TUNE_LRS),
+        "seeds": seeds,
         "scores": scores,
+        "per_seed": per_seed,
         "chosen": chosen,
-        "seconds": seconds,
-        "commands": commands,
+        "seconds": sum(0.0 if math.isnan(r["seconds"]) else r["seconds"] for r in done),
+        "commands": [r["command"] for r in done],
     }
 
 
@@ -342,7 +364,14 @@ def write_tuning(path: Path, tuning: dict) -> None:
     write_text_atomic(
         path,
         json.dumps(
-            {**tuning, "scores": {m: {f"{lr:g}": v for lr, v in s.items()} for m, s in tuning["scores"].items()}},
+            {
+                **tuning,
+                **{
+                    key: {m: {f"{lr:g}": v for lr, v in s.items()} for m, s in tuning[key].items()}
+                    for key in ("scores", "per_seed")
+                    if key in tuning
+                },
+            },
             indent=1,
         ),
     )
