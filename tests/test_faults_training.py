@@ -292,9 +292,9 @@ def test_no_intact_checkpoint_refuses_with_the_fix(tmp_path: Path, shards: dict,
     codes, ranks = _resume(shards, tmp_path, "ref", "refused")
     out = ranks.output(0)
     errors = _error_lines(out)
-    # both ranks refuse (exit 2); one may instead be aborted (SIGABRT, -6) by gloo's destructor when
-    # its peer has already exited: a known teardown race (docs/DEEPSPEED.md, Faults), never a traceback, never 0
-    assert sorted(codes) in ([2, 2], [-6, 2]) and "Traceback" not in out + ranks.output(1), (codes, out[-3000:])
+    # both ranks refuse (exit 2), leaving together: before distributed.leave_together, one could be aborted
+    # (SIGABRT) by gloo's destructor after its peer had exited (seen in 2 of 3 CI runs)
+    assert codes == [2, 2] and "Traceback" not in out + ranks.output(1), (codes, out[-3000:])
     assert len(errors) == 1 and "no intact checkpoint in" in errors[0], out[-3000:]
     assert "step_00000006: zero_pp_rank_1_mp_rank_00_optim_states.pt has" in errors[0]
     assert "step_00000004: zero_pp_rank_1_mp_rank_00_optim_states.pt does not load" in errors[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 from uniclip_plugin import integration
+from uniclip_plugin.ds import distributed
 from uniclip_plugin.ds.distributed import env_rank
 from uniclip_plugin.ds.errors import PROG
 from uniclip_plugin.ds.export import export_run
@@ -178,4 +179,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return train(args)
     except PluginError as err:  # HarnessError, ConfigError, CheckpointError and the plugin's own
         _print_error(str(err))
+        if getattr(err, "every_rank", False):
+            distributed.leave_together()
         return 2

@@ -101,6 +101,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def agreed(err: BaseException) -> BaseException:
+    """Mark ``err`` as raised on every rank at once (after a broadcast), so the ranks may leave together."""
+    err.every_rank = True  # type: ignore[attr-defined]
+    return err
+
+
+def leave_together() -> None:
+    """Meet every rank, then close the process group: a rank that exits while its peer still holds a gloo connection
+    can have that peer aborted by gloo's destructor (SIGABRT). Only for errors every rank raised (:func:`agreed`)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_collective_failure(err: BaseException) -> bool:
     """Whether ``err`` is a collective that failed because another rank died or stopped answering (gloo: the peer
     closed its connection; any backend: the ``--dist-timeout`` expired)."""

@@ -148,7 +148,7 @@ def _claim_run_dir(run_dir: Path, resume: Optional[str], rank: int) -> None:
                 print(f"removed incomplete checkpoints {removed}", flush=True)
     verdict = distributed.broadcast(verdict)
     if verdict:
-        raise HarnessError(verdict)
+        raise distributed.agreed(HarnessError(verdict))
 
 
 def _resume_source(resume: Optional[str], run_dir: Path, rank: int) -> tuple[Optional[tuple[Path, str]], list[str]]:
@@ -164,7 +164,7 @@ def _resume_source(resume: Optional[str], run_dir: Path, rank: int) -> tuple[Opt
             problem = str(err)
     resume_from, problem, notes = distributed.broadcast((resume_from, problem, notes))
     if problem:
-        raise ckpt.CheckpointError(problem)
+        raise distributed.agreed(ckpt.CheckpointError(problem))
     return resume_from, notes
 
 
