@@ -30,7 +30,7 @@ RUNS = {
 # Issue 18 changed the shipped configs' defaults (a caption view, FiLM, views from the 64-px source); these flags
 # restore the configs the curves were recorded with. The code before the restructure knows none of them.
 RECORDED_CONFIG = {
-    "uniclip_mpnce": ("--view-presets", "simclr,simclr", "--aug-fusion", "concat", "--view-source-size", "0"),
+    "uniclip_mpnce": ("--view-preset", "simclr", "--aug-fusion", "concat", "--view-source-size", "0"),
     "slip": ("--view-source-size", "0"),
     "declip": ("--view-source-size", "0"),
 }

@@ -83,7 +83,7 @@ def test_uniclip_from_clip_keeps_aug_embedding_and_takes_the_image_text_scale(
     clip_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     got, fresh = _loaded("UniCLIP-Tiny-32", str(clip_file), caplog), _fresh("UniCLIP-Tiny-32")
-    assert "aug_embed.fuse.weight" in got  # not silently built without the augmentation-aware embedding
+    assert "aug_embed.encoder.0.weight" in got  # not silently built without the augmentation-aware embedding
     want = fresh["logit_scale"].clone()
     want[PAIR_IT] = 4.2
     assert torch.equal(got["logit_scale"], want)  # II, TT: fresh; IT: CLIP's
@@ -231,4 +231,4 @@ def test_open_clip_train_from_a_clip_file(clip_file: Path, tmp_path: Path) -> No
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "logs" / "ft" / "out.log").read_text()
-    assert "from CLIP checkpoint" in log and "aug_embed.fuse.weight" in log
+    assert "from CLIP checkpoint" in log and "aug_embed.encoder.0.weight" in log

@@ -323,8 +323,16 @@ def test_cli_flags_build_the_loss_and_whole_image_transform() -> None:
     setup = integration.prepare(ours)
     loss = setup.build_loss(argparse.Namespace(local_loss=True, rank=0, world_size=1))
     assert (loss.ssl_scale, loss.ssl_temp, loss.local_loss) == (0.5, 0.2, True)
-    _, train, val = integration.create_model_and_transforms(NAME, setup)
-    assert train is val  # views are sampled in forward from the whole image
+    model, train, val = integration.create_model_and_transforms(NAME, setup)
+    # views are sampled in forward from the whole image, at the config's source size (64 px for Tiny-32)
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 64), (30, 200, 30))
+    assert model.view_source_size == 64 and train(image).shape == (3, 64, 64) and val(image).shape == (3, 32, 32)
+    assert torch.equal(train(image), train(image))  # no random crop
+    at_input = integration.prepare(argparse.Namespace(loss="slip", view_source_size=0))
+    _, train, val = integration.create_model_and_transforms(NAME, at_input)
+    assert train is val  # source = input size: the eval transform
     _, train, val = open_clip.create_model_and_transforms(NAME)
     assert train is not val  # plain open_clip keeps its own training transform
 

@@ -25,6 +25,7 @@ class AugmentationAwareEmbedding(nn.Module):
     def __init__(self, embed_dim: int, hidden: int = 256, fusion: str = "concat", param_dim: int = AUG_PARAM_DIM):
         super().__init__()
         self.fusion = fusion
+        self.embed_dim = embed_dim
         out_dim = 2 * embed_dim if fusion == "film" else embed_dim  # film: [γ; β]
         self.encoder = nn.Sequential(nn.Linear(param_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
         if fusion == "film":

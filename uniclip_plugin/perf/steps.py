@@ -391,7 +391,7 @@ def part_passes(loss_name: str, model_name: str, batch: int) -> Fns:
         fns["views"] = lambda: model.views(images, cfg.views, model.visual)
         if model.aug_embed is not None:
             g = torch.Generator().manual_seed(0)
-            h = torch.randn(batch * cfg.views, model.aug_embed.encoder[-1].out_features, generator=g)
+            h = torch.randn(batch * cfg.views, model.aug_embed.embed_dim, generator=g)
             h.requires_grad_()
             params = model.views(images, cfg.views, model.visual)[1].flatten(0, 1)
             fns["aug_embed"] = lambda: model.aug_embed(h, params).sum().backward()
