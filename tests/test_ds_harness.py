@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,8 +27,8 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-WORLD = 2
+from tests.ds_launch import REPO, TRAIN, WORLD, env, launch, run, train_args
+
 B_LOCAL = 4
 # AdamW's first update is lr·g/(|g|+eps). A parameter whose true gradient is 0 (attention key biases: softmax ignores
 # them) gets ~1e-8 of fp32 round-off, whose sign and size depend on the summation order, i.e. on the rank split;
@@ -39,87 +38,9 @@ LR, WD, EPS = 1e-3, 0.1, 1e-4
 VIEW_SEED = 1000
 CASES = [("uniclip_mpnce", "UniCLIP-Tiny-32"), ("clip", "CLIP-Tiny-32")]
 STAGES = (1, 2, 3)
-DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
-TRAIN = str(REPO / "harness" / "train.py")
 
 
 # ------------------------------------------------------------------------------------------------------------- helpers
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    # A cached extension dir keeps any JIT build of DeepSpeed ops (not needed with --no-cpu-shm-comm) out of each run.
-    env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/uniclip_torch_extensions")
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(args: list[str], **kw: Any) -> subprocess.Popen:
-    cmd = [DEEPSPEED, "--num_gpus", str(WORLD), "--master_port", str(_free_port())] + args
-    return subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )  # own process group: a SIGKILL reaches launcher + ranks
-
-
-def _run(args: list[str], timeout: float = 300) -> tuple[int, str]:
-    proc = _launch(args)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out: {args}\n{out[-4000:]}")
-    return proc.returncode, out
-
-
-def _train_args(shards: dict, logs: Path, name: str, config: str, *extra: str) -> list[str]:
-    return [
-        TRAIN,
-        "--deepspeed_config",
-        str(REPO / "deepspeed_configs" / config),
-        "--model",
-        "UniCLIP-Tiny-32",
-        "--loss",
-        "uniclip_mpnce",
-        "--train-data",
-        shards["pattern"],
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "2",
-        "--workers",
-        "1",
-        "--logs",
-        str(logs),
-        "--name",
-        name,
-        "--log-every-n-steps",
-        "4",
-        "--no-cpu-shm-comm",
-        *extra,
-    ]
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -574,7 +495,7 @@ def test_misconfiguration_is_one_line(case: str, tmp_path: Path, shards: dict) -
             str(tmp_path / "runs"),
         ],
         cwd=REPO,
-        env=_env(),
+        env=env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -589,9 +510,9 @@ def test_misconfiguration_is_one_line(case: str, tmp_path: Path, shards: dict) -
 # ------------------------------------------------------------------------------------------------------ multi-process
 @pytest.mark.multiproc
 def test_world_size_that_does_not_divide_the_batch_is_one_line(tmp_path: Path, shards: dict) -> None:
-    args = _train_args(shards, tmp_path / "runs", "bad", "zero2.json")
+    args = train_args(shards["pattern"], tmp_path / "runs", "bad", "zero2.json", log_every=4)
     args[args.index("--batch-size") : args.index("--batch-size") + 2] = ["--global-batch-size", "15"]
-    rc, out = _run(args, timeout=120)
+    rc, out = run(args, timeout=120)
     errors = [ln for ln in out.splitlines() if "train.py: error: " in ln]
     assert rc != 0 and "Traceback" not in out, out[-3000:]
     assert len(errors) == 1 and errors[0].startswith("train.py: error: "), out[-3000:]
@@ -601,7 +522,7 @@ def test_world_size_that_does_not_divide_the_batch_is_one_line(tmp_path: Path, s
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     out_dir = tmp_path_factory.mktemp("ds_worker")
-    rc, out = _run([str(Path(__file__).resolve()), "--out", str(out_dir)], timeout=400)
+    rc, out = run([str(Path(__file__).resolve()), "--out", str(out_dir)], timeout=400)
     assert rc == 0, out[-6000:]
     return out_dir, [torch.load(out_dir / f"worker_rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
@@ -656,7 +577,7 @@ def test_export_loads_in_stock_open_clip_and_encodes_like_the_engine(worker_resu
                 proc = subprocess.run(
                     [sys.executable, TRAIN, "--export", str(run_dir), "--out", "model.pt"],
                     cwd=REPO,
-                    env=_env(),
+                    env=env(),
                     capture_output=True,
                     text=True,
                     timeout=120,
@@ -709,9 +630,9 @@ def bf16_runs(tmp_path_factory: pytest.TempPathFactory, shards: dict) -> dict:
 
     logs = tmp_path_factory.mktemp("ds_runs")
     config = "zero2_bf16.json"
-    reference = _launch(_train_args(shards, logs, "ref", config, "--save-every-n-steps", "0"))
+    reference = launch(train_args(shards["pattern"], logs, "ref", config, "--save-every-n-steps", "0", log_every=4))
     killed_dir = logs / "killed"
-    victim = _launch(_train_args(shards, logs, "killed", config, "--save-every-n-steps", "3"))
+    victim = launch(train_args(shards["pattern"], logs, "killed", config, "--save-every-n-steps", "3", log_every=4))
     deadline = time.time() + 300
     while time.time() < deadline and victim.poll() is None:
         tag = ckpt.read_latest(killed_dir / "checkpoints") if (killed_dir / "checkpoints").is_dir() else None
@@ -734,7 +655,11 @@ def bf16_runs(tmp_path_factory: pytest.TempPathFactory, shards: dict) -> dict:
     tag = ckpt.read_latest(killed_dir / "checkpoints")
     state = ckpt.read_meta(killed_dir / "checkpoints", tag)["train_state"]
     logged_before = _metrics(killed_dir)
-    rc, out = _run(_train_args(shards, logs, "killed", config, "--save-every-n-steps", "3", "--resume", "latest"))
+    rc, out = run(
+        train_args(
+            shards["pattern"], logs, "killed", config, "--save-every-n-steps", "3", "--resume", "latest", log_every=4
+        )
+    )
     assert rc == 0, out[-4000:]
     return {"logs": logs, "state": state, "logged_before": logged_before, "resume_out": out}
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,80 +21,20 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-WORLD = 2
+from tests.ds_launch import REPO, env, finish, launch, train_args
+
 STEPS_PER_EPOCH = 4  # 64 samples, 8 per rank
-DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
-TRAIN = str(REPO / "harness" / "train.py")
 MODEL = "UniCLIP-Tiny-32"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/uniclip_torch_extensions")
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(args: list[str]) -> subprocess.Popen:
-    cmd = [DEEPSPEED, "--num_gpus", str(WORLD), "--master_port", str(_free_port())] + args
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-
-
 def _finish(proc: subprocess.Popen, timeout: float) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out:\n{out[-4000:]}")
-    assert proc.returncode == 0, out[-4000:]
+    rc, out = finish(proc, timeout)
+    assert rc == 0, out[-4000:]
     return out
 
 
-def _train_args(data: dict, logs: Path, name: str, config: str, *extra: str) -> list[str]:
-    return [
-        TRAIN,
-        "--deepspeed_config",
-        config,
-        "--model",
-        MODEL,
-        "--loss",
-        "uniclip_mpnce",
-        "--train-data",
-        data["train"],
-        "--train-num-samples",
-        str(STEPS_PER_EPOCH * 16),
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "2",
-        "--workers",
-        "1",
-        "--logs",
-        str(logs),
-        "--name",
-        name,
-        "--log-every-n-steps",
-        "2",
-        "--no-cpu-shm-comm",
-        *extra,
-    ]
+def _train_args(data: dict, logs: Path, name: str, config: str | Path, *extra: str) -> list[str]:
+    return train_args(data["train"], logs, name, config, *extra, log_every=2, samples=STEPS_PER_EPOCH * 16, epochs=None)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -148,7 +85,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data: dict) -> dict:
         str(data["pretrained"]),
     )
     procs = {
-        name: _launch(_train_args(data, logs, name, str(config), *common, *extra))
+        name: launch(_train_args(data, logs, name, config, *common, *extra))
         for name, extra in (("plain", ()), ("gc", ("--grad-checkpointing",)))
     }
     outs = {name: _finish(proc, 400) for name, proc in procs.items()}
@@ -171,7 +108,7 @@ def test_zero_to_fp32_script_converts_a_checkpoint_without_a_tag(runs: dict, tmp
     proc = subprocess.run(
         [sys.executable, str(script), str(ckpt_dir), str(tmp_path / "fp32")],
         cwd=tmp_path,
-        env=_env(),
+        env=env(),
         capture_output=True,
         text=True,
         timeout=180,
@@ -192,7 +129,7 @@ def test_a_fresh_engine_loads_the_checkpoint_without_a_tag(runs: dict, tmp_path:
     from uniclip_plugin.ds import checkpoint as ckpt
 
     ckpt_dir = runs["logs"] / "plain" / "checkpoints"
-    proc = _launch([str(Path(__file__).resolve()), "--load-dir", str(ckpt_dir), "--out", str(tmp_path / "loaded.pt")])
+    proc = launch([str(Path(__file__).resolve()), "--load-dir", str(ckpt_dir), "--out", str(tmp_path / "loaded.pt")])
     _finish(proc, 300)
     loaded = torch.load(tmp_path / "loaded.pt", weights_only=False)
     assert Path(loaded["path"]).name == "mp_rank_00_model_states.pt"
@@ -294,17 +231,8 @@ def test_offload_config_is_accepted_by_the_config_loader() -> None:
 def test_zero3_offload_trains_on_cpu(tmp_path: Path, data: dict) -> None:
     """Smoke test; the first run JIT-builds DeepSpeed's CPU Adam (about 3.5 min on 2 busy cores), later ones reuse
     TORCH_EXTENSIONS_DIR."""
-    args = _train_args(
-        data,
-        tmp_path,
-        "offload",
-        str(REPO / "deepspeed_configs" / "zero3_offload.json"),
-        "--epochs",
-        "1",
-        "--val-data",
-        data["val"],
-    )
-    out = _finish(_launch(args), 590)
+    args = _train_args(data, tmp_path, "offload", "zero3_offload.json", "--epochs", "1", "--val-data", data["val"])
+    out = _finish(launch(args), 590)
     rows = _metrics(tmp_path / "offload")
     assert len(rows) == STEPS_PER_EPOCH and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), out[-3000:]
     assert rows[-1]["loss"] < rows[0]["loss"]

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,82 +26,37 @@ from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-WORLD = 2
+from tests.ds_launch import REPO, WORLD, env, free_port, train_args
+
 STEPS = 6  # 96 samples, 8 per rank: 6 steps; checkpoints every 2 steps (step_2, step_4, step_6 = epoch end)
 PER_STEP = 16  # samples per optimiser step (2 ranks × 8)
 DIST_TIMEOUT = 30  # --dist-timeout of the faulted runs (s): the bound on a survivor that never hears of the death
 
 
 def _env(rank: int, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
+    """What the launcher gives rank ``rank``, without the launcher."""
+    return env(
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(WORLD),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     )
-    env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/uniclip_torch_extensions")
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(shards: dict, logs: Path, name: str, *extra: str) -> list[str]:
-    return [
-        str(REPO / "harness" / "train.py"),
-        "--deepspeed_config",
-        str(REPO / "deepspeed_configs" / "zero2.json"),
-        "--model",
-        "UniCLIP-Tiny-32",
-        "--loss",
-        "uniclip_mpnce",
-        "--train-data",
-        shards["pattern"],
-        "--train-num-samples",
-        str(STEPS * PER_STEP),
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "2",
-        "--workers",
-        "1",
-        "--logs",
-        str(logs),
-        "--name",
-        name,
-        "--log-every-n-steps",
-        "1",
-        "--save-every-n-steps",
-        "2",
-        "--keep-checkpoints",
-        "2",
-        "--no-cpu-shm-comm",
-        "--dist-timeout",
-        str(DIST_TIMEOUT),
-        *extra,
-    ]
+    checkpoints = ["--save-every-n-steps", "2", "--keep-checkpoints", "2", "--dist-timeout", str(DIST_TIMEOUT)]
+    return train_args(
+        shards["pattern"], logs, name, "zero2.json", *checkpoints, *extra, log_every=1, samples=STEPS * PER_STEP
+    )
 
 
 class Ranks:
     """Two rank processes of one run; each writes its output to ``<logs>/<name>.rank<R>.txt``."""
 
     def __init__(self, train_args: list[str], logs: Path, tag: str, fault: str = "none", fault_step: int = -1):
-        port = _free_port()
+        port = free_port()
         self.logs = [logs / f"{tag}.rank{r}.txt" for r in range(WORLD)]
         self.mark = logs / f"{tag}.fault_time"
         self.procs = []

@@ -64,6 +64,10 @@ def test_the_shipped_presets_fit_any_number_of_views_and_one_preset_replaces_the
     assert presets(view_presets=("simclr",)) == (("simclr",), ("simclr",))
     # one preset for every view: the per-view list goes, and the views are sampled as before issue 18
     assert presets(view_preset="mocov2") == (("mocov2", "mocov2"), "mocov2")
+    by_kwargs = open_clip.create_model(NAME, uniclip_cfg={"view_preset": "none"})  # the Python API alike
+    assert (by_kwargs.uniclip_cfg.presets(), by_kwargs.views.preset) == (("none", "none"), "none")
+    both = open_clip.create_model(NAME, uniclip_cfg={"view_preset": "none", "view_presets": ["clip"], "views": 1})
+    assert both.views.preset == ("clip",)
 
 
 def test_the_training_transform_delivers_the_source_resolution_uncropped() -> None:

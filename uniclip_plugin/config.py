@@ -37,6 +37,16 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
+def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's options (``uniclip_cfg`` ...) with ``override`` deep-merged over ``base``; one ``view_preset``
+    for every view replaces the base's per-view ``view_presets`` unless the override names those too (as the
+    ``--view-preset`` flag does)."""
+    out = deep_merge(base, override)
+    if "view_preset" in override and "view_presets" not in override and "view_presets" in out:
+        out["view_presets"] = None
+    return out
+
+
 AUG_FUSIONS = ("concat", "add", "film")
 EVAL_AUG_PARAMS = ("identity", "caption_mean")
 TT_OFFSETS = ("learned", "fixed")

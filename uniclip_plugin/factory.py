@@ -34,7 +34,7 @@ import torch
 
 from . import pretrained as from_pretrained
 from . import registry
-from .config import deep_merge
+from .config import merge_options
 from .errors import PluginError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -132,8 +132,8 @@ def _model_config(
     ):
         if forced.get(key) is not None:
             cfg[section][field] = forced[key]
-    cfg[marker] = deep_merge(
-        deep_merge(cfg.get(marker, {}), options_from_checkpoint(marker, checkpoint)), kwargs.pop(marker, None) or {}
+    cfg[marker] = merge_options(
+        merge_options(cfg.get(marker, {}), options_from_checkpoint(marker, checkpoint)), kwargs.pop(marker, None) or {}
     )
     return {**cfg, **kwargs}
 

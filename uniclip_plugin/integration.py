@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from . import registry
-from .config import deep_merge
+from .config import merge_options
 from .errors import PluginError
 from .registry import MethodSpec
 
@@ -216,7 +216,7 @@ def merge_model_kwargs(setup: Optional[Setup], kwargs: dict[str, Any]) -> dict[s
     merged = dict(setup.model_kwargs) if setup is not None else {}
     for key, value in kwargs.items():
         both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = deep_merge(merged[key], value) if both else value
+        merged[key] = merge_options(merged[key], value) if both else value
     return merged
 
 
