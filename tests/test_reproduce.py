@@ -179,3 +179,51 @@ def test_a_finished_run_trained_with_other_settings_is_refused_not_reused(tmp_pa
     assert stale_settings(run, moved) == []
     with pytest.raises(SystemExit, match=r"asks for \(--batch-size 32 -> 64\)"):
         train(clip, dataclasses.replace(prof, batch=64), "data", 64, tmp_path, 0, val, threads=1, lr=2e-3)
+
+
+def test_tuning_over_seeds_scores_each_lr_by_its_mean_best_epoch_over_the_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--tune-seeds N: every (method, lr) trains seeds 0..N-1 (--tune-jobs side by side) and is scored by the mean
+    of each seed's best-epoch validation R@1; each seed's score is kept."""
+    from uniclip_plugin.study import plan
+    from uniclip_plugin.study import run as study_run
+
+    rng = __import__("random").Random(5)
+    recorded: dict[tuple[str, float, int], list[float]] = {}
+
+    def fake_train(method, prof, data, samples, runs, seed, val, threads, lr=None, name=None, **kw):  # noqa: ANN001, ANN202
+        r1 = [rng.random() for _ in range(3)]  # epochs 1..3, the fraction of pairs found
+        recorded[(method.name, lr, seed)] = r1
+        out = runs / name / "checkpoints"
+        out.mkdir(parents=True)
+        rows = [{"epoch": e + 1, "image_to_text_R@1": v, "text_to_image_R@1": v} for e, v in enumerate(r1)]
+        (out / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return {"seconds": 1.0, "start": None, "command": [name], "skipped": False}
+
+    monkeypatch.setattr(study_run, "train", fake_train)
+    methods = [m for m in plan.METHODS if m.name in ("clip", "uniclip")]
+    tuning = study_run.tune(methods, "smoke", "d", 64, tmp_path, {}, 1, seeds=3, jobs=2)
+    assert len(recorded) == 2 * len(plan.TUNE_LRS) * 3 and tuning["seeds"] == 3
+    for m in ("clip", "uniclip"):
+        for lr in plan.TUNE_LRS:
+            best = [100 * max(recorded[(m, lr, s)]) for s in range(3)]
+            assert tuning["per_seed"][m][lr] == pytest.approx(best)
+            assert tuning["scores"][m][lr] == pytest.approx(sum(best) / 3)
+        assert tuning["chosen"][m] == study_run.choose_lr(tuning["scores"][m], 1e-3)
+    study_run.write_tuning(tmp_path / "tuning.json", tuning)
+    saved = json.loads((tmp_path / "tuning.json").read_text())
+    assert saved["per_seed"]["clip"]["0.001"] == pytest.approx(tuning["per_seed"]["clip"][1e-3])
+
+
+def test_a_synthetic_study_never_writes_into_the_real_data_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "val").mkdir(parents=True)
+    (data / "manifest.json").write_text("{}")
+    (data / "val" / "heldout-val-000000.tar").write_bytes(b"real")
+    cmd = [sys.executable, "harness/reproduce.py", "--profile", "smoke", "--synthetic", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd + ["--data", str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--synthetic would write generated data into" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in data.rglob("*")) == ["heldout-val-000000.tar", "manifest.json", "val"]
+    assert (data / "val" / "heldout-val-000000.tar").read_bytes() == b"real"

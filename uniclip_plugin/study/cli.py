@@ -61,8 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ablation-seeds", type=int, default=1, help="seeds of each ablation row (default 1, whatever --seeds says)"
     )
-    parser.add_argument("--data", default="data", help="data folder (built by harness/data.py if missing)")
-    parser.add_argument("--synthetic", action="store_true", help="generated data instead of the real sets (CI smoke)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="data folder (built by harness/data.py if missing; default data/, with --synthetic <out>/synthetic-data/)",
+    )
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="generated data instead of the real sets (CI smoke); never written into a folder holding the real data",
+    )
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
     parser.add_argument(
         "--tune",
@@ -120,6 +128,13 @@ def _prepare_data(data: Path, synthetic: bool) -> tuple[str, int, str, dict]:
     """Build (or reuse) the data and the study's splits: (shard pattern, pairs, one-line note, validation info)."""
     if synthetic:
         from uniclip_plugin.testing.synthetic import build_synthetic_eval, build_synthetic_pretrain
+
+        if (data / "manifest.json").is_file():  # generated shards and splits would replace the real validation split
+            raise SystemExit(
+                f"reproduce.py: error: --synthetic would write generated data into {data}, which holds the built "
+                f"dataset (its manifest.json); pass --data <another folder>, or leave --data out "
+                f"(<out>/synthetic-data)"
+            )
 
         info = build_synthetic_pretrain(data / "pretrain", n_samples=256, res=32, n_shards=4)
         build_synthetic_eval(data / "wds", res=32, n_per_class=8)
@@ -277,7 +292,7 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
         if args.ablations == "all"
         else pick_methods(parser, "--ablations", args.ablations, ABLATIONS)
     )
-    data = Path(args.data).resolve()
+    data = Path(args.data or (Path(args.out) / "synthetic-data" if args.synthetic else "data")).resolve()
     pattern, data_samples, data_note, val = _prepare_data(data, args.synthetic)
     samples = profile_samples(prof, data_samples)
     wanted = main_methods + ablations
