@@ -44,6 +44,25 @@ from uniclip_plugin.study.run import OUTPUT_LOG, PROGRESS_EVERY, train, tune, wr
 __all__ = ["build_parser", "main", "pick_methods"]
 
 
+def _add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tune`` and the lr search's profile, seeds and parallel runs."""
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
+        "on --tune-profile, --tune-seeds seeds; the ablations use UniCLIP's (runs in runs/<profile>-tuned)",
+    )
+    parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--tune-seeds", type=int, default=1, help="seeds of each lr in the search (default 1)")
+    parser.add_argument(
+        "--tune-jobs",
+        type=int,
+        default=1,
+        help="lr-search runs trained side by side (default 1); the study's own runs always train one at a time, "
+        "so their wall-clock is a cost",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``reproduce.py`` argument parser."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,21 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="generated data instead of the real sets (CI smoke); never written into a folder holding the real data",
     )
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
-    parser.add_argument(
-        "--tune",
-        action="store_true",
-        help=f"first choose each method's lr on the validation split: {', '.join(map(str, TUNE_LRS))} "
-        "on --tune-profile, --tune-seeds seeds; the ablations use UniCLIP's (runs in runs/<profile>-tuned)",
-    )
-    parser.add_argument("--tune-profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--tune-seeds", type=int, default=1, help="seeds of each lr in the search (default 1)")
-    parser.add_argument(
-        "--tune-jobs",
-        type=int,
-        default=1,
-        help="lr-search runs trained side by side (default 1); the study's own runs always train one at a time, "
-        "so their wall-clock is a cost",
-    )
+    _add_tune_arguments(parser)
     parser.add_argument(
         "--threads",
         type=int,
