@@ -364,7 +364,7 @@ def _ablations_and_tuning(r: StudyResult) -> list[str]:
     if r.ablations:
         lines += [
             "",
-            "## UniCLIP ablations (PAPER.md §1) and view-strength diagnostics",
+            "## UniCLIP ablations (docs/METHODS.md §UniCLIP) and view diagnostics",
             "",
             "Final epoch; values in % (val R@1 in % of the validation pairs), mean over the row's seeds; Δ in "
             "points against the full `uniclip` on the same seeds. Every row changes one thing, with the flag "
