@@ -12,7 +12,6 @@ import importlib
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from uniclip_plugin.cli import train_argv
 
 F64 = torch.float64
 NAME = "SLIP-Tiny-32"
@@ -419,51 +420,28 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     shards = build_synthetic_pretrain(tmp_path_factory.mktemp("slip_shards"), n_samples=512, res=32, n_shards=4)
     logs = tmp_path_factory.mktemp("slip_logs")
-    cmd = [
-        sys.executable,
-        "-m",
-        "uniclip_plugin.cli",
-        "train",
-        "--loss",
+    cmd = train_argv(
         "slip",
-        "--model",
         NAME,
-        "--train-data",
-        shards["pattern"],
-        "--dataset-type",
-        "webdataset",
-        "--dataset-resampled",
-        "--train-num-samples",
-        "512",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "3",
-        "--lr",
-        "2e-3",
-        "--wd",
-        "0.1",
-        "--warmup",
-        "5",
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--logs",
-        str(logs),
-        "--name",
-        "slip",
-        "--log-every-n-steps",
-        "4",
-        "--zeroshot-frequency",
-        "0",
-        "--save-frequency",
-        "3",
-        "--seed",
-        "0",
-    ]
+        train_data=shards["pattern"],
+        dataset_type="webdataset",
+        dataset_resampled=True,
+        train_num_samples="512",
+        batch_size="32",
+        epochs="3",
+        lr="2e-3",
+        wd="0.1",
+        warmup="5",
+        precision="fp32",
+        device="cpu",
+        workers="1",
+        logs=str(logs),
+        name="slip",
+        log_every_n_steps="4",
+        zeroshot_frequency="0",
+        save_frequency="3",
+        seed="0",
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
