@@ -342,18 +342,22 @@ def tune(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         done = list(pool.map(lambda job: one(job[0], *job[1]), enumerate(grid, start=1)))
+    return _tuning_record(prof_name, seeds, grid, done)
+
+
+def _tuning_record(prof_name: str, seeds: int, grid: list[tuple[Method, float, int]], done: list[dict]) -> dict:
+    """The search's record from each (method, lr, seed) run's result: per-seed and mean scores, the chosen lrs."""
     per_seed: dict[str, dict[float, list[float]]] = {}
     for (m, lr, _), r in zip(grid, done, strict=True):
         per_seed.setdefault(m.name, {}).setdefault(lr, []).append(r["best"])
     scores = {m: {lr: sum(v) / len(v) for lr, v in s.items()} for m, s in per_seed.items()}
-    chosen = {m: choose_lr(s, prof.lr) for m, s in scores.items()}
     return {
         "profile": prof_name,
         "grid": list(TUNE_LRS),
         "seeds": seeds,
         "scores": scores,
         "per_seed": per_seed,
-        "chosen": chosen,
+        "chosen": {m: choose_lr(s, PROFILES[prof_name].lr) for m, s in scores.items()},
         "seconds": sum(0.0 if math.isnan(r["seconds"]) else r["seconds"] for r in done),
         "commands": [r["command"] for r in done],
     }
