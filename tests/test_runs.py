@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from uniclip_plugin.runs import RunDir, parse_run_name, run_name
+from uniclip_plugin.study.run import keep_final_and_best
 
 
 def _ckpt(path: Path, epoch: int) -> Path:
@@ -103,6 +104,25 @@ def test_open_clip_train_run(tmp_path: Path) -> None:
     loss = run.loss_curve()
     assert loss[0] == (64, 4.1) and loss[1][0] == 512 and math.isnan(loss[1][1])  # a repeated step keeps its last
     assert run.step_seconds() == [0.1, 0.3, 0.2] and run.step_seconds("Data") == [0.01, 0.02, 0.03]
+
+
+def test_pruned_checkpoints_keep_their_place_on_the_wall_clock_axis(tmp_path: Path) -> None:
+    run = RunDir(_open_clip_run(tmp_path))
+    for n in (1, 2, 10):  # distinct save times, one second apart
+        os.utime(run.epoch_checkpoint(n), (1000.0 + n, 1000.0 + n))
+    lines = [
+        {"epoch": n, "image_to_text_R@1": r, "text_to_image_R@1": r, "clip_val_loss": 1.0}
+        for n, r in ((1, 0.2), (2, 0.5), (10, 0.3))
+    ]
+    (run.path / "checkpoints" / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    before = run.val_curve(4, start=1000.0)
+    assert [p["seconds"] for p in before] == [1.0, 2.0, 10.0]
+    keep_final_and_best(run, 10)  # the best validation epoch is 2
+    assert [p.name for p in run.checkpoints()] == ["epoch_2.pt", "epoch_10.pt"]
+    assert run.val_curve(4, start=1000.0) == before
+    assert run.prune_checkpoints({10}) == [run.epoch_checkpoint(2)]
+    assert run.prune_checkpoints({10}) == []  # nothing left to delete; the recorded times stay
+    assert run.val_curve(4, start=1000.0) == before
 
 
 def test_epoch_latest_wins_only_when_it_holds_a_later_epoch(tmp_path: Path) -> None:

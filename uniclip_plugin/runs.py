@@ -22,10 +22,13 @@ import re
 from pathlib import Path
 from typing import Optional, Union
 
+from uniclip_plugin.io import write_text_atomic
+
 __all__ = ["RunDir", "run_name", "parse_run_name"]
 
 _SEED_SUFFIX = re.compile(r"-(?:seed|s)(\d+)$")
 _NUMBERED = re.compile(r"epoch_\d+\.pt")
+EPOCH_TIMES = "epoch_times.json"  # {epoch: save time} of checkpoints removed by RunDir.prune_checkpoints
 # open_clip_train (train.py, v3.3.0): "Train Epoch: 0 [ 256/1024 (25%)] Data (t): ... Loss: 4.1234 (4.2000)"; the
 # DeepSpeed trainer logs the same prefix. Per-term losses are logged as "Contrastive_loss: ..." and the total as
 # "Loss: ..."; values use the "#.5g" format, which can be exponential or nan/inf.
@@ -153,6 +156,25 @@ class RunDir:
             candidates.append(max(exports, key=lambda p: (_last_int(p), p.stat().st_mtime)))
         return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
+    def prune_checkpoints(self, keep: set[int]) -> list[Path]:
+        """Delete the numbered epoch checkpoints whose epoch is not in ``keep``; returns the deleted paths.
+
+        Each checkpoint's save time goes to ``checkpoints/epoch_times.json`` first (atomically), so
+        :meth:`val_curve` keeps its wall-clock axis: a 40-epoch run is 1.6 GB of checkpoints, a study dozens of runs.
+        """
+        doomed = [p for p in self.checkpoints() if p.parent.name == "checkpoints" and _last_int(p) not in keep]
+        if not doomed:
+            return []
+        times = {**self._epoch_times(), **{str(_last_int(p)): p.stat().st_mtime for p in self.checkpoints()}}
+        write_text_atomic(self.path / "checkpoints" / EPOCH_TIMES, json.dumps(times, sort_keys=True))
+        for path in doomed:
+            path.unlink()
+        return doomed
+
+    def _epoch_times(self) -> dict[str, float]:
+        path = self.path / "checkpoints" / EPOCH_TIMES
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def has_sharded_checkpoint(self) -> bool:
         """Whether the DeepSpeed trainer left a sharded checkpoint (``checkpoints/LATEST``), exported or not."""
         return (self.path / "checkpoints" / "LATEST").is_file()
@@ -175,17 +197,18 @@ class RunDir:
         points: dict[int, dict[str, float]] = {}
         if not path.is_file():
             return []
+        saved = self._epoch_times()  # save times of pruned checkpoints
         for line in path.read_text().splitlines():
             m = json.loads(line) if line.strip() else {}
             if "image_to_text_R@1" not in m:
                 continue
             epoch = int(m["epoch"])
             ckpt = self.epoch_checkpoint(epoch)
-            seconds = (
-                (ckpt.stat().st_mtime - start)
-                if (start is not None and ckpt.is_file())
-                else (0.0 if epoch == 0 else float("nan"))
-            )
+            saved_at = ckpt.stat().st_mtime if ckpt.is_file() else saved.get(str(epoch))
+            if start is not None and saved_at is not None:
+                seconds = saved_at - start
+            else:
+                seconds = 0.0 if epoch == 0 else float("nan")
             i2t, t2i = 100 * float(m["image_to_text_R@1"]), 100 * float(m["text_to_image_R@1"])
             points[epoch] = {
                 "epoch": epoch,

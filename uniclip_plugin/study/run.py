@@ -23,6 +23,7 @@ from typing import Optional
 from uniclip_plugin.cli import train_argv
 from uniclip_plugin.io import write_text_atomic
 from uniclip_plugin.runs import RunDir, run_name
+from uniclip_plugin.study.analysis import best_epoch
 from uniclip_plugin.study.plan import PROFILES, TUNE_LRS, Method, Profile, profile_samples
 
 __all__ = [
@@ -260,6 +261,7 @@ def train(
             f"for ({'; '.join(stale)}); delete that run folder, or pass another --out / runs folder"
         )
     if final.is_file():
+        keep_final_and_best(run, prof.epochs)
         record = json.loads(timing.read_text()) if timing.is_file() else {}
         return {
             "seconds": record.get("seconds", float("nan")),
@@ -284,9 +286,17 @@ def train(
     if returncode != 0 or not final.is_file():
         raise SystemExit(failure_message(f"{method.name} seed {seed}", run.path / OUTPUT_LOG, returncode))
     seconds = time.time() - start
+    keep_final_and_best(run, prof.epochs)
     # a resumed run's epochs before the resume have no wall-clock on this timeline
     write_text_atomic(timing, json.dumps({"seconds": seconds, "start": None if resume else start}))
     return {"seconds": seconds, "start": None if resume else start, "command": cmd, "skipped": False}
+
+
+def keep_final_and_best(run: RunDir, final_epoch: int) -> None:
+    """Delete a finished run's epoch checkpoints but the final and the best-validation one (the benchmark reads
+    both; the others only cost disk, and their save times are kept for the wall-clock curves)."""
+    best = best_epoch(run.val_curve(1, None))
+    run.prune_checkpoints({final_epoch} | ({best} if best is not None else set()))
 
 
 def choose_lr(scores: dict[float, float], default: float) -> float:
