@@ -227,3 +227,65 @@ def test_a_synthetic_study_never_writes_into_the_real_data_folder(tmp_path: Path
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in data.rglob("*")) == ["heldout-val-000000.tar", "manifest.json", "val"]
     assert (data / "val" / "heldout-val-000000.tar").read_bytes() == b"real"
+
+
+def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ablation-jobs N: the main methods' runs train alone (their wall-clock is compared), then the ablations N at
+    a time; those runs' wall-clock is recorded as shared and left out of the cost and equal-wall-clock figures."""
+    import math
+    import threading
+    import time
+    import types
+
+    from uniclip_plugin.study import cli, plan
+    from uniclip_plugin.study.report import _shared_machine_note
+
+    calls, active, peak, lock = [], [0], [0], threading.Lock()
+
+    def fake_train(method, prof, data, samples, runs, seed, val, threads, lr=None, side_by_side=1, **kw):  # noqa: ANN001, ANN202
+        with lock:
+            calls.append((method.name, seed, side_by_side))
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return {
+            "seconds": 10.0,
+            "start": 5.0,
+            "command": [method.name, str(seed)],
+            "skipped": False,
+            "side_by_side": side_by_side,
+        }
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    main = [m for m in plan.METHODS if m.name in ("clip", "uniclip")]
+    ablations = [m for m in plan.ABLATIONS if m.name in ("uniclip-v1", "uniclip-infonce")]
+    seeds = {"clip": 2, "uniclip": 2, "uniclip-v1": 2, "uniclip-infonce": 1}
+    ctx = {
+        "methods": main + ablations,
+        "seeds": seeds,
+        "runs": tmp_path,
+        "lrs": dict.fromkeys(seeds, 1e-3),
+        "prof": plan.PROFILES["smoke"],
+        "pattern": "d",
+        "samples": 64,
+        "val": {},
+        "threads": 1,
+        "progress_every": 60.0,
+        "ablation_jobs": 2,
+    }
+    timings, commands = cli._train_all(ctx)
+    assert calls[:4] == [("clip", 0, 1), ("clip", 1, 1), ("uniclip", 0, 1), ("uniclip", 1, 1)]
+    assert sorted(calls[4:]) == [("uniclip-infonce", 0, 2), ("uniclip-v1", 0, 2), ("uniclip-v1", 1, 2)]
+    assert peak[0] == 2  # the ablations did train side by side
+    assert [(t["seconds"], t["start"]) for t in timings["clip"] + timings["uniclip"]] == [(10.0, 5.0)] * 4
+    shared = timings["uniclip-v1"] + timings["uniclip-infonce"]
+    assert len(shared) == 3 and all(math.isnan(t["seconds"]) and t["start"] is None for t in shared)
+    assert commands[:4] == [["clip", "0"], ["clip", "1"], ["uniclip", "0"], ["uniclip", "1"]] and len(commands) == 7
+    rows = [{"method": "clip", "seconds_per_run": 10.0}, {"method": "uniclip-v1", "seconds_per_run": float("nan")}]
+    note = _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows}))
+    assert note.startswith(" uniclip-v1: trained side by side") and "clip," not in note
+    assert _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows[:1]})) == ""

@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic",
         action="store_true",
         help="generated data instead of the real sets (CI smoke); never written into a folder holding the real data",
+    )
+    parser.add_argument(
+        "--ablation-jobs",
+        type=int,
+        default=1,
+        help="ablation runs trained side by side once the main methods' runs are done (default 1); their "
+        "wall-clock is then no cost, and the report gives none",
     )
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
     _add_tune_arguments(parser)
@@ -194,37 +202,48 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
     return tuning
 
 
+def _train_one(ctx: dict[str, Any], m: Method, seed: int, label: str, side_by_side: int) -> dict:
+    """One (method, seed) run at its lr; a run that shared the machine gets no wall-clock (nan, no start)."""
+    output = ctx["runs"] / run_name(m.name, seed) / OUTPUT_LOG
+    print(f"reproduce.py: {label} (lr {ctx['lrs'][m.name]:g}; output: {output}) ...", flush=True)
+    r = train(
+        m,
+        ctx["prof"],
+        ctx["pattern"],
+        ctx["samples"],
+        ctx["runs"],
+        seed,
+        ctx["val"],
+        ctx["threads"],
+        lr=ctx["lrs"][m.name],
+        label=label,
+        progress_every=ctx["progress_every"],
+        side_by_side=side_by_side,
+    )
+    # a long study's progress at a glance: each run's own time, or that it was reused
+    print(
+        f"reproduce.py: {label}: "
+        + ("reused (already trained)" if r["skipped"] else f"done in {r['seconds'] / 60:.1f} min"),
+        flush=True,
+    )
+    return r if r["side_by_side"] == 1 else {**r, "seconds": float("nan"), "start": None}
+
+
 def _train_all(ctx: dict[str, Any]) -> tuple[dict[str, list[dict]], list[list[str]]]:
-    """Every (method, seed) run at its lr: the timings per method and the training commands."""
-    timings: dict[str, list[dict]] = {}
-    commands = []
+    """Every (method, seed) run at its lr: the timings per method and the training commands. The main methods train
+    one at a time (their wall-clock is compared); the ablations then ``ablation_jobs`` side by side."""
     jobs = [(m, seed) for m in ctx["methods"] for seed in range(ctx["seeds"][m.name])]
-    for k, (m, seed) in enumerate(jobs, start=1):
-        label = f"run {k} of {len(jobs)}: {m.name} seed {seed}"
-        output = ctx["runs"] / run_name(m.name, seed) / OUTPUT_LOG
-        print(f"reproduce.py: {label} (lr {ctx['lrs'][m.name]:g}; output: {output}) ...", flush=True)
-        r = train(
-            m,
-            ctx["prof"],
-            ctx["pattern"],
-            ctx["samples"],
-            ctx["runs"],
-            seed,
-            ctx["val"],
-            ctx["threads"],
-            lr=ctx["lrs"][m.name],
-            label=label,
-            progress_every=ctx["progress_every"],
-        )
-        # a long study's progress at a glance: each run's own time, or that it was reused
-        print(
-            f"reproduce.py: {label}: "
-            + ("reused (already trained)" if r["skipped"] else f"done in {r['seconds'] / 60:.1f} min"),
-            flush=True,
-        )
+    jobs = [(m, seed, f"run {k} of {len(jobs)}: {m.name} seed {seed}") for k, (m, seed) in enumerate(jobs, start=1)]
+    main_jobs = [j for j in jobs if j[0] not in ABLATIONS]
+    ablation_jobs = [j for j in jobs if j[0] in ABLATIONS]
+    done = [_train_one(ctx, *job, side_by_side=1) for job in main_jobs]
+    parallel = min(ctx["ablation_jobs"], max(1, len(ablation_jobs)))
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        done += pool.map(lambda job: _train_one(ctx, *job, side_by_side=parallel), ablation_jobs)
+    timings: dict[str, list[dict]] = {}
+    for (m, _, _), r in zip(main_jobs + ablation_jobs, done, strict=True):
         timings.setdefault(m.name, []).append(r)
-        commands.append(r["command"])
-    return timings, commands
+    return timings, [r["command"] for r in done]
 
 
 def _bench(
@@ -285,8 +304,11 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
     label = args.profile + ("-tuned" if args.tune else "")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be ≥ 1, got {args.threads}")
-    if args.tune_seeds < 1 or args.tune_jobs < 1:
-        parser.error(f"--tune-seeds and --tune-jobs must be ≥ 1, got {args.tune_seeds} and {args.tune_jobs}")
+    if min(args.tune_seeds, args.tune_jobs, args.ablation_jobs) < 1:
+        parser.error(
+            f"--tune-seeds, --tune-jobs and --ablation-jobs must be ≥ 1, got {args.tune_seeds}, {args.tune_jobs} "
+            f"and {args.ablation_jobs}"
+        )
     if not args.progress_every > 0:
         parser.error(f"--progress-every must be > 0, got {args.progress_every:g}")
     main_methods = METHODS if not args.methods else pick_methods(parser, "--methods", args.methods, METHODS)
@@ -322,6 +344,7 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
         "seeds": {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods},
         "lrs": {m.name: prof.lr for m in methods},
         "progress_every": args.progress_every,
+        "ablation_jobs": args.ablation_jobs,
     }
 
 

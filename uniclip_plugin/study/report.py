@@ -320,6 +320,17 @@ def _methods_and_tests(r: StudyResult) -> list[str]:
     ]
 
 
+def _shared_machine_note(r: StudyResult) -> str:
+    """A sentence on the rows without a wall-clock: their runs trained side by side (``--ablation-jobs``)."""
+    shared = [row["method"] for row in r.analysis["rows"] if math.isnan(row["seconds_per_run"])]
+    if not shared:
+        return ""
+    return (
+        f" {', '.join(shared)}: trained side by side with other runs (`--ablation-jobs`), so their wall-clock is "
+        "no cost and they have no equal-wall-clock value (nan, n/a)."
+    )
+
+
 def _validation(r: StudyResult) -> list[str]:
     analysis = r.analysis
     lines = [
@@ -329,7 +340,8 @@ def _validation(r: StudyResult) -> list[str]:
         f"(open_clip_train `--val-data`, after every epoch). Equal wall-clock: each method's validation R@1 "
         f"interpolated at {analysis['budget_seconds']:.0f} s after its training process started, when the "
         f"cheapest method had finished (n/a: that method's first validation came later). s / run includes "
-        f"process start-up and validation; s / step = s / run over the steps.",
+        f"process start-up and validation; s / step = s / run over the steps."
+        + _shared_machine_note(r),
         "",
         "| method | s / run | s / step | × clip | final val R@1 | best val R@1 | best epoch | "
         "val R@1 at equal wall-clock |",

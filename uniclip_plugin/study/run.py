@@ -246,9 +246,11 @@ def train(
     *,
     label: str = "",
     progress_every: float = PROGRESS_EVERY,
+    side_by_side: int = 1,
 ) -> dict:
     """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
-    "command", "skipped"}. ``label`` starts its progress lines (default: the method and seed)."""
+    "command", "skipped", "side_by_side"}. ``label`` starts its progress lines (default: the method and seed);
+    ``side_by_side`` (runs training at once) is recorded with the wall-clock, which is a cost only when it is 1."""
     name = name or run_name(method.name, seed)
     run = RunDir(runs / name)
     final = run.epoch_checkpoint(prof.epochs)
@@ -268,6 +270,7 @@ def train(
             "start": record.get("start"),
             "command": cmd,
             "skipped": True,
+            "side_by_side": record.get("side_by_side", 1),
         }
     resume = ["--resume", "latest"] if (run.path / "checkpoints").is_dir() else []
     run.path.mkdir(parents=True, exist_ok=True)
@@ -288,8 +291,9 @@ def train(
     seconds = time.time() - start
     keep_final_and_best(run, prof.epochs)
     # a resumed run's epochs before the resume have no wall-clock on this timeline
-    write_text_atomic(timing, json.dumps({"seconds": seconds, "start": None if resume else start}))
-    return {"seconds": seconds, "start": None if resume else start, "command": cmd, "skipped": False}
+    record = {"seconds": seconds, "start": None if resume else start, "side_by_side": side_by_side}
+    write_text_atomic(timing, json.dumps(record))
+    return {**record, "command": cmd, "skipped": False}
 
 
 def keep_final_and_best(run: RunDir, final_epoch: int) -> None:
