@@ -43,6 +43,8 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
         in report
     )
     assert "| uniclip-seed0 |" in report  # learned per-domain-pair temperatures and offsets
+    summary = report[report.index("## Summary") : report.index("## Methods")]
+    assert all(f"| {method} | 0.001 | " in summary for method in methods)  # the table README quotes
     assert "Data efficiency" in report and "validation_curves.png" in report
     # 4 evaluations per run: shapes zero-shot + probe, the full retrieval set, the validation-disjoint retrieval set
     assert len(list((tmp_path / "results" / "smoke" / "json").glob("*.json"))) == len(methods) * 4
@@ -289,3 +291,30 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     note = _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows}))
     assert note.startswith(" uniclip-v1: trained side by side") and "clip," not in note
     assert _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows[:1]})) == ""
+
+
+def test_summary_table_gives_each_method_its_lr_and_mean_over_its_own_seeds(tmp_path: Path) -> None:
+    from uniclip_plugin.study.report import summary_table
+
+    results = tmp_path / "results.csv"
+    header = "method,run,dataset,task,metric,value,model,checkpoint\n"
+    rows = [
+        "clip,clip-seed0,heldout_emoji_retrieval_test,zeroshot_retrieval,image_retrieval_recall@1,0.06,M,c",
+        "clip,clip-seed1,heldout_emoji_retrieval_test,zeroshot_retrieval,image_retrieval_recall@1,0.08,M,c",
+        "clip,clip-seed0,digits,linear_probe,lp_acc1,0.5,M,c",
+        "clip,clip-seed1,digits,linear_probe,lp_acc1,0.7,M,c",
+        "uniclip,uniclip-seed0,heldout_emoji_group,linear_probe,lp_acc1,0.25,M,c",
+        "uniclip,uniclip-seed0,digits,zeroshot_classification,acc1,0.9,M,c",  # not a summary column
+    ]
+    results.write_text(header + "\n".join(rows) + "\n")
+    curves = [
+        {"method": "clip", "final_val_r1": [2.0, 4.0], "seconds_per_step": 0.25},
+        {"method": "uniclip", "final_val_r1": [3.0], "seconds_per_step": float("nan")},
+    ]
+    lines = summary_table(results, curves, {"clip": 2e-3, "uniclip": 1e-3})
+    assert lines[0] == (
+        "| method | lr | val R@1 (final) | test image R@1 | test text R@1 | emoji-group probe | digits probe "
+        "| s / step |"
+    )
+    assert lines[2] == "| clip | 0.002 | 3.0 ± 1.4 | 7.0 ± 1.4 | n/a | n/a | 60.0 ± 14.1 | 0.250 |"
+    assert lines[3] == "| uniclip | 0.001 | 3.0 | n/a | n/a | 25.0 | n/a | n/a |"

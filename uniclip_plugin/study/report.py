@@ -27,6 +27,8 @@ from uniclip_plugin.study.plan import Method, Profile
 __all__ = [
     "StudyResult",
     "ABLATION_METRICS",
+    "SUMMARY_METRICS",
+    "summary_table",
     "ablation_table",
     "tuning_lines",
     "relative_command",
@@ -140,6 +142,15 @@ def relative_command(cmd: list[str], root: Path) -> str:
     return " ".join(_relative_word(w, root) for w in words)
 
 
+# the summary table's columns (the README quotes that table): (dataset, task, metric, header)
+SUMMARY_METRICS = (
+    ABLATION_METRICS[0][:3] + ("test image R@1",),
+    ABLATION_METRICS[1][:3] + ("test text R@1",),
+    ("heldout_emoji_group", "linear_probe", "lp_acc1", "emoji-group probe"),
+    ("digits", "linear_probe", "lp_acc1", "digits probe"),
+)
+
+
 def _read_per_run(results_csv: Path) -> dict[tuple[str, int, str, str, str], float]:
     """``results.csv`` as (method, seed, dataset, task, metric) → value, for runs named ``<method>-seed<N>``."""
     per_run: dict[tuple[str, int, str, str, str], float] = {}
@@ -189,6 +200,26 @@ def ablation_table(results_csv: Path, rows: list[dict], full: str, ablations: li
             cells.append(_delta_cell(own, base, 100.0))
         seed_text = "–" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
         lines.append(f"| {name} | {seed_text} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_table(results_csv: Path, rows: list[dict], lrs: dict[str, float]) -> list[str]:
+    """Markdown lines: one row per method (analysis ``rows`` order) with its lr, final validation R@1, the
+    ``SUMMARY_METRICS`` at the final epoch and s / step; mean ± std over its seeds (n/a: no value)."""
+    per_run = _read_per_run(results_csv)
+    lines = [
+        "| method | lr | val R@1 (final) | " + " | ".join(m[3] for m in SUMMARY_METRICS) + " | s / step |",
+        "|---|---|---|" + "---|" * len(SUMMARY_METRICS) + "---|",
+    ]
+    for row in rows:
+        name, seeds = row["method"], range(len(row["final_val_r1"]))
+        cells = [f"{lrs[name]:g}", study.mean_std(row["final_val_r1"])]
+        for metric in SUMMARY_METRICS:
+            values = [per_run.get((name, s, *metric[:3])) for s in seeds]
+            cells.append(study.mean_std([100 * v for v in values if v is not None]))
+        step = row["seconds_per_step"]
+        cells.append("n/a" if math.isnan(step) else f"{step:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -340,8 +371,7 @@ def _validation(r: StudyResult) -> list[str]:
         f"(open_clip_train `--val-data`, after every epoch). Equal wall-clock: each method's validation R@1 "
         f"interpolated at {analysis['budget_seconds']:.0f} s after its training process started, when the "
         f"cheapest method had finished (n/a: that method's first validation came later). s / run includes "
-        f"process start-up and validation; s / step = s / run over the steps."
-        + _shared_machine_note(r),
+        f"process start-up and validation; s / step = s / run over the steps." + _shared_machine_note(r),
         "",
         "| method | s / run | s / step | × clip | final val R@1 | best val R@1 | best epoch | "
         "val R@1 at equal wall-clock |",
@@ -429,10 +459,23 @@ def _similarity_and_commands(r: StudyResult) -> list[str]:
     return lines + ["", "## Commands", "", "```"] + [relative_command(c, r.root) for c in r.commands] + ["```", ""]
 
 
+def _summary(r: StudyResult) -> list[str]:
+    return [
+        "## Summary",
+        "",
+        "Final epoch, mean ± std over the seeds; % (test = the held-out concepts disjoint from validation; image R@1: "
+        "a caption retrieves its image); s / step as in the validation table below. README quotes this table.",
+        "",
+        *summary_table(r.results / "results.csv", r.analysis["rows"], r.lrs),
+        "",
+    ]
+
+
 def render(result: StudyResult) -> str:
     """The generated part of the report (everything before ``## Reading these numbers``)."""
     lines = (
         _header(result)
+        + _summary(result)
         + _methods_and_tests(result)
         + _validation(result)
         + _ablations_and_tuning(result)
