@@ -45,6 +45,7 @@ def test_reproduce_smoke_writes_the_report(tmp_path: Path) -> None:
     assert "| uniclip-seed0 |" in report  # learned per-domain-pair temperatures and offsets
     summary = report[report.index("## Summary") : report.index("## Methods")]
     assert all(f"| {method} | 0.001 | " in summary for method in methods)  # the table README quotes
+    assert "## UniCLIP's objective at the end of training" in report and "| uniclip | 1 | " in report
     assert "Data efficiency" in report and "validation_curves.png" in report
     # 4 evaluations per run: shapes zero-shot + probe, the full retrieval set, the validation-disjoint retrieval set
     assert len(list((tmp_path / "results" / "smoke" / "json").glob("*.json"))) == len(methods) * 4
@@ -318,3 +319,21 @@ def test_summary_table_gives_each_method_its_lr_and_mean_over_its_own_seeds(tmp_
     )
     assert lines[2] == "| clip | 0.002 | 3.0 ± 1.4 | 7.0 ± 1.4 | n/a | n/a | 60.0 ± 14.1 | 0.250 |"
     assert lines[3] == "| uniclip | 0.001 | 3.0 | n/a | n/a | 25.0 | n/a | n/a |"
+
+
+def test_objective_table_shows_each_uniclip_methods_group_metrics_over_its_seeds(tmp_path: Path) -> None:
+    from uniclip_plugin.study.report import OBJECTIVE_METRICS, objective_table
+
+    def run(name: str, values: dict[str, float]) -> None:
+        (tmp_path / name).mkdir()
+        fields = " ".join(f"{k}: {v}" for k, v in values.items())
+        (tmp_path / name / "out.log").write_text(f"2026 | INFO | Loss metrics: {fields}\n")
+
+    base = dict.fromkeys(OBJECTIVE_METRICS, 1.0)
+    run("uniclip-seed0", {**base, "loss_it": 2.0})
+    run("uniclip-seed1", {**base, "loss_it": 4.0})
+    run("slip-seed0", {"simclr_acc": 0.5})  # another method's metrics: no row
+    lines = objective_table(tmp_path, [("uniclip", 2), ("slip", 1), ("clip", 1)])
+    assert lines[4] == "| method | seeds | " + " | ".join(OBJECTIVE_METRICS) + " |"
+    assert lines[6:] == ["| uniclip | 2 | 3.000 ± 1.414 | " + " | ".join(["1.000 ± 0.000"] * 5) + " |"]
+    assert objective_table(tmp_path, [("slip", 1)]) == []

@@ -125,6 +125,20 @@ def test_pruned_checkpoints_keep_their_place_on_the_wall_clock_axis(tmp_path: Pa
     assert run.val_curve(4, start=1000.0) == before
 
 
+def test_loss_metrics_average_the_last_logged_lines(tmp_path: Path) -> None:
+    run = RunDir(_open_clip_run(tmp_path))
+    assert run.loss_metrics() == {}  # no "Loss metrics:" line
+    lines = [
+        f"2026-01-01,00:00:0{i} | INFO | Loss metrics: loss_it: {v} prob_it: {p} scale_tt: 1.5e+01"
+        for i, (v, p) in enumerate([("9.0", "0.5"), ("3.0", "0.1"), ("2.0", "nan"), ("4.0", "0.3")])
+    ]
+    with open(run.path / "out.log", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    last3 = run.loss_metrics(last=3)
+    assert last3["loss_it"] == 3.0 and last3["scale_tt"] == 15.0 and math.isnan(last3["prob_it"])
+    assert run.loss_metrics(last=1) == {"loss_it": 4.0, "prob_it": 0.3, "scale_tt": 15.0}
+
+
 def test_epoch_latest_wins_only_when_it_holds_a_later_epoch(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "clip")
     _ckpt(run.path / "checkpoints" / "epoch_2.pt", 2)

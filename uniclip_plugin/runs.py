@@ -28,6 +28,7 @@ __all__ = ["RunDir", "run_name", "parse_run_name"]
 
 _SEED_SUFFIX = re.compile(r"-(?:seed|s)(\d+)$")
 _NUMBERED = re.compile(r"epoch_\d+\.pt")
+_METRIC = re.compile(r"(\w+): ([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))")  # train_hooks' "name: %.4g" fields
 EPOCH_TIMES = "epoch_times.json"  # {epoch: save time} of checkpoints removed by RunDir.prune_checkpoints
 # open_clip_train (train.py, v3.3.0): "Train Epoch: 0 [ 256/1024 (25%)] Data (t): ... Loss: 4.1234 (4.2000)"; the
 # DeepSpeed trainer logs the same prefix. Per-term losses are logged as "Contrastive_loss: ..." and the total as
@@ -244,6 +245,14 @@ class RunDir:
         """open_clip_train's logged ``Batch (t)`` values (seconds of the logged step, data wait included), or with
         ``field="Data"`` its ``Data (t)`` values (the wait for the loader), in log order; empty without ``out.log``."""
         return [float(v) for line in self._log_lines() for v in re.findall(field + r" \(t\): ([0-9.]+)", line)]
+
+    def loss_metrics(self, last: int = 20) -> dict[str, float]:
+        """The loss's own metrics (``Loss metrics: name: value ...`` lines of ``out.log``, logged with every training
+        line: per-group MP-NCE loss and positive probability, learned scales), averaged over the last ``last`` lines
+        (a mean over the end of training, not one batch); empty when the run logged none."""
+        rows = [dict(_METRIC.findall(line)) for line in self._log_lines() if "Loss metrics: " in line][-last:]
+        names = [k for k in rows[-1]] if rows else []
+        return {k: sum(float(r[k]) for r in rows if k in r) / sum(k in r for r in rows) for k in names}
 
     def last_train_point(self) -> Optional[dict[str, float]]:
         """The last ``Train Epoch`` line of ``out.log`` (progress of a run that may still be training).

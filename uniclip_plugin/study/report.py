@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from uniclip_plugin.io import write_text_atomic
-from uniclip_plugin.runs import run_name
+from uniclip_plugin.runs import RunDir, run_name
 from uniclip_plugin.study import analysis as study
 from uniclip_plugin.study.plan import Method, Profile
 
@@ -29,6 +29,7 @@ __all__ = [
     "ABLATION_METRICS",
     "SUMMARY_METRICS",
     "summary_table",
+    "objective_table",
     "ablation_table",
     "tuning_lines",
     "relative_command",
@@ -456,7 +457,43 @@ def _similarity_and_commands(r: StudyResult) -> list[str]:
             if sim:
                 t, b = sim["temperature"], sim["offset"]
                 lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in t + b) + " |")
+    lines += ["", *objective_table(r.runs, [(m.name, r.seeds[m.name]) for m in r.methods])]
     return lines + ["", "## Commands", "", "```"] + [relative_command(c, r.root) for c in r.commands] + ["```", ""]
+
+
+# MP-NCE's per-group metrics (uniclip_plugin.losses.mpnce) shown at the end of training
+OBJECTIVE_METRICS = ("loss_it", "prob_it", "pos_cos_it", "loss_ii", "prob_ii", "pos_cos_ii")
+
+
+def objective_table(runs: Path, methods: list[tuple[str, int]]) -> list[str]:
+    """Markdown lines: for each method that logs MP-NCE's per-group metrics, their mean over its seeds at the end of
+    training (each run: the mean of its last 20 logged batches); empty when no method does."""
+    lines = [
+        "## UniCLIP's objective at the end of training (training batches)",
+        "",
+        "Per positive group (IT: image–text, II: image–image): the mean pair loss, the mean probability of a positive "
+        "against its negatives, and the mean cosine of a positive pair; each run's last 20 logged batches "
+        "(`Loss metrics:` lines of its `out.log`), then the mean ± std over seeds.",
+        "",
+        "| method | seeds | " + " | ".join(OBJECTIVE_METRICS) + " |",
+        "|---|---|" + "---|" * len(OBJECTIVE_METRICS),
+    ]
+    rows = 0
+    for name, seeds in methods:
+        per_seed = [RunDir(runs / run_name(name, s)).loss_metrics() for s in range(seeds)]
+        if not per_seed or not all("loss_it" in m for m in per_seed):
+            continue
+        cells = [_mean_std3([m.get(k, float("nan")) for m in per_seed]) for k in OBJECTIVE_METRICS]
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+        rows += 1
+    return lines if rows else []
+
+
+def _mean_std3(values: list[float]) -> str:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "n/a"
+    return f"{statistics.mean(finite):.3f}" + (f" ± {statistics.stdev(finite):.3f}" if len(finite) > 1 else "")
 
 
 def _summary(r: StudyResult) -> list[str]:
