@@ -37,7 +37,7 @@ PROFILES = {
     # a third of full (602 of 1,720 steps), warm-up scaled alike: issue 18's decisions and lr search
     "third": Profile("Tiny-32", 14, 128, 1e-3, 70, epoch_fraction=0.5, threads=1),
 }
-TUNE_LRS = (5e-4, 1e-3, 2e-3, 4e-3)  # the same grid, seed and budget for every method
+TUNE_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)  # the same grid, seeds and budget for every method
 
 
 @dataclass(frozen=True)
