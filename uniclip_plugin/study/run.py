@@ -350,6 +350,7 @@ def tune(
             name=name,
             label=label,
             progress_every=progress_every,
+            side_by_side=min(jobs, len(grid)),
         )
         curve = RunDir(runs / name).val_curve(steps_per_epoch, None)
         return {**r, "best": max((p["val_r1"] for p in curve if p["epoch"] >= 1), default=float("nan"))}
