@@ -337,3 +337,34 @@ def test_objective_table_shows_each_uniclip_methods_group_metrics_over_its_seeds
     assert lines[4] == "| method | seeds | " + " | ".join(OBJECTIVE_METRICS) + " |"
     assert lines[6:] == ["| uniclip | 2 | 3.000 ± 1.414 | " + " | ".join(["1.000 ± 0.000"] * 5) + " |"]
     assert objective_table(tmp_path, [("slip", 1)]) == []
+
+
+def test_ablations_take_the_tuned_uniclip_lr_and_a_reference_row_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from uniclip_plugin.study import cli, plan
+
+    chosen = {"clip": 1e-3, "uniclip": 4e-3}
+    monkeypatch.setattr(cli, "tune", lambda methods, *a, **kw: {"chosen": chosen, "methods": [m.name for m in methods]})
+    monkeypatch.setattr(cli, "write_tuning", lambda path, tuning: None)
+    pick = {m.name: m for m in plan.METHODS + plan.ABLATIONS}
+    methods = [pick[n] for n in ("clip", "uniclip", "uniclip-v1", "clip-lr2e-3")]
+    ctx = {
+        "out": tmp_path,
+        "runs": tmp_path / "runs",
+        "results": tmp_path / "results",
+        "methods": methods,
+        "lrs": {m.name: m.lr or 1e-3 for m in methods},
+        "prof": plan.PROFILES["full"],
+        "pattern": "d",
+        "data_samples": 64,
+        "val": {},
+        "threads": 1,
+        "progress_every": 60.0,
+    }
+    args = argparse.Namespace(tune=True, tune_profile="third", tune_seeds=2, tune_jobs=2, profile="full")
+    tuning = cli._tune_stage(args, ctx)
+    assert tuning["methods"] == ["clip", "uniclip"]  # only the main methods are searched
+    assert ctx["lrs"] == {"clip": 1e-3, "uniclip": 4e-3, "uniclip-v1": 4e-3, "clip-lr2e-3": 2e-3}

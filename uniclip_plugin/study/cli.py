@@ -195,8 +195,8 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
             if not link.exists():
                 link.symlink_to(tune_runs / run_name(m.name, 0, lrs[m.name]), target_is_directory=True)
     for m in methods:
-        if m in ABLATIONS:  # an ablation changes one thing against the tuned UniCLIP
-            lrs[m.name] = tuning["chosen"].get("uniclip", ctx["prof"].lr)
+        if m in ABLATIONS:  # an ablation changes one thing against the tuned UniCLIP; a reference row has its lr
+            lrs[m.name] = m.lr or tuning["chosen"].get("uniclip", ctx["prof"].lr)
     ctx["results"].mkdir(parents=True, exist_ok=True)
     write_tuning(ctx["results"] / "tuning.json", tuning)
     return tuning
@@ -342,7 +342,7 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
         "methods": methods,
         "skipped": [m for m in wanted if m not in methods],
         "seeds": {m.name: min(args.seeds, args.ablation_seeds) if m in ABLATIONS else args.seeds for m in methods},
-        "lrs": {m.name: prof.lr for m in methods},
+        "lrs": {m.name: m.lr or prof.lr for m in methods},
         "progress_every": args.progress_every,
         "ablation_jobs": args.ablation_jobs,
     }

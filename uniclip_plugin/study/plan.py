@@ -49,6 +49,9 @@ class Method:
     model: str  # "{size}" is replaced by the profile's size
     flags: tuple[str, ...] = field(default_factory=tuple)
     note: str = ""
+    lr: Optional[float] = (
+        None  # a fixed lr (a reference row); None: the tuned lr (ablations: UniCLIP's) or the profile's
+    )
 
 
 METHODS = [
@@ -126,6 +129,14 @@ ABLATIONS = [
         "UniCLIP-{size}",
         ("--view-presets", "clip,clip_weak"),
         "diagnostic: SLIP's weak CLIP view as the second view (crop area ≥ 0.5, no flip, jitter, grayscale or blur)",
+    ),
+    # a reference row, not an ablation: CLIP at the lr the earlier quick-profile search chose for it
+    Method(
+        "clip-lr2e-3",
+        "clip",
+        "CLIP-{size}",
+        note="reference: CLIP at lr 2e-3, its lr in the study before issue 18 (chosen on the quick profile)",
+        lr=2e-3,
     ),
     Method(
         "uniclip-paper-views",
