@@ -108,7 +108,7 @@ def test_docs_images_are_redrawn_from_a_reports_tables(tmp_path: Path) -> None:
     assert parse_cell("2.0 ± 0.5 (Δ +0.5)") == (2.0, 0.5)
     assert parse_cell("**2.90**") == (2.9, 0.0)
     assert all(math.isnan(v) for v in parse_cell("n/a") + parse_cell("–"))
-    report = (ROOT / "docs" / "RESULTS_full-tuned.md").read_text()
+    report = (ROOT / "docs" / "RESULTS_full-tuned_before-issue-18.md").read_text()  # archived: its numbers stay
     tables = read_report_tables(report)
     val = {r["method"]: r for r in tables["Validation, cost and equal wall-clock"]}
     assert val["clip"]["final val R@1"] == "6.1 ± 0.2"
