@@ -123,18 +123,25 @@ def test_choose_lr_prefers_the_best_score_then_the_default_then_the_smaller_lr()
     assert choose_lr({5e-4: float("nan"), 1e-3: 0.5, 2e-3: float("nan")}, 2e-3) == 1e-3
 
 
+def _results_csv(folder: Path, rows: list[str]) -> Path:
+    """A benchmark ``results.csv`` (the columns ``uniclip_plugin.bench`` writes) holding ``rows``."""
+    path = folder / "results.csv"
+    path.write_text("method,run,dataset,task,metric,value,model,checkpoint\n" + "\n".join(rows) + "\n")
+    return path
+
+
 def test_ablation_table_compares_each_ablation_with_the_full_model_on_the_same_seeds(tmp_path: Path) -> None:
     from uniclip_plugin.study.report import ablation_table
 
-    results = tmp_path / "results.csv"
-    header = "method,run,dataset,task,metric,value,model,checkpoint\n"
-    rows = [
-        "uniclip,uniclip-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.25,M,c",
-        "uniclip,uniclip-seed1,heldout_emoji_group,zeroshot_classification,acc1,0.05,M,c",
-        "uniclip-v1,uniclip-v1-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.20,M,c",
-        "uniclip-v1,uniclip-v1-seed0,fmnist,zeroshot_classification,acc1,0.5,M,c",
-    ]  # no full-model value: no column
-    results.write_text(header + "\n".join(rows) + "\n")
+    results = _results_csv(
+        tmp_path,
+        [
+            "uniclip,uniclip-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.25,M,c",
+            "uniclip,uniclip-seed1,heldout_emoji_group,zeroshot_classification,acc1,0.05,M,c",
+            "uniclip-v1,uniclip-v1-seed0,heldout_emoji_group,zeroshot_classification,acc1,0.20,M,c",
+            "uniclip-v1,uniclip-v1-seed0,fmnist,zeroshot_classification,acc1,0.5,M,c",
+        ],  # no full-model value: no column
+    )
     curves = [
         {"method": "uniclip", "final_val_r1": [2.0, 1.0]},
         {"method": "uniclip-v1", "final_val_r1": [1.5]},
@@ -297,17 +304,17 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
 def test_summary_table_gives_each_method_its_lr_and_mean_over_its_own_seeds(tmp_path: Path) -> None:
     from uniclip_plugin.study.report import summary_table
 
-    results = tmp_path / "results.csv"
-    header = "method,run,dataset,task,metric,value,model,checkpoint\n"
-    rows = [
-        "clip,clip-seed0,heldout_emoji_retrieval_test,zeroshot_retrieval,image_retrieval_recall@1,0.06,M,c",
-        "clip,clip-seed1,heldout_emoji_retrieval_test,zeroshot_retrieval,image_retrieval_recall@1,0.08,M,c",
-        "clip,clip-seed0,digits,linear_probe,lp_acc1,0.5,M,c",
-        "clip,clip-seed1,digits,linear_probe,lp_acc1,0.7,M,c",
-        "uniclip,uniclip-seed0,heldout_emoji_group,linear_probe,lp_acc1,0.25,M,c",
-        "uniclip,uniclip-seed0,digits,zeroshot_classification,acc1,0.9,M,c",  # not a summary column
-    ]
-    results.write_text(header + "\n".join(rows) + "\n")
+    results = _results_csv(
+        tmp_path,
+        [
+            "clip,clip-seed0,heldout_emoji_retrieval_test,zeroshot_retrieval,image_retrieval_recall@1,0.06,M,c",
+            "clip,clip-seed1,heldout_emoji_retrieval_test,zeroshot_retrieval,image_retrieval_recall@1,0.08,M,c",
+            "clip,clip-seed0,digits,linear_probe,lp_acc1,0.5,M,c",
+            "clip,clip-seed1,digits,linear_probe,lp_acc1,0.7,M,c",
+            "uniclip,uniclip-seed0,heldout_emoji_group,linear_probe,lp_acc1,0.25,M,c",
+            "uniclip,uniclip-seed0,digits,zeroshot_classification,acc1,0.9,M,c",  # not a summary column
+        ],
+    )
     curves = [
         {"method": "clip", "final_val_r1": [2.0, 4.0], "seconds_per_step": 0.25},
         {"method": "uniclip", "final_val_r1": [3.0], "seconds_per_step": float("nan")},
