@@ -148,12 +148,14 @@ def data_efficiency(
     return rows
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` of the finite values with one decimal (just the mean for one value; ``n/a`` for none)."""
+def mean_std(values: list[float], digits: int = 1) -> str:
+    """``mean ± std`` of the finite values with ``digits`` decimals (just the mean for one value; ``n/a`` for
+    none)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "n/a"
-    return f"{statistics.mean(finite):.1f}" + (f" ± {statistics.stdev(finite):.1f}" if len(finite) > 1 else "")
+    spread = f" ± {statistics.stdev(finite):.{digits}f}" if len(finite) > 1 else ""
+    return f"{statistics.mean(finite):.{digits}f}" + spread
 
 
 def _mean_curve(per_seed: dict[str, list[dict]], key: str) -> list[tuple[float, float]]:

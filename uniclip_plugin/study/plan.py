@@ -49,9 +49,7 @@ class Method:
     model: str  # "{size}" is replaced by the profile's size
     flags: tuple[str, ...] = field(default_factory=tuple)
     note: str = ""
-    lr: Optional[float] = (
-        None  # a fixed lr (a reference row); None: the tuned lr (ablations: UniCLIP's) or the profile's
-    )
+    lr: Optional[float] = None  # a fixed lr (reference rows); None: the tuned one (ablations: UniCLIP's)
 
 
 METHODS = [

@@ -483,17 +483,10 @@ def objective_table(runs: Path, methods: list[tuple[str, int]]) -> list[str]:
         per_seed = [RunDir(runs / run_name(name, s)).loss_metrics() for s in range(seeds)]
         if not per_seed or not all("loss_it" in m for m in per_seed):
             continue
-        cells = [_mean_std3([m.get(k, float("nan")) for m in per_seed]) for k in OBJECTIVE_METRICS]
+        cells = [study.mean_std([m.get(k, float("nan")) for m in per_seed], digits=3) for k in OBJECTIVE_METRICS]
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
         rows += 1
     return lines if rows else []
-
-
-def _mean_std3(values: list[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a"
-    return f"{statistics.mean(finite):.3f}" + (f" ± {statistics.stdev(finite):.3f}" if len(finite) > 1 else "")
 
 
 def _summary(r: StudyResult) -> list[str]:
