@@ -64,11 +64,8 @@ def _add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``reproduce.py`` argument parser."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--seeds", type=int, default=1)
+def _add_ablation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ablations`` and their seeds and parallel runs."""
     parser.add_argument(
         "--ablations",
         nargs="?",
@@ -82,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--ablation-seeds", type=int, default=1, help="seeds of each ablation row (default 1, whatever --seeds says)"
     )
     parser.add_argument(
+        "--ablation-jobs",
+        type=int,
+        default=1,
+        help="ablation runs trained side by side once the main methods' runs are done (default 1); their "
+        "wall-clock is then no cost, and the report gives none",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``reproduce.py`` argument parser."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--seeds", type=int, default=1)
+    _add_ablation_arguments(parser)
+    parser.add_argument(
         "--data",
         default=None,
         help="data folder (built by harness/data.py if missing; default data/, with --synthetic <out>/synthetic-data/)",
@@ -90,13 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic",
         action="store_true",
         help="generated data instead of the real sets (CI smoke); never written into a folder holding the real data",
-    )
-    parser.add_argument(
-        "--ablation-jobs",
-        type=int,
-        default=1,
-        help="ablation runs trained side by side once the main methods' runs are done (default 1); their "
-        "wall-clock is then no cost, and the report gives none",
     )
     parser.add_argument("--out", default=".", help="folder for runs/, results/ and the report")
     _add_tune_arguments(parser)

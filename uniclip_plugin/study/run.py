@@ -59,6 +59,7 @@ CHECKED_PARAMS = {
 WHERE_FLAGS = ("--train-data", "--val-data", "--logs", "--name")
 
 OUTPUT_LOG = "train_output.log"  # the child's stdout + stderr; open_clip_train writes its own out.log beside it
+WALLCLOCK = "wallclock.json"  # {"seconds", "start", "side_by_side"} of a finished run
 PROGRESS_EVERY = 20.0  # seconds between progress lines (open_clip_train logs every 10 steps: ~3-10 s on 2 cores)
 FAIL_TAIL = 30  # lines of a failed run's output shown with the error
 
@@ -255,7 +256,7 @@ def train(
     run = RunDir(runs / name)
     final = run.epoch_checkpoint(prof.epochs)
     cmd = train_command(method, prof, data, samples, runs, seed, val, lr, name)
-    timing = run.path / "wallclock.json"
+    timing = run.path / WALLCLOCK
     stale = stale_settings(run.path, cmd)
     if stale:
         raise SystemExit(
@@ -263,15 +264,7 @@ def train(
             f"for ({'; '.join(stale)}); delete that run folder, or pass another --out / runs folder"
         )
     if final.is_file():
-        keep_final_and_best(run, prof.epochs)
-        record = json.loads(timing.read_text()) if timing.is_file() else {}
-        return {
-            "seconds": record.get("seconds", float("nan")),
-            "start": record.get("start"),
-            "command": cmd,
-            "skipped": True,
-            "side_by_side": record.get("side_by_side", 1),
-        }
+        return _reused(run, prof.epochs, cmd)
     resume = ["--resume", "latest"] if (run.path / "checkpoints").is_dir() else []
     run.path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.path / "command.json", json.dumps(cmd))
@@ -294,6 +287,20 @@ def train(
     record = {"seconds": seconds, "start": None if resume else start, "side_by_side": side_by_side}
     write_text_atomic(timing, json.dumps(record))
     return {**record, "command": cmd, "skipped": False}
+
+
+def _reused(run: RunDir, final_epoch: int, cmd: list[str]) -> dict:
+    """``train``'s result for a run that had finished: its recorded wall-clock (nan when none was recorded)."""
+    keep_final_and_best(run, final_epoch)
+    timing = run.path / WALLCLOCK
+    record = json.loads(timing.read_text()) if timing.is_file() else {}
+    return {
+        "seconds": record.get("seconds", float("nan")),
+        "start": record.get("start"),
+        "command": cmd,
+        "skipped": True,
+        "side_by_side": record.get("side_by_side", 1),
+    }
 
 
 def keep_final_and_best(run: RunDir, final_epoch: int) -> None:
