@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import uniclip_plugin
-from uniclip_plugin.cli import train_argv
+from tests.cpu_train import cpu_train_argv
 from uniclip_plugin.losses.declip import DeCLIPLoss
 from uniclip_plugin.methods import declip as declip_method
 from uniclip_plugin.model.declip import DeCLIP, ViewBatchNorm1d
@@ -354,26 +354,15 @@ def test_open_clip_train_declip_end_to_end(tmp_path: Path) -> None:
     shards = build_synthetic_pretrain(tmp_path / "shards", n_samples=256, res=32, n_shards=2, seed=0)
     wordnet = write_fake_wordnet(tmp_path / "wordnet")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", UNICLIP_WORDNET_DIR=str(wordnet))
-    cmd = train_argv(
+    cmd = cpu_train_argv(
         "declip",
         NAME,
-        train_data=shards["pattern"],
-        dataset_type="webdataset",
-        dataset_resampled=True,
+        shards["pattern"],
+        tmp_path / "logs",
+        "declip",
         train_num_samples="480",
         batch_size="32",
-        lr="2e-3",
-        wd="0.1",
-        warmup="5",
-        precision="fp32",
-        device="cpu",
-        workers="1",
-        logs=str(tmp_path / "logs"),
-        name="declip",
-        log_every_n_steps="4",
-        zeroshot_frequency="0",
         save_frequency="3",
-        seed="0",
         epochs="3",
     )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from uniclip_plugin.cli import train_argv
+from tests.cpu_train import cpu_train_argv
 
 F64 = torch.float64
 NAME = "SLIP-Tiny-32"
@@ -420,27 +420,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     shards = build_synthetic_pretrain(tmp_path_factory.mktemp("slip_shards"), n_samples=512, res=32, n_shards=4)
     logs = tmp_path_factory.mktemp("slip_logs")
-    cmd = train_argv(
+    cmd = cpu_train_argv(
         "slip",
         NAME,
-        train_data=shards["pattern"],
-        dataset_type="webdataset",
-        dataset_resampled=True,
+        shards["pattern"],
+        logs,
+        "slip",
         train_num_samples="512",
         batch_size="32",
         epochs="3",
-        lr="2e-3",
-        wd="0.1",
-        warmup="5",
-        precision="fp32",
-        device="cpu",
-        workers="1",
-        logs=str(logs),
-        name="slip",
-        log_every_n_steps="4",
-        zeroshot_frequency="0",
         save_frequency="3",
-        seed="0",
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -462,8 +451,10 @@ def test_training_lowers_the_loss_and_logs_both_terms(trained: Path) -> None:
 def test_checkpoint_loads_in_stock_open_clip_and_encodes_identically(trained: Path) -> None:
     import open_clip
 
+    import uniclip_plugin
     from uniclip_plugin.model.slip import SLIP
 
+    uniclip_plugin.register()  # what a user does before open_clip can build SLIP-Tiny-32 (not left to other tests)
     ckpt = trained / "checkpoints" / "epoch_3.pt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     live = open_clip.create_model(NAME)
