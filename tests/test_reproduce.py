@@ -250,7 +250,7 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     import types
 
     from uniclip_plugin.study import cli, plan
-    from uniclip_plugin.study.report import _shared_machine_note
+    from uniclip_plugin.study.report import _shared_machine_note, _trained_text
 
     calls, active, peak, lock = [], [0], [0], threading.Lock()
 
@@ -299,6 +299,16 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     note = _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows}))
     assert note.startswith(" uniclip-v1: trained side by side") and "clip," not in note
     assert _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows[:1]})) == ""
+    # the header's training time sums only the runs trained alone, and says so
+    rows = [
+        {"method": "clip", "seconds_per_run": 60.0, "final_val_r1": [1.0, 2.0]},
+        {"method": "uniclip-v1", "seconds_per_run": float("nan"), "final_val_r1": [1.0, 2.0, 3.0]},
+    ]
+    text = _trained_text(types.SimpleNamespace(analysis={"rows": rows}, reused=0))
+    assert text.startswith("the 2 of the 5 training runs that trained alone took 2.0 min in all")
+    assert text.endswith("the other 3 trained side by side and are not timed")
+    text = _trained_text(types.SimpleNamespace(analysis={"rows": rows[:1]}, reused=0))
+    assert text == "the 2 training runs took 2.0 min in all, each timed when it was trained"
 
 
 def test_summary_table_gives_each_method_its_lr_and_mean_over_its_own_seeds(tmp_path: Path) -> None:

@@ -247,11 +247,16 @@ def tuning_seeds(tuning: dict) -> str:
 def _trained_text(r: StudyResult) -> str:
     rows = r.analysis["rows"]
     n_runs = sum(len(row["final_val_r1"]) for row in rows)
-    train_minutes = (
-        sum(row["seconds_per_run"] * len(row["final_val_r1"]) for row in rows if not math.isnan(row["seconds_per_run"]))
-        / 60
-    )
-    trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
+    timed = [row for row in rows if not math.isnan(row["seconds_per_run"])]  # side-by-side runs have no cost
+    n_timed = sum(len(row["final_val_r1"]) for row in timed)
+    train_minutes = sum(row["seconds_per_run"] * len(row["final_val_r1"]) for row in timed) / 60
+    if n_timed == n_runs:
+        trained = f"the {n_runs} training runs took {train_minutes:.1f} min in all, each timed when it was trained"
+    else:
+        trained = (
+            f"the {n_timed} of the {n_runs} training runs that trained alone took {train_minutes:.1f} min in all, "
+            f"each timed when it was trained; the other {n_runs - n_timed} trained side by side and are not timed"
+        )
     if r.reused:
         trained += (
             f"; {r.reused} of them had been trained by an earlier call and were reused, so this command's own "
