@@ -247,10 +247,8 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     import math
     import threading
     import time
-    import types
 
     from uniclip_plugin.study import cli, plan
-    from uniclip_plugin.study.report import _shared_machine_note, _trained_text
 
     calls, active, peak, lock = [], [0], [0], threading.Lock()
 
@@ -295,11 +293,19 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     shared = timings["uniclip-v1"] + timings["uniclip-infonce"]
     assert len(shared) == 3 and all(math.isnan(t["seconds"]) and t["start"] is None for t in shared)
     assert commands[:4] == [["clip", "0"], ["clip", "1"], ["uniclip", "0"], ["uniclip", "1"]] and len(commands) == 7
+
+
+def test_report_gives_runs_trained_side_by_side_no_cost() -> None:
+    """The report names the runs trained side by side, and the header's training time sums only the runs trained
+    alone."""
+    import types
+
+    from uniclip_plugin.study.report import _shared_machine_note, _trained_text
+
     rows = [{"method": "clip", "seconds_per_run": 10.0}, {"method": "uniclip-v1", "seconds_per_run": float("nan")}]
     note = _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows}))
     assert note.startswith(" uniclip-v1: trained side by side") and "clip," not in note
     assert _shared_machine_note(types.SimpleNamespace(analysis={"rows": rows[:1]})) == ""
-    # the header's training time sums only the runs trained alone, and says so
     rows = [
         {"method": "clip", "seconds_per_run": 60.0, "final_val_r1": [1.0, 2.0]},
         {"method": "uniclip-v1", "seconds_per_run": float("nan"), "final_val_r1": [1.0, 2.0, 3.0]},
