@@ -243,7 +243,9 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--ablation-jobs N: the main methods' runs train alone (their wall-clock is compared), then the ablations N at
-    a time; those runs' wall-clock is recorded as shared and left out of the cost and equal-wall-clock figures."""
+    a time, each with its share of the threads; those runs' wall-clock is recorded as shared and left out of the cost
+    and equal-wall-clock figures."""
+    import collections
     import math
     import threading
     import time
@@ -251,10 +253,12 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     from uniclip_plugin.study import cli, plan
 
     calls, active, peak, lock = [], [0], [0], threading.Lock()
+    threads_of: dict[str, set[int]] = collections.defaultdict(set)
 
     def fake_train(method, prof, data, samples, runs, seed, val, threads, lr=None, side_by_side=1, **kw):  # noqa: ANN001, ANN202
         with lock:
             calls.append((method.name, seed, side_by_side))
+            threads_of[method.name].add(threads)
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         time.sleep(0.2)
@@ -281,11 +285,13 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
         "pattern": "d",
         "samples": 64,
         "val": {},
-        "threads": 1,
+        "threads": 2,
         "progress_every": 60.0,
         "ablation_jobs": 2,
     }
     timings, commands = cli._train_all(ctx)
+    # 2 runs with 2 threads each on 2 cores ran 3x slower than with 1 each
+    assert dict(threads_of) == {"clip": {2}, "uniclip": {2}, "uniclip-v1": {1}, "uniclip-infonce": {1}}
     assert calls[:4] == [("clip", 0, 1), ("clip", 1, 1), ("uniclip", 0, 1), ("uniclip", 1, 1)]
     assert sorted(calls[4:]) == [("uniclip-infonce", 0, 2), ("uniclip-v1", 0, 2), ("uniclip-v1", 1, 2)]
     assert peak[0] == 2  # the ablations did train side by side
@@ -293,6 +299,28 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
     shared = timings["uniclip-v1"] + timings["uniclip-infonce"]
     assert len(shared) == 3 and all(math.isnan(t["seconds"]) and t["start"] is None for t in shared)
     assert commands[:4] == [["clip", "0"], ["clip", "1"], ["uniclip", "0"], ["uniclip", "1"]] and len(commands) == 7
+    threads_of.clear()
+    cli._train_all({**ctx, "threads_given": True})  # --threads 2: every run gets 2
+    assert set().union(*threads_of.values()) == {2}
+
+
+def test_report_says_how_many_threads_the_runs_side_by_side_had() -> None:
+    import types
+
+    from uniclip_plugin.study.cli import _side_by_side_threads
+    from uniclip_plugin.study.report import _threads_text
+
+    alone, beside, old = {"side_by_side": 1, "threads": 2}, {"side_by_side": 2, "threads": 1}, {"side_by_side": 2}
+    assert _side_by_side_threads({"clip": [alone], "uniclip-v1": [beside, beside]}) == 1
+    assert _side_by_side_threads({"clip": [alone]}) is None
+    assert _side_by_side_threads({"uniclip-v1": [beside, old]}) is None  # an older run without a record: unknown
+    text = _threads_text(types.SimpleNamespace(threads=2, side_by_side_threads=1))
+    assert text == "2 OMP thread(s) per training process (1 for each of the runs trained side by side)"
+    assert (
+        _threads_text(types.SimpleNamespace(threads=1, side_by_side_threads=1))
+        == "1 OMP thread(s) per training process"
+    )
+    assert _threads_text(types.SimpleNamespace(threads=2, side_by_side_threads=None)).endswith("training process")
 
 
 def test_report_gives_runs_trained_side_by_side_no_cost() -> None:
@@ -370,7 +398,13 @@ def test_ablations_take_the_tuned_uniclip_lr_and_a_reference_row_keeps_its_own(
     from uniclip_plugin.study import cli, plan
 
     chosen = {"clip": 1e-3, "uniclip": 4e-3}
-    monkeypatch.setattr(cli, "tune", lambda methods, *a, **kw: {"chosen": chosen, "methods": [m.name for m in methods]})
+    searched_with: list[int] = []
+
+    def fake_tune(methods, prof_name, data, data_samples, runs, val, threads, **kw):  # noqa: ANN001, ANN202
+        searched_with.append(threads)
+        return {"chosen": chosen, "methods": [m.name for m in methods]}
+
+    monkeypatch.setattr(cli, "tune", fake_tune)
     monkeypatch.setattr(cli, "write_tuning", lambda path, tuning: None)
     pick = {m.name: m for m in plan.METHODS + plan.ABLATIONS}
     methods = [pick[n] for n in ("clip", "uniclip", "uniclip-v1", "clip-lr2e-3")]
@@ -390,4 +424,5 @@ def test_ablations_take_the_tuned_uniclip_lr_and_a_reference_row_keeps_its_own(
     args = argparse.Namespace(tune=True, tune_profile="third", tune_seeds=2, tune_jobs=2, profile="full")
     tuning = cli._tune_stage(args, ctx)
     assert tuning["methods"] == ["clip", "uniclip"]  # only the main methods are searched
+    assert searched_with == [1]  # the full profile's 1 thread, not split below 1 by --tune-jobs 2
     assert ctx["lrs"] == {"clip": 1e-3, "uniclip": 4e-3, "uniclip-v1": 4e-3, "clip-lr2e-3": 2e-3}

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="OMP threads per training process (default: the profile's; quick: all cores)",
+        help="OMP threads per training process (default: the profile's; quick: all cores, split between the runs "
+        "that train side by side)",
     )
     parser.add_argument(
         "--progress-every",
@@ -179,7 +180,7 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
     out, runs, methods, lrs = ctx["out"], ctx["runs"], ctx["methods"], ctx["lrs"]
     tuned = [m for m in methods if m not in ABLATIONS]
     tune_runs = out / "runs" / f"tune-{args.tune_profile}"
-    # the study's thread count, not the tune profile's
+    # the study's thread count (split between side-by-side runs), not the tune profile's
     tuning = tune(
         tuned,
         args.tune_profile,
@@ -187,7 +188,7 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
         ctx["data_samples"],
         tune_runs,
         ctx["val"],
-        ctx["threads"],
+        threads_each(ctx, args.tune_jobs),
         progress_every=ctx["progress_every"],
         seeds=args.tune_seeds,
         jobs=args.tune_jobs,
@@ -207,6 +208,12 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
     return tuning
 
 
+def threads_each(ctx: dict[str, Any], jobs: int) -> int:
+    """OMP threads of each of ``jobs`` runs training at once: the study's threads split between them, unless --threads
+    set them (on 2 cores two quick-profile runs with 2 threads each took 4-5 min a pair, with 1 thread each 1.5 min)."""
+    return ctx["threads"] if ctx.get("threads_given") else max(1, ctx["threads"] // jobs)
+
+
 def _train_one(ctx: dict[str, Any], m: Method, seed: int, label: str, side_by_side: int) -> dict:
     """One (method, seed) run at its lr; a run that shared the machine gets no wall-clock (nan, no start)."""
     output = ctx["runs"] / run_name(m.name, seed) / OUTPUT_LOG
@@ -219,7 +226,7 @@ def _train_one(ctx: dict[str, Any], m: Method, seed: int, label: str, side_by_si
         ctx["runs"],
         seed,
         ctx["val"],
-        ctx["threads"],
+        threads_each(ctx, side_by_side),
         lr=ctx["lrs"][m.name],
         label=label,
         progress_every=ctx["progress_every"],
@@ -337,6 +344,7 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
         "results": out / "results" / label,
         # OMP threads of every training process: --threads, else the profile's, else the caller's setting / cores
         "threads": args.threads or prof.threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
+        "threads_given": args.threads is not None,
         "data": data,
         "pattern": pattern,
         "data_samples": data_samples,
@@ -351,6 +359,12 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
         "progress_every": args.progress_every,
         "ablation_jobs": args.ablation_jobs,
     }
+
+
+def _side_by_side_threads(timings: dict[str, list[dict]]) -> Optional[int]:
+    """The OMP threads the runs trained side by side had, when all recorded the same count (else None)."""
+    counts = {r.get("threads") for ts in timings.values() for r in ts if r.get("side_by_side", 1) > 1}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _report_name(label: str) -> str:
@@ -438,6 +452,7 @@ def _result(
         lrs=ctx["lrs"],
         tuning=tuning,
         threads=ctx["threads"],
+        side_by_side_threads=_side_by_side_threads(timings),
         reused=sum(r["skipped"] for ts in timings.values() for r in ts),
         images=images,
         report_dir=report.parent,

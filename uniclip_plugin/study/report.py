@@ -88,7 +88,7 @@ class StudyResult:
         val_samples: validation pairs.
         lrs: the lr of each method.
         tuning: ``uniclip_plugin.study.run.tune``'s result, or None.
-        threads: OMP threads per training process.
+        threads: OMP threads per training process; side_by_side_threads: those of each run trained side by side.
         reused: runs an earlier call had trained.
         images: the small PNGs written for the report (``docs/img/<label>_*.png``), shown inline; empty: the report
             lists the results folder's PNGs instead.
@@ -113,6 +113,7 @@ class StudyResult:
     lrs: dict[str, float] = field(default_factory=dict)
     tuning: Optional[dict] = None
     threads: int = 1
+    side_by_side_threads: Optional[int] = None
     reused: int = 0
     images: list[Path] = field(default_factory=list)
     report_dir: Optional[Path] = None
@@ -314,11 +315,18 @@ def _header(r: StudyResult) -> list[str]:
         f"Every method: towers `{prof.size}`, {prof.epochs} epochs of "
         f"{r.analysis['steps_per_epoch']} steps (an epoch = {prof.epoch_fraction:g} × the data, resampled), batch "
         f"{prof.batch}, AdamW {lr_text}, wd 0.1, cosine schedule with {prof.warmup} warm-up steps, fp32, "
-        f"{r.threads} OMP thread(s) per training process, {_seed_text(r)}. {tuning_text} Only the epoch is "
+        f"{_threads_text(r)}, {_seed_text(r)}. {tuning_text} Only the epoch is "
         f"chosen, on the validation split, for the best-epoch rows. Linear probes use at most "
         f"{prof.probe_max_train:,} training samples per set (a seeded subset).",
         "",
     ]
+
+
+def _threads_text(r: StudyResult) -> str:
+    text = f"{r.threads} OMP thread(s) per training process"
+    if r.side_by_side_threads not in (None, r.threads):
+        text += f" ({r.side_by_side_threads} for each of the runs trained side by side)"
+    return text
 
 
 def _methods_and_tests(r: StudyResult) -> list[str]:

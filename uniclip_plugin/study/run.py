@@ -59,7 +59,7 @@ CHECKED_PARAMS = {
 WHERE_FLAGS = ("--train-data", "--val-data", "--logs", "--name")
 
 OUTPUT_LOG = "train_output.log"  # the child's stdout + stderr; open_clip_train writes its own out.log beside it
-WALLCLOCK = "wallclock.json"  # {"seconds", "start", "side_by_side"} of a finished run
+WALLCLOCK = "wallclock.json"  # {"seconds", "start", "side_by_side", "threads"} of a finished run
 PROGRESS_EVERY = 20.0  # seconds between progress lines (open_clip_train logs every 10 steps: ~3-10 s on 2 cores)
 FAIL_TAIL = 30  # lines of a failed run's output shown with the error
 
@@ -250,8 +250,9 @@ def train(
     side_by_side: int = 1,
 ) -> dict:
     """Train one run with ``threads`` OMP threads unless its final checkpoint exists; returns {"seconds", "start",
-    "command", "skipped", "side_by_side"}. ``label`` starts its progress lines (default: the method and seed);
-    ``side_by_side`` (runs training at once) is recorded with the wall-clock, which is a cost only when it is 1."""
+    "command", "skipped", "side_by_side", "threads"}. ``label`` starts its progress lines (default: the method and
+    seed); ``side_by_side`` (runs training at once) is recorded with the wall-clock, which is a cost only when it is
+    1."""
     name = name or run_name(method.name, seed)
     run = RunDir(runs / name)
     final = run.epoch_checkpoint(prof.epochs)
@@ -284,7 +285,7 @@ def train(
     seconds = time.time() - start
     keep_final_and_best(run, prof.epochs)
     # a resumed run's epochs before the resume have no wall-clock on this timeline
-    record = {"seconds": seconds, "start": None if resume else start, "side_by_side": side_by_side}
+    record = {"seconds": seconds, "start": None if resume else start, "side_by_side": side_by_side, "threads": threads}
     write_text_atomic(timing, json.dumps(record))
     return {**record, "command": cmd, "skipped": False}
 
@@ -300,6 +301,7 @@ def _reused(run: RunDir, final_epoch: int, cmd: list[str]) -> dict:
         "command": cmd,
         "skipped": True,
         "side_by_side": record.get("side_by_side", 1),
+        "threads": record.get("threads"),  # None: trained before the thread count was recorded
     }
 
 
