@@ -210,7 +210,7 @@ def _tune_stage(args: argparse.Namespace, ctx: dict[str, Any]) -> Optional[dict]
 
 def threads_each(ctx: dict[str, Any], jobs: int) -> int:
     """OMP threads of each of ``jobs`` runs training at once: the study's threads split between them, unless --threads
-    set them (on 2 cores two quick-profile runs with 2 threads each took 4-5 min a pair, with 1 thread each 1.5 min)."""
+    set them (on 2 cores, a pair of quick-profile runs took 4-5 min with 2 threads each, 1.4-1.7 min with 1 each)."""
     return ctx["threads"] if ctx.get("threads_given") else max(1, ctx["threads"] // jobs)
 
 
