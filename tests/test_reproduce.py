@@ -239,28 +239,25 @@ def test_a_synthetic_study_never_writes_into_the_real_data_folder(tmp_path: Path
     assert (data / "val" / "heldout-val-000000.tar").read_bytes() == b"real"
 
 
-def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """--ablation-jobs N: the main methods' runs train alone (their wall-clock is compared), then the ablations N at
-    a time, each with its share of the threads; those runs' wall-clock is recorded as shared and left out of the cost
-    and equal-wall-clock figures."""
+def _study_with_recorded_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+    """A two-method, two-ablation study context (2 threads, --ablation-jobs 2) whose training only records each
+    call: ``seen`` holds the calls (method, seed, side_by_side), the threads each method got, and the peak of runs
+    at once."""
     import collections
-    import math
     import threading
     import time
 
     from uniclip_plugin.study import cli, plan
 
-    calls, active, peak, lock = [], [0], [0], threading.Lock()
-    threads_of: dict[str, set[int]] = collections.defaultdict(set)
+    seen: dict = {"calls": [], "threads": collections.defaultdict(set), "peak": 0}
+    active, lock = [0], threading.Lock()
 
     def fake_train(method, prof, data, samples, runs, seed, val, threads, lr=None, side_by_side=1, **kw):  # noqa: ANN001, ANN202
         with lock:
-            calls.append((method.name, seed, side_by_side))
-            threads_of[method.name].add(threads)
+            seen["calls"].append((method.name, seed, side_by_side))
+            seen["threads"][method.name].add(threads)
             active[0] += 1
-            peak[0] = max(peak[0], active[0])
+            seen["peak"] = max(seen["peak"], active[0])
         time.sleep(0.2)
         with lock:
             active[0] -= 1
@@ -289,19 +286,42 @@ def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cos
         "progress_every": 60.0,
         "ablation_jobs": 2,
     }
+    return ctx, seen
+
+
+def test_main_runs_train_one_at_a_time_then_ablations_side_by_side_without_a_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ablation-jobs N: the main methods' runs train alone (their wall-clock is compared), then the ablations N at
+    a time; those runs' wall-clock is recorded as shared and left out of the cost and equal-wall-clock figures."""
+    import math
+
+    from uniclip_plugin.study import cli
+
+    ctx, seen = _study_with_recorded_training(tmp_path, monkeypatch)
     timings, commands = cli._train_all(ctx)
-    # 2 runs with 2 threads each on 2 cores ran 3x slower than with 1 each
-    assert dict(threads_of) == {"clip": {2}, "uniclip": {2}, "uniclip-v1": {1}, "uniclip-infonce": {1}}
+    calls = seen["calls"]
     assert calls[:4] == [("clip", 0, 1), ("clip", 1, 1), ("uniclip", 0, 1), ("uniclip", 1, 1)]
     assert sorted(calls[4:]) == [("uniclip-infonce", 0, 2), ("uniclip-v1", 0, 2), ("uniclip-v1", 1, 2)]
-    assert peak[0] == 2  # the ablations did train side by side
+    assert seen["peak"] == 2  # the ablations did train side by side
     assert [(t["seconds"], t["start"]) for t in timings["clip"] + timings["uniclip"]] == [(10.0, 5.0)] * 4
     shared = timings["uniclip-v1"] + timings["uniclip-infonce"]
     assert len(shared) == 3 and all(math.isnan(t["seconds"]) and t["start"] is None for t in shared)
     assert commands[:4] == [["clip", "0"], ["clip", "1"], ["uniclip", "0"], ["uniclip", "1"]] and len(commands) == 7
-    threads_of.clear()
+
+
+def test_runs_side_by_side_split_the_threads_unless_threads_sets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uniclip_plugin.study import cli
+
+    ctx, seen = _study_with_recorded_training(tmp_path, monkeypatch)
+    cli._train_all(ctx)
+    # 2 runs with 2 threads each on 2 cores ran 3x slower than with 1 each
+    assert dict(seen["threads"]) == {"clip": {2}, "uniclip": {2}, "uniclip-v1": {1}, "uniclip-infonce": {1}}
+    seen["threads"].clear()
     cli._train_all({**ctx, "threads_given": True})  # --threads 2: every run gets 2
-    assert set().union(*threads_of.values()) == {2}
+    assert set().union(*seen["threads"].values()) == {2}
 
 
 def test_report_says_how_many_threads_the_runs_side_by_side_had() -> None:
